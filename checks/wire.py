@@ -1,0 +1,100 @@
+"""The wire schema between agent and collector: the one place both sides import.
+
+An agent POSTs a ``Batch`` to ``/api/v1/ingest`` with ``Authorization: Bearer <token>``.
+Every result carries ``seq``, numbered by the agent per ``stream`` (one stream per spool
+file), so the collector can store each (ward, agent, stream, seq) once however often a batch
+is replayed. A batch with no results is a heartbeat.
+
+Limits are part of the contract: they keep one bad agent from exhausting the collector and
+keep label values bounded for Prometheus.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+
+WIRE_VERSION = 1
+MAX_RESULTS_PER_BATCH = 2000
+MAX_BATCH_BYTES = 8 * 1024 * 1024
+MAX_LABELS = 16
+MAX_METRICS = 64
+MAX_INFO = 32
+# Results older than this are refused: the spool keeps far less than a week at any real rate,
+# and accepting ancient timestamps would let a broken clock rewrite history.
+MAX_AGE_SECONDS = 7 * 24 * 3600
+MAX_FUTURE_SECONDS = 300
+
+Ident = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$")]
+Name = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:@/-]{0,127}$")]
+Word = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
+Stream = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{32}$")]
+LabelValue = Annotated[str, StringConstraints(max_length=128)]
+InfoValue = Annotated[str, StringConstraints(max_length=1024)]
+
+
+def _finite(v: float) -> float:
+    if not math.isfinite(v):
+        raise ValueError("must be a finite number")
+    return v
+
+
+Finite = Annotated[float, AfterValidator(_finite)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ResultRecord(_Strict):
+    seq: int = Field(ge=1)
+    check: Word
+    name: Name
+    target: Name
+    address: Annotated[str, StringConstraints(min_length=1, max_length=255)]
+    labels: dict[Word, LabelValue] = Field(default_factory=dict, max_length=MAX_LABELS)
+    interval_seconds: Finite = Field(gt=0, le=86400)
+    started: Finite = Field(gt=0)
+    duration_seconds: Finite = Field(ge=0, le=3600)
+    success: bool
+    reason: Word
+    metrics: dict[Word, Finite] = Field(default_factory=dict, max_length=MAX_METRICS)
+    info: dict[Word, InfoValue] = Field(default_factory=dict, max_length=MAX_INFO)
+
+
+class AgentStatus(_Strict):
+    version: Annotated[str, StringConstraints(max_length=64)]
+    spool_depth: int = Field(ge=0)
+    spool_dropped_total: int = Field(ge=0)
+    resident_memory_bytes: int = Field(ge=0)
+    cpu_seconds_total: Finite = Field(ge=0)
+    checks: int = Field(ge=0)
+
+
+class Batch(_Strict):
+    wire_version: int = WIRE_VERSION
+    ward: Ident
+    agent: Ident
+    stream: Stream
+    sent_at: Finite = Field(gt=0)
+    status: AgentStatus
+    results: list[ResultRecord] = Field(default_factory=list, max_length=MAX_RESULTS_PER_BATCH)
+
+
+class Ack(_Strict):
+    accepted: int
+    duplicates: int
+    last_seq: int | None
+
+
+def time_errors(batch: Batch, now: float) -> list[str]:
+    """Field paths whose timestamps are implausible, as 'results.3.started: ...' lines."""
+    problems = []
+    for i, r in enumerate(batch.results):
+        if r.started < now - MAX_AGE_SECONDS:
+            problems.append(f"results.{i}.started: older than {MAX_AGE_SECONDS} s")
+        elif r.started > now + MAX_FUTURE_SECONDS:
+            problems.append(f"results.{i}.started: more than {MAX_FUTURE_SECONDS} s in the future")
+    return problems
