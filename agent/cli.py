@@ -1,0 +1,338 @@
+"""``wardready-agent``: validate a config, run the daemon, or run one check on the spot.
+
+Exit codes: 0 success; 1 a failed check (``check``) or a start-up failure (``run``); 2 bad
+input (config errors, unknown check type, bad parameters).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import signal
+import sqlite3
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from types import FrameType
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from agent import __version__
+from agent.config import Config, ConfigError, error_messages, load_config, parse_duration
+from agent.metrics import AgentCollector, Board, MetricsServer, make_registry
+from agent.scheduler import CheckSpec, Scheduler
+from agent.shipper import Shipper
+from agent.spool import Spool
+from checks.core import Result, Target, run_check
+
+log = logging.getLogger("agent")
+
+DRAIN_SECONDS = 5.0
+
+
+class Agent:
+    """The daemon's parts, wired: scheduler -> spool (+ board for metrics) -> shipper."""
+
+    def __init__(self, config: Config, drain_seconds: float = DRAIN_SECONDS) -> None:
+        self.config = config
+        self.drain_seconds = drain_seconds
+        self.spool = Spool(config.spool_path, config.spool_max_results)
+        self.board = Board(config.checks)
+        c = config.collector
+        self.shipper = Shipper(
+            self.spool,
+            url=c.url,
+            token=c.token,
+            ward=config.ward,
+            agent=config.agent,
+            push_interval=c.push_interval,
+            timeout=c.timeout,
+            batch_size=c.batch_size,
+            checks=len(config.checks),
+        )
+        self.scheduler = Scheduler(config.checks, self._sink, workers=config.workers)
+        self.metrics: MetricsServer | None = None
+
+    def _sink(self, spec: CheckSpec, result: Result) -> None:
+        self.board.record(spec, result)
+        self.spool.append(result, spec.interval)
+        self.shipper.notify(self.spool.depth())
+
+    def start(self) -> None:
+        cfg = self.config
+        log.info(
+            "agent %s of ward %s starting (version %s): %d checks, collector %s, "
+            "spool %s (%d waiting, stream %s)",
+            cfg.agent,
+            cfg.ward,
+            __version__,
+            len(cfg.checks),
+            cfg.collector.url,
+            cfg.spool_path,
+            self.spool.depth(),
+            self.spool.stream,
+        )
+        if cfg.metrics_listen is not None:
+            collector = AgentCollector(
+                self.board,
+                ward=cfg.ward,
+                agent=cfg.agent,
+                version=__version__,
+                spool=self.spool,
+                pushes=self.shipper,
+            )
+            host, port = cfg.metrics_listen
+            self.metrics = MetricsServer(make_registry(collector), host, port)
+        self.shipper.start()
+        self.scheduler.start()
+
+    def stop(self, drain: bool = True) -> None:
+        """Finish runs in flight into the spool, push what can be pushed, close."""
+        self.scheduler.stop(wait=True)
+        self.shipper.stop()
+        if drain:
+            self.shipper.drain(time.monotonic() + self.drain_seconds)
+        self.shipper.close()
+        if self.metrics is not None:
+            self.metrics.close()
+        self.spool.close()
+        log.info("agent stopped")
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    # httpx logs every request at INFO; httpcore at DEBUG goes down to the socket.
+    for noisy in ("httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+# -- commands --------------------------------------------------------------------------------
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print("\n".join(exc.messages), file=sys.stderr)
+        return 2
+    n = len(config.checks)
+    print(f"{args.config}: OK ({n} check{'' if n == 1 else 's'})")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    setup_logging(args.log_level)
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        for message in exc.messages:
+            log.error("%s", message)
+        return 2
+
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        if stop.is_set():
+            log.info("already stopping")
+        else:
+            log.info("%s received: stopping", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        agent = Agent(config)
+    except (OSError, sqlite3.Error) as exc:
+        log.error("cannot open the spool %s: %s", config.spool_path, exc)
+        return 1
+    try:
+        agent.start()
+    except OSError as exc:  # typically the metrics port is taken
+        log.error("cannot start: %s", exc)
+        agent.stop(drain=False)
+        return 1
+    while not stop.wait(1.0):
+        pass
+    agent.stop()
+    return 0
+
+
+def _param_pairs(items: Sequence[str]) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ValueError(f"--param {item!r}: expected KEY=VALUE")
+        if key in params:
+            raise ValueError(f"--param {key}: given twice")
+        try:
+            params[key] = yaml.safe_load(text)
+        except yaml.YAMLError:
+            params[key] = text  # a regex such as [a-z]+ is meant as text
+    return params
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from checks.registry import REGISTRY
+
+    kind = REGISTRY.get(args.type)
+    if kind is None:
+        known = ", ".join(sorted(REGISTRY))
+        print(f"unknown check type {args.type!r} (known: {known})", file=sys.stderr)
+        return 2
+    try:
+        raw = _param_pairs(args.param)
+    except ValueError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    try:
+        timeout = parse_duration(args.timeout)
+        if not 0 < timeout <= 86400:
+            raise ValueError(f"must be between 0 and 86400 s, got {args.timeout}")
+    except ValueError as exc:
+        print(f"--timeout: {exc}", file=sys.stderr)
+        return 2
+    try:
+        params = kind.params.model_validate(raw)
+    except ValidationError as exc:
+        for loc, msg in error_messages(exc, kind.params):
+            where = ".".join(str(p) for p in loc)
+            print(f"--param {where}: {msg}" if where else f"--param: {msg}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(message)s")
+    target = Target(name="cli", address=args.target)
+    result = run_check(args.type, kind, target, params, timeout, name=args.type)
+    if args.json:
+        print(json.dumps(_result_json(result), ensure_ascii=False, indent=2))
+    else:
+        print(render_table(result))
+    return 0 if result.success else 1
+
+
+def _result_json(result: Result) -> dict[str, Any]:
+    return {
+        "check": result.check,
+        "target": result.target.address,
+        "success": result.success,
+        "reason": result.reason,
+        "started": result.started,
+        "duration_seconds": result.duration_seconds,
+        "metrics": dict(sorted(result.metrics.items())),
+        "info": dict(sorted(result.info.items())),
+    }
+
+
+# -- the on-site table -----------------------------------------------------------------------
+
+
+def _sig(value: float) -> str:
+    return f"{value:.3g}"
+
+
+def humanize(metric: str, value: float) -> str:
+    """A metric value for a person, in the unit its name carries (``rtt_avg_seconds``,
+    ``bytes_free``, ``loss_ratio``, ``..._bits_per_second``); other values as plain numbers."""
+    value = float(value)
+    if not math.isfinite(value):
+        return str(value)
+    base = metric.split("__")[0]  # a per-item metric: disk_free_bytes__var_lib
+    rate = base.endswith("_per_second")
+    words = set(base.removesuffix("_per_second").split("_"))
+    per = "/s" if rate else ""
+    if "seconds" in words and not rate:
+        if ("timestamp" in words or "time" in words) and value > 1e9:
+            return datetime.fromtimestamp(value, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+        size = abs(value)
+        if 0 < size < 0.001:
+            return f"{_sig(value * 1e6)} µs"
+        if size < 1:
+            return f"{_sig(value * 1000)} ms"
+        for limit, div, unit in ((120, 1, "s"), (7200, 60, "min"), (172800, 3600, "h")):
+            if size < limit:
+                return f"{_sig(value / div)} {unit}"
+        return f"{value / 86400:.1f} d"
+    if "bytes" in words:
+        for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+            if abs(value) < 1024 or unit == "TiB":
+                return f"{value:g} B{per}" if unit == "B" else f"{_sig(value)} {unit}{per}"
+            value /= 1024
+    if "bits" in words:
+        for unit in ("bit", "kbit", "Mbit", "Gbit", "Tbit"):
+            if abs(value) < 1000 or unit == "Tbit":
+                return f"{_sig(value)} {unit}{per}"
+            value /= 1000
+    if "ratio" in words:
+        return f"{_sig(value * 100)} %"
+    if "celsius" in words:
+        return f"{_sig(value)} °C"
+    return str(int(value)) if value.is_integer() else f"{value:.6g}"
+
+
+def render_table(result: Result) -> str:
+    rows: list[tuple[str, str]] = [
+        ("check", result.check),
+        ("target", result.target.address),
+        ("success", "yes" if result.success else "NO"),
+        ("reason", result.reason),
+        ("duration", humanize("duration_seconds", result.duration_seconds)),
+    ]
+    if result.metrics:
+        rows.append(("metrics", ""))
+        rows += [(f"  {k}", humanize(k, v)) for k, v in sorted(result.metrics.items())]
+    if result.info:
+        rows.append(("info", ""))
+        rows += [(f"  {k}", v) for k, v in sorted(result.info.items())]
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{width}}  {v}".rstrip() for k, v in rows)
+
+
+# -- parser ----------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="wardready-agent", description="wardready agent: probes a ward's readiness."
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("validate", help="check a config file and exit")
+    p.add_argument("-c", "--config", required=True, metavar="FILE")
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("run", help="run the agent until SIGTERM or SIGINT")
+    p.add_argument("-c", "--config", required=True, metavar="FILE")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("check", help="run one check now and print its result")
+    p.add_argument("type", help="check type, e.g. icmp, tcp, http, dns, host")
+    p.add_argument("target", help="what to probe: address, host:port, URL or name")
+    p.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a check parameter; VALUE is read as YAML (20, true, [200,301])",
+    )
+    p.add_argument("--timeout", default="10s", help="deadline of the check (default 10s)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=cmd_check)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    code: int = args.func(args)
+    return code

@@ -1,0 +1,475 @@
+"""The agent's YAML config: validated in full at load, every error with its file, line and field.
+
+Layout (all keys; unknown keys are errors everywhere)::
+
+    ward: ward-minh-phung          # required, checks.wire Ident
+    agent: pc-01                   # optional, default: the host name, sanitized
+    collector:
+      url: http://127.0.0.1:8080   # http:// or https://
+      token_file: /etc/wardready/token   # or `token:` inline; exactly one of the two
+      push_interval: 5s
+      timeout: 5s                  # per HTTP request
+      batch_size: 500              # results per push, at most checks.wire.MAX_RESULTS_PER_BATCH
+    spool:
+      path: /var/lib/wardready/spool.db
+      max_results: 100000
+    metrics:
+      listen: 127.0.0.1:9430       # HOST:PORT ([::1]:9430 for IPv6); "" disables
+    defaults:
+      interval: 30s
+      timeout: 10s
+      workers: 8                   # checks running at once (scheduler thread pool size)
+    checks:                        # at least one
+      - name: wan-city             # unique, checks.wire Name
+        type: icmp                 # a key of checks.registry.REGISTRY
+        target: 10.0.0.1
+        target_name: city-gw       # optional, default: name
+        interval: 30s              # optional, default: defaults.interval
+        timeout: 10s               # optional, default: defaults.timeout; < interval
+        labels: {role: wan}        # Word keys; `ward` is added; check, name, target, item reserved
+        params: {count: 10}        # validated by the check type's Params
+
+Durations: "500ms", "30s", "5m", "1h", or a number of seconds. Relative paths (token_file,
+spool.path) are relative to the config file's directory, so a config and its files can move
+together.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import urlsplit
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from agent.scheduler import CheckSpec
+from agent.yamlload import Loc, line_of, load, yaml_error_line
+from checks.core import CheckType, Params, Target
+from checks.wire import MAX_LABELS, MAX_RESULTS_PER_BATCH, Ident, LabelValue, Name, Word
+
+MAX_SECONDS = 86400.0
+# Label names the agent sets itself on exported series.
+RESERVED_LABELS = frozenset({"ward", "check", "name", "target", "item"})
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h)?\s*$")
+
+# pydantic reports a pattern mismatch by quoting the regex; say what it means instead.
+_PATTERN_HINTS = {
+    r"^[a-z0-9][a-z0-9._-]{0,63}$": (
+        "must be 1 to 64 of a-z 0-9 . _ - (lower case), starting with a letter or digit"
+    ),
+    r"^[A-Za-z0-9][A-Za-z0-9._:@/-]{0,127}$": (
+        "must be 1 to 128 of A-Z a-z 0-9 . _ : @ / -, starting with a letter or digit"
+    ),
+    r"^[a-z][a-z0-9_]{0,63}$": "must be lower snake case (a-z 0-9 _), starting with a letter",
+}
+
+
+class ConfigError(Exception):
+    """A config that cannot be used; ``messages`` holds one ``file:line: field: problem`` each."""
+
+    def __init__(self, messages: list[str]) -> None:
+        super().__init__("\n".join(messages))
+        self.messages = messages
+
+
+def parse_duration(value: object) -> float:
+    """Seconds from "500ms", "30s", "5m", "1h" or a plain number of seconds."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, str) and (m := _DURATION.match(value)):
+        return float(m.group(1)) * _UNITS[m.group(2) or "s"]
+    raise ValueError(
+        f"invalid duration {value!r}: use e.g. 500ms, 30s, 5m, 1h or a number of seconds"
+    )
+
+
+def format_duration(seconds: float) -> str:
+    return f"{seconds * 1000:g}ms" if seconds < 1 else f"{seconds:g}s"
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration), Field(gt=0, le=MAX_SECONDS)]
+
+
+def parse_listen(value: str) -> tuple[str, int] | None:
+    """("127.0.0.1", 9430) from "127.0.0.1:9430", ("::1", 9430) from "[::1]:9430"; "" is None."""
+    if value == "":
+        return None
+    host, sep, port = value.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"expected HOST:PORT such as 127.0.0.1:9430, or '', got {value!r}")
+    return host, int(port)
+
+
+def default_agent_name() -> str:
+    host = socket.gethostname().split(".")[0].lower()
+    name = re.sub(r"[^a-z0-9._-]+", "-", host).strip("-._")[:64]
+    return name or "agent"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class CollectorSection(_Section):
+    url: str
+    token_file: str | None = None
+    token: SecretStr | None = None
+    push_interval: Duration = 5.0
+    timeout: Duration = 5.0
+    batch_size: int = Field(500, ge=1, le=MAX_RESULTS_PER_BATCH)
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"must be an http:// or https:// URL with a host, got {value!r}")
+        if parts.query or parts.fragment:
+            raise ValueError("must not carry a query or fragment")
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _one_token(self) -> CollectorSection:
+        if (self.token_file is None) == (self.token is None):
+            raise ValueError("set exactly one of token_file (preferred) or token")
+        return self
+
+
+class SpoolSection(_Section):
+    path: str = "/var/lib/wardready/spool.db"
+    max_results: int = Field(100_000, ge=1)
+
+
+class MetricsSection(_Section):
+    listen: str = "127.0.0.1:9430"
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        parse_listen(value)
+        return value
+
+
+class DefaultsSection(_Section):
+    interval: Duration = 30.0
+    timeout: Duration = 10.0
+    workers: int = Field(8, ge=1, le=256)
+
+
+class CheckSection(_Section):
+    name: Name
+    type: str
+    target: Annotated[str, StringConstraints(min_length=1, max_length=255)]
+    target_name: Name | None = None
+    interval: Duration | None = None
+    timeout: Duration | None = None
+    # One slot is kept for the `ward` label the agent adds.
+    labels: dict[Word, LabelValue] = Field(default_factory=dict, max_length=MAX_LABELS - 1)
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("labels")
+    @classmethod
+    def _not_reserved(cls, value: dict[str, str]) -> dict[str, str]:
+        taken = sorted(RESERVED_LABELS & value.keys())
+        if taken:
+            reserved = ", ".join(sorted(RESERVED_LABELS))
+            raise ValueError(f"label {taken[0]!r} is reserved (the agent sets {reserved})")
+        return value
+
+
+class ConfigFile(_Section):
+    ward: Ident
+    agent: Ident | None = None
+    collector: CollectorSection
+    spool: SpoolSection = SpoolSection()
+    metrics: MetricsSection = MetricsSection()
+    defaults: DefaultsSection = DefaultsSection()
+    checks: list[CheckSection] = Field(min_length=1)
+
+
+@dataclass(frozen=True)
+class CollectorSettings:
+    url: str
+    token: str = field(repr=False)
+    push_interval: float = 5.0
+    timeout: float = 5.0
+    batch_size: int = 500
+
+
+@dataclass(frozen=True)
+class Config:
+    source: Path
+    ward: str
+    agent: str
+    collector: CollectorSettings
+    spool_path: Path
+    spool_max_results: int
+    metrics_listen: tuple[str, int] | None
+    workers: int
+    checks: tuple[CheckSpec, ...]
+
+
+def _where(loc: Loc) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else f"{'.' if out else ''}{part}"
+    return out
+
+
+def _model_at(model: type[BaseModel], loc: Loc) -> type[BaseModel] | None:
+    """The model a location points into, for listing the keys it allows."""
+    current: Any = model
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        if not (isinstance(current, type) and issubclass(current, BaseModel)):
+            return None
+        info = current.model_fields.get(part)
+        if info is None:
+            return None
+        current = info.annotation
+        args = getattr(current, "__args__", ())
+        if getattr(current, "__origin__", None) is list and args:
+            current = args[0]
+    return current if isinstance(current, type) and issubclass(current, BaseModel) else None
+
+
+def _short(value: object, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def error_messages(exc: ValidationError, model: type[BaseModel]) -> list[tuple[Loc, str]]:
+    """pydantic errors as (location, plain message) pairs."""
+    out: list[tuple[Loc, str]] = []
+    for err in exc.errors():
+        loc: Loc = tuple(err["loc"])
+        msg = err["msg"]
+        ctx = err.get("ctx") or {}
+        # pydantic puts a bad dict key at (..., key, "[key]").
+        bad_key = len(loc) >= 2 and loc[-1] == "[key]"
+        if bad_key:
+            loc = loc[:-1]
+        if err["type"] == "value_error" and "error" in ctx:
+            msg = str(ctx["error"])
+        elif err["type"] == "string_pattern_mismatch" and ctx.get("pattern") in _PATTERN_HINTS:
+            hint = _PATTERN_HINTS[ctx["pattern"]]
+            msg = hint if bad_key else f"{_short(err['input'])} {hint}"
+        elif err["type"] in ("model_type", "dict_type"):
+            msg = f"expected a mapping (key: value), got {_short(err['input'])}"
+        elif err["type"] == "extra_forbidden":
+            parent = _model_at(model, loc[:-1])
+            allowed = f" (allowed: {', '.join(parent.model_fields)})" if parent else ""
+            msg = f"unknown key{allowed}"
+        out.append((loc, f"invalid key: {msg}" if bad_key else msg))
+    return out
+
+
+def _try_duration(value: object) -> float | None:
+    try:
+        seconds = parse_duration(value)
+    except ValueError:
+        return None  # reported by the model
+    return seconds if 0 < seconds <= MAX_SECONDS else None
+
+
+def _resolve(base: Path, value: str) -> Path:
+    p = Path(value).expanduser()
+    return p if p.is_absolute() else base / p
+
+
+class _Checker:
+    """The checks that need more than one field, or the registry: run on the raw data so that
+    they report even when other parts of the file are wrong."""
+
+    def __init__(self, raw: dict[Any, Any], lines: dict[Loc, int], base: Path) -> None:
+        self.raw = raw
+        self.lines = lines
+        self.base = base
+        self.errors: list[tuple[Loc, str]] = []
+        self.params: dict[int, Params] = {}
+        self.token: str | None = None
+
+    def run(self, registry: dict[str, CheckType]) -> None:
+        defaults = self.raw.get("defaults")
+        defaults = defaults if isinstance(defaults, dict) else {}
+        d_interval = _try_duration(defaults.get("interval", DefaultsSection().interval))
+        d_timeout = _try_duration(defaults.get("timeout", DefaultsSection().timeout))
+        if d_interval and d_timeout and d_timeout >= d_interval:
+            self.errors.append((("defaults", "timeout"), _too_long(d_timeout, d_interval)))
+        checks = self.raw.get("checks")
+        if isinstance(checks, list):
+            first_line: dict[str, int] = {}
+            for i, item in enumerate(checks):
+                if isinstance(item, dict):
+                    self._check(i, item, registry, d_interval, d_timeout, first_line)
+        self._read_token()
+
+    def _check(
+        self,
+        i: int,
+        item: dict[Any, Any],
+        registry: dict[str, CheckType],
+        d_interval: float | None,
+        d_timeout: float | None,
+        first_line: dict[str, int],
+    ) -> None:
+        name = item.get("name")
+        if isinstance(name, str):
+            if name in first_line:
+                msg = f"duplicate check name {name!r} (first at line {first_line[name]})"
+                self.errors.append((("checks", i, "name"), msg))
+            else:
+                first_line[name] = line_of(self.lines, ("checks", i, "name"))
+
+        kind_word = item.get("type")
+        if isinstance(kind_word, str):
+            kind = registry.get(kind_word)
+            if kind is None:
+                known = ", ".join(sorted(registry))
+                msg = f"unknown check type {kind_word!r} (known: {known})"
+                self.errors.append((("checks", i, "type"), msg))
+            else:
+                params = item.get("params", {})
+                if isinstance(params, dict):
+                    try:
+                        self.params[i] = kind.params.model_validate(params)
+                    except ValidationError as exc:
+                        for loc, msg in error_messages(exc, kind.params):
+                            self.errors.append((("checks", i, "params", *loc), msg))
+
+        if "interval" in item or "timeout" in item:
+            interval = _try_duration(item["interval"]) if "interval" in item else d_interval
+            timeout = _try_duration(item["timeout"]) if "timeout" in item else d_timeout
+            if interval and timeout and timeout >= interval:
+                field_name = "timeout" if "timeout" in item else "interval"
+                msg = _too_long(timeout, interval, "timeout" in item, "interval" in item)
+                self.errors.append((("checks", i, field_name), msg))
+
+    def _read_token(self) -> None:
+        section = self.raw.get("collector")
+        if not isinstance(section, dict) or not isinstance(section.get("token_file"), str):
+            return
+        path = _resolve(self.base, section["token_file"])
+        loc: Loc = ("collector", "token_file")
+        try:
+            token = path.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            self.errors.append((loc, f"cannot read {path}: {exc.strerror or exc}"))
+            return
+        except UnicodeDecodeError:
+            self.errors.append((loc, f"{path} is not UTF-8 text"))
+            return
+        if not token:
+            self.errors.append((loc, f"{path} is empty"))
+        elif any(c.isspace() for c in token):
+            self.errors.append((loc, f"{path} must hold one token with no spaces"))
+        else:
+            self.token = token
+
+
+def _too_long(timeout: float, interval: float, own_t: bool = True, own_i: bool = True) -> str:
+    t = format_duration(timeout) + ("" if own_t else " (from defaults)")
+    i = format_duration(interval) + ("" if own_i else " (from defaults)")
+    return f"timeout {t} must be shorter than the interval {i}"
+
+
+def load_config(path: str | os.PathLike[str]) -> Config:
+    """Read and validate ``path``; raise ConfigError listing every problem found."""
+    from checks.registry import REGISTRY  # the check modules load only when a config is read
+
+    shown = os.fspath(path)
+    source = Path(path)
+    try:
+        text = source.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"{shown}: cannot read: {exc.strerror or exc}"]) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"{shown}: not UTF-8 text (byte {exc.start})"]) from None
+    try:
+        raw, lines = load(text)
+    except yaml.YAMLError as exc:
+        line, problem = yaml_error_line(exc)
+        raise ConfigError([f"{shown}:{line}: YAML: {problem}"]) from None
+    if not isinstance(raw, dict):
+        raise ConfigError([f"{shown}:1: the file must be a YAML mapping (ward:, collector:, ...)"])
+
+    errors: list[tuple[Loc, str]] = []
+    model: ConfigFile | None = None
+    try:
+        model = ConfigFile.model_validate(raw)
+    except ValidationError as exc:
+        errors.extend(error_messages(exc, ConfigFile))
+    checker = _Checker(raw, lines, source.absolute().parent)
+    checker.run(dict(REGISTRY))
+    errors.extend(checker.errors)
+
+    if errors or model is None:
+        numbered = [(line_of(lines, loc), n, loc, msg) for n, (loc, msg) in enumerate(errors)]
+        numbered.sort(key=lambda e: (e[0], e[1]))
+        raise ConfigError(
+            [
+                f"{shown}:{line}: {_where(loc)}: {msg}" if loc else f"{shown}:{line}: {msg}"
+                for line, _, loc, msg in numbered
+            ]
+        )
+    return _build(model, checker, source, dict(REGISTRY))
+
+
+def _build(
+    model: ConfigFile, checker: _Checker, source: Path, registry: dict[str, CheckType]
+) -> Config:
+    c = model.collector
+    token = checker.token if c.token is None else c.token.get_secret_value()
+    assert token is not None  # exactly one of token/token_file, and a file was read
+    specs = []
+    for i, ch in enumerate(model.checks):
+        specs.append(
+            CheckSpec(
+                name=ch.name,
+                check=ch.type,
+                kind=registry[ch.type],
+                target=Target(
+                    name=ch.target_name or ch.name,
+                    address=ch.target,
+                    labels={"ward": model.ward, **ch.labels},
+                ),
+                params=checker.params[i],
+                interval=ch.interval or model.defaults.interval,
+                timeout=ch.timeout or model.defaults.timeout,
+            )
+        )
+    return Config(
+        source=source,
+        ward=model.ward,
+        agent=model.agent or default_agent_name(),
+        collector=CollectorSettings(
+            url=c.url,
+            token=token,
+            push_interval=c.push_interval,
+            timeout=c.timeout,
+            batch_size=c.batch_size,
+        ),
+        spool_path=_resolve(source.absolute().parent, model.spool.path),
+        spool_max_results=model.spool.max_results,
+        metrics_listen=parse_listen(model.metrics.listen),
+        workers=model.defaults.workers,
+        checks=tuple(specs),
+    )

@@ -1,0 +1,247 @@
+"""The agent's own Prometheus endpoint: the latest result of every check, and the agent itself.
+
+Families are built at scrape time from ``Board`` (latest Result per check, run and failure
+counters), so a check that is no longer configured simply stops appearing. Label values come
+from the config (check, name, target, config labels, ward), so their number is bounded by it.
+
+A check metric ``<metric>`` becomes the gauge ``wardready_<type>_<metric>`` (they are values of
+one run, even ``packets_sent``). A metric named ``<metric>__<item>`` (the host check's per-mount
+and per-interface values) becomes ``wardready_<type>_<metric>{item="<item>"}``, the empty item
+(the ``/`` mount) as ``item="/"``: one family per measured quantity, as Prometheus expects.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import psutil
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    InfoMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+from agent.scheduler import CheckSpec
+from checks.core import Result
+
+log = logging.getLogger(__name__)
+
+_PROCESS = psutil.Process()
+_METRIC_WORD = re.compile(r"[a-z][a-z0-9_]{0,63}")
+
+
+def process_usage() -> tuple[int, float]:
+    """This process's resident memory in bytes and CPU time (user + system) in seconds."""
+    with _PROCESS.oneshot():
+        rss = _PROCESS.memory_info().rss
+        cpu = _PROCESS.cpu_times()
+    return int(rss), float(cpu.user + cpu.system)
+
+
+class SpoolStats(Protocol):
+    def depth(self) -> int: ...
+
+    @property
+    def dropped_total(self) -> int: ...
+
+
+class PushStats(Protocol):
+    @property
+    def last_push_success(self) -> float | None: ...
+
+    @property
+    def push_failures_total(self) -> int: ...
+
+
+@dataclass
+class _Entry:
+    spec: CheckSpec
+    latest: Result | None = None
+    runs: int = 0
+
+
+class Board:
+    """Latest result and cumulative counters per configured check; fed by the scheduler."""
+
+    def __init__(self, specs: Sequence[CheckSpec]) -> None:
+        self._lock = threading.Lock()
+        self._entries = {s.name: _Entry(s) for s in specs}
+        self._failures: dict[tuple[str, str], int] = {}
+
+    def record(self, spec: CheckSpec, result: Result) -> None:
+        with self._lock:
+            entry = self._entries.setdefault(spec.name, _Entry(spec))
+            entry.spec, entry.latest = spec, result
+            entry.runs += 1
+            if not result.success:
+                key = (spec.name, result.reason)
+                self._failures[key] = self._failures.get(key, 0) + 1
+
+    def retain(self, names: Iterable[str]) -> None:
+        """Forget every check not in ``names`` (a check removed from the config)."""
+        keep = set(names)
+        with self._lock:
+            self._entries = {n: e for n, e in self._entries.items() if n in keep}
+            self._failures = {k: v for k, v in self._failures.items() if k[0] in keep}
+
+    def snapshot(self) -> tuple[list[_Entry], dict[tuple[str, str], int]]:
+        with self._lock:
+            entries = [_Entry(e.spec, e.latest, e.runs) for e in self._entries.values()]
+            return entries, dict(self._failures)
+
+
+class AgentCollector(Collector):
+    def __init__(
+        self,
+        board: Board,
+        *,
+        ward: str,
+        agent: str,
+        version: str,
+        spool: SpoolStats | None = None,
+        pushes: PushStats | None = None,
+    ) -> None:
+        self.board = board
+        self.ward = ward
+        self.agent = agent
+        self.version = version
+        self.spool = spool
+        self.pushes = pushes
+
+    def collect(self) -> Iterable[Metric]:
+        entries, failures = self.board.snapshot()
+        yield from self._checks(entries, failures)
+        yield from self._agent()
+
+    def _checks(
+        self, entries: list[_Entry], failures: dict[tuple[str, str], int]
+    ) -> Iterable[Metric]:
+        extra = sorted({k for e in entries for k in e.spec.target.labels})
+        names = ["check", "name", "target", *extra]
+
+        def values(spec: CheckSpec) -> list[str]:
+            labels = spec.target.labels
+            return [spec.check, spec.name, spec.target.name, *(labels.get(k, "") for k in extra)]
+
+        success = GaugeMetricFamily(
+            "wardready_check_success",
+            "1 if the latest run of the check succeeded, else 0",
+            None,
+            names,
+        )
+        duration = GaugeMetricFamily(
+            "wardready_check_duration_seconds",
+            "How long the latest run of the check took",
+            labels=names,
+        )
+        runs = CounterMetricFamily(
+            "wardready_check_runs",
+            "Runs of the check since the agent started",
+            labels=["check", "name"],
+        )
+        failed = CounterMetricFamily(
+            "wardready_check_failures",
+            "Failed runs of the check since the agent started, by reason",
+            labels=["check", "name", "reason"],
+        )
+        # (type, metric) -> [(label values, item, value)]; items come from `metric__item` names
+        per_type: dict[tuple[str, str], list[tuple[list[str], str | None, float]]] = {}
+        kinds = {e.spec.name: e.spec.check for e in entries}
+        for e in entries:
+            runs.add_metric([e.spec.check, e.spec.name], e.runs)
+            if e.latest is None:
+                continue
+            v = values(e.spec)
+            success.add_metric(v, 1.0 if e.latest.success else 0.0)
+            duration.add_metric(v, e.latest.duration_seconds)
+            for metric, value in e.latest.metrics.items():
+                base, sep, item = metric.partition("__")
+                if not _METRIC_WORD.fullmatch(base):
+                    continue  # one malformed name must not break the whole scrape
+                samples = per_type.setdefault((e.spec.check, base), [])
+                samples.append((v, (item or "/") if sep else None, float(value)))
+        for (name, reason), count in sorted(failures.items()):
+            if name in kinds:
+                failed.add_metric([kinds[name], name, reason], count)
+        yield success
+        yield duration
+        yield runs
+        yield failed
+        for (kind, metric), samples in sorted(per_type.items()):
+            with_item = any(about is not None for _, about, _ in samples)
+            family = GaugeMetricFamily(
+                f"wardready_{kind}_{metric}",
+                f"{metric} from the latest {kind} check run"
+                + (" (item: the mount or interface it is about)" if with_item else ""),
+                labels=[*names, "item"] if with_item else names,
+            )
+            for v, about, value in samples:
+                family.add_metric([*v, about or ""] if with_item else v, value)
+            yield family
+
+    def _agent(self) -> Iterable[Metric]:
+        rss, cpu = process_usage()
+        yield GaugeMetricFamily(
+            "wardready_agent_resident_memory_bytes", "Resident memory of the agent", value=rss
+        )
+        yield CounterMetricFamily(
+            "wardready_agent_cpu_seconds", "CPU time (user + system) used by the agent", value=cpu
+        )
+        if self.spool is not None:
+            yield GaugeMetricFamily(
+                "wardready_agent_spool_depth",
+                "Results waiting in the spool for the collector",
+                value=self.spool.depth(),
+            )
+            yield CounterMetricFamily(
+                "wardready_agent_spool_dropped",
+                "Results dropped because the spool was full (kept across restarts)",
+                value=self.spool.dropped_total,
+            )
+        if self.pushes is not None:
+            yield GaugeMetricFamily(
+                "wardready_agent_last_push_success_timestamp_seconds",
+                "Unix time of the last push the collector accepted; 0 before the first",
+                value=self.pushes.last_push_success or 0.0,
+            )
+            yield CounterMetricFamily(
+                "wardready_agent_push_failures",
+                "Pushes to the collector that failed since the agent started",
+                value=self.pushes.push_failures_total,
+            )
+        info = InfoMetricFamily("wardready_agent", "The agent's version, ward and name")
+        info.add_metric([], {"version": self.version, "ward": self.ward, "agent": self.agent})
+        yield info
+
+
+class MetricsServer:
+    """The /metrics endpoint on ``host:port`` (port 0 picks a free one: see ``port``)."""
+
+    def __init__(self, registry: CollectorRegistry, host: str, port: int) -> None:
+        self._server, self._thread = start_http_server(port, host, registry=registry)
+        self.host = host
+        self.port: int = self._server.server_port
+        log.info("metrics on http://%s:%d/metrics", _bracket(host), self.port)
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
+
+
+def _bracket(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def make_registry(collector: AgentCollector) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(collector)
+    return registry

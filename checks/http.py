@@ -1,0 +1,275 @@
+"""HTTP(S) request with status, body and certificate checks (httpx, HTTP/1.1).
+
+Target address: the URL, ``http://`` or ``https://``.
+
+One request (GET or HEAD), following redirects when asked. The body is read to the end (within
+the timeout); the regexes see its first ``max_body_bytes``, decoded as text. Every network
+operation has the check timeout; reading a slow body stops at the deadline. Name resolution
+happens inside httpx and is bounded by the runner's deadline only.
+
+Metrics:
+- ``duration_seconds``: request start to last body byte, redirects included;
+- ``status_code``, ``content_length_bytes`` (decoded body bytes), ``redirects``;
+- phases, summed over redirects, each present when it happened: ``connect_seconds`` (name
+  lookup and TCP connect), ``tls_seconds`` (TLS handshake), ``processing_seconds`` (request
+  sent to response headers received), ``transfer_seconds`` (reading the body);
+- HTTPS only: ``tls_verified`` (1 when the chain and name were verified, 0 with
+  ``verify: false``), ``cert_expiry_seconds`` and ``cert_days_left`` of the final server's
+  certificate (with ``verify: false`` they need the optional ``cryptography`` package).
+
+Info: ``http_version``, ``final_url`` (after redirects, without query), ``tls_version``,
+``error``. Request headers are never reported: they may hold credentials.
+
+Reasons: ``timeout``, ``refused``, ``unreachable``, ``resolve_failed``, ``source_unavailable``,
+``tls_error``, ``tls_expired`` (verification failed on an expired certificate; with
+``verify: false`` expiry is only measured), ``status_mismatch`` (not in ``valid_status``,
+default 200-299), ``body_mismatch`` (``body_regex`` absent or ``body_regex_absent`` present),
+``too_many_redirects``, ``protocol_error`` (the server broke HTTP or dropped the connection).
+
+Privileges: none.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import ssl
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+from pydantic import Field, IPvAnyAddress, field_validator
+
+from checks import core
+from checks.core import ERROR, TIMEOUT, Outcome, Target
+from checks.tcp import (
+    REFUSED,
+    RESOLVE_FAILED,
+    SOURCE_UNAVAILABLE,
+    TLS_ERROR,
+    TLS_EXPIRED,
+    UNREACHABLE,
+    cert_not_after,
+    expiry_metrics,
+    oserror_reason,
+    ssl_reason,
+    tls_context,
+)
+
+STATUS_MISMATCH = "status_mismatch"
+BODY_MISMATCH = "body_mismatch"
+TOO_MANY_REDIRECTS = "too_many_redirects"
+PROTOCOL_ERROR = "protocol_error"
+
+REASONS = frozenset(
+    {
+        TIMEOUT,
+        REFUSED,
+        UNREACHABLE,
+        RESOLVE_FAILED,
+        SOURCE_UNAVAILABLE,
+        TLS_ERROR,
+        TLS_EXPIRED,
+        STATUS_MISMATCH,
+        BODY_MISMATCH,
+        TOO_MANY_REDIRECTS,
+        PROTOCOL_ERROR,
+    }
+)
+
+USER_AGENT = "wardready-probe/1"
+
+Status = Annotated[int, Field(ge=100, le=599)]
+
+# httpcore trace event prefixes -> our phase metric.
+_PHASES = {
+    "connection.connect_tcp": "connect_seconds",
+    "connection.start_tls": "tls_seconds",
+    "http11.receive_response_headers": "processing_seconds",
+    "http11.receive_response_body": "transfer_seconds",
+}
+
+
+class Params(core.Params):
+    method: Literal["GET", "HEAD"] = "GET"
+    headers: dict[str, str] = Field(default_factory=dict, max_length=32)
+    follow_redirects: bool = True
+    max_redirects: int = Field(default=10, ge=0, le=30)
+    valid_status: list[Status] = Field(default_factory=list, max_length=100)
+    body_regex: str | None = Field(default=None, min_length=1, max_length=1000)
+    body_regex_absent: str | None = Field(default=None, min_length=1, max_length=1000)
+    max_body_bytes: int = Field(default=1 << 20, ge=0, le=64 << 20)
+    verify: bool = True
+    ca_file: str | None = Field(default=None, min_length=1)
+    source: IPvAnyAddress | None = None
+
+    @field_validator("body_regex", "body_regex_absent")
+    @classmethod
+    def _compiles(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"not a valid regular expression: {exc}") from exc
+        return value
+
+
+class _Phases:
+    """Collects httpcore trace events into phase durations."""
+
+    def __init__(self) -> None:
+        self.started: dict[str, float] = {}
+        self.totals: dict[str, float] = {}
+
+    def event(self, name: str, info: dict[str, Any]) -> None:
+        prefix, _, stage = name.rpartition(".")
+        metric = _PHASES.get(prefix)
+        if metric is None:
+            return
+        now = time.perf_counter()
+        if stage == "started":
+            self.started[prefix] = now
+        elif prefix in self.started:
+            self.totals[metric] = self.totals.get(metric, 0.0) + now - self.started.pop(prefix)
+
+
+class _Overrun(Exception):
+    pass
+
+
+def _cause_reason(exc: BaseException) -> tuple[str, str]:
+    """Walk the exception chain to the socket or TLS error under an httpx error."""
+    seen: BaseException | None = exc
+    for _ in range(10):
+        if seen is None:
+            break
+        if isinstance(seen, ssl.SSLError):
+            return ssl_reason(seen), f"tls: {seen}"
+        if isinstance(seen, socket.gaierror):
+            return RESOLVE_FAILED, str(seen.strerror or seen)
+        if isinstance(seen, OSError):
+            reason = oserror_reason(seen)
+            if reason != ERROR:
+                return reason, str(seen.strerror or seen)
+        seen = seen.__cause__ or seen.__context__
+    return ERROR, str(exc) or type(exc).__name__
+
+
+def _read_body(response: httpx.Response, keep: int, deadline: float) -> tuple[int, bytes]:
+    size, head = 0, bytearray()
+    for chunk in response.iter_bytes():
+        size += len(chunk)
+        if len(head) < keep:
+            head += chunk[: keep - len(head)]
+        if time.perf_counter() > deadline:
+            raise _Overrun(f"body still arriving after {size} bytes at the deadline")
+    return size, bytes(head)
+
+
+def _tls_facts(response: httpx.Response, verify: bool) -> tuple[dict[str, float], dict[str, str]]:
+    stream = response.extensions.get("network_stream")
+    ssl_object = stream.get_extra_info("ssl_object") if stream is not None else None
+    if ssl_object is None:
+        return {}, {}
+    metrics = {"tls_verified": 1.0 if verify else 0.0}
+    metrics.update(expiry_metrics(cert_not_after(ssl_object)))
+    return metrics, {"tls_version": ssl_object.version() or ""}
+
+
+def _without_query(url: httpx.URL) -> str:
+    parts = urlsplit(str(url))
+    netloc = parts.hostname or ""
+    if ":" in netloc:
+        netloc = f"[{netloc}]"
+    if parts.port:
+        netloc += f":{parts.port}"
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+@contextmanager
+def _client(params: Params, ctx: ssl.SSLContext, timeout: float) -> Iterator[httpx.Client]:
+    transport = httpx.HTTPTransport(
+        verify=ctx,
+        local_address=str(params.source) if params.source is not None else None,
+        retries=0,
+    )
+    with httpx.Client(
+        transport=transport,
+        timeout=timeout,
+        follow_redirects=params.follow_redirects,
+        max_redirects=params.max_redirects,
+        trust_env=False,
+        headers={"User-Agent": USER_AGENT, **params.headers},
+    ) as client:
+        yield client
+
+
+def probe(target: Target, params: Params, timeout: float) -> Outcome:
+    t0 = time.perf_counter()
+    deadline = t0 + timeout
+    phases = _Phases()
+    metrics: dict[str, float] = {}
+    info: dict[str, str] = {}
+    try:
+        ctx = tls_context(params.verify, params.ca_file)
+    except (OSError, ssl.SSLError) as exc:
+        return Outcome(False, ERROR, info={"error": f"ca_file {params.ca_file}: {exc}"})
+    try:
+        with (
+            _client(params, ctx, timeout) as client,
+            client.stream(
+                params.method, target.address, extensions={"trace": phases.event}
+            ) as response,
+        ):
+            metrics["status_code"] = float(response.status_code)
+            metrics["redirects"] = float(len(response.history))
+            info["http_version"] = response.http_version
+            if response.history:
+                info["final_url"] = _without_query(response.url)
+            tls_metrics, tls_info = _tls_facts(response, params.verify)
+            metrics.update(tls_metrics)
+            info.update(tls_info)
+            size, head = _read_body(response, params.max_body_bytes, deadline)
+            text = head.decode(response.encoding or "utf-8", errors="replace")
+    except httpx.InvalidURL as exc:
+        return Outcome(False, ERROR, info={"error": f"url {target.address!r}: {exc}"})
+    except _Overrun as exc:
+        return _failed(TIMEOUT, str(exc), metrics, info, phases)
+    except httpx.TimeoutException as exc:
+        return _failed(
+            TIMEOUT, f"{type(exc).__name__}: no answer within {timeout:g} s", metrics, info, phases
+        )
+    except httpx.TooManyRedirects as exc:
+        return _failed(TOO_MANY_REDIRECTS, str(exc), metrics, info, phases)
+    except httpx.ConnectError as exc:
+        reason, message = _cause_reason(exc)
+        return _failed(reason, message, metrics, info, phases)
+    except (httpx.ProtocolError, httpx.DecodingError, httpx.ReadError, httpx.WriteError) as exc:
+        return _failed(PROTOCOL_ERROR, f"{type(exc).__name__}: {exc}", metrics, info, phases)
+    except httpx.HTTPError as exc:
+        reason, message = _cause_reason(exc)
+        return _failed(reason, f"{type(exc).__name__}: {message}", metrics, info, phases)
+
+    metrics["duration_seconds"] = time.perf_counter() - t0
+    metrics["content_length_bytes"] = float(size)
+    metrics.update(phases.totals)
+    status = response.status_code
+    if not (status in params.valid_status if params.valid_status else 200 <= status < 300):
+        wanted = ",".join(map(str, params.valid_status)) or "200-299"
+        return Outcome(
+            False, STATUS_MISMATCH, metrics, {**info, "error": f"status {status}, want {wanted}"}
+        )
+    if params.body_regex is not None and not re.search(params.body_regex, text):
+        return Outcome(False, BODY_MISMATCH, metrics, {**info, "error": "body_regex not found"})
+    if params.body_regex_absent is not None and re.search(params.body_regex_absent, text):
+        return Outcome(False, BODY_MISMATCH, metrics, {**info, "error": "body_regex_absent found"})
+    return Outcome(True, metrics=metrics, info=info)
+
+
+def _failed(
+    reason: str, message: str, metrics: dict[str, float], info: dict[str, str], phases: _Phases
+) -> Outcome:
+    return Outcome(False, reason, {**metrics, **phases.totals}, {**info, "error": message[:1000]})

@@ -1,0 +1,298 @@
+"""TCP connect, with an optional TLS handshake.
+
+Target address: ``host:port``; an IPv6 literal goes in brackets, ``[2001:db8::1]:443``. The host
+may be a name (resolved with the system resolver, bounded by the timeout). When a name has
+several addresses they are tried in order until one connects.
+
+Metrics:
+- ``connect_seconds``: time of the TCP three-way handshake to the address that answered.
+- ``tls_handshake_seconds``: time of the TLS handshake (``tls: true``).
+- ``cert_expiry_seconds``: seconds until the server certificate's notAfter (negative when
+  expired). Always reported when verification is on; with ``verify: false`` it needs the
+  optional ``cryptography`` package to read the unverified certificate.
+- ``cert_days_left``: the same in days.
+
+Info: ``address`` (the IP that answered), ``tls_version``, ``error``.
+
+Reasons: ``refused``, ``timeout``, ``unreachable``, ``resolve_failed``, ``source_unavailable``
+(the ``source`` address is not on this host, e.g. its WAN link is down), ``tls_error``,
+``tls_expired`` (verification failed because the certificate has expired). With
+``verify: false`` nothing about the certificate is judged: the collector reads
+``cert_expiry_seconds``.
+
+Privileges: none.
+
+``resolve``, ``parse_address``, ``oserror_reason`` and ``cert_not_after`` are shared with the
+other network checks.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import socket
+import ssl
+import threading
+import time
+from typing import Any, Literal
+
+from pydantic import Field, IPvAnyAddress, field_validator
+
+from checks import core
+from checks.core import ERROR, TIMEOUT, Outcome, Target
+
+REFUSED = "refused"
+UNREACHABLE = "unreachable"
+RESOLVE_FAILED = "resolve_failed"
+SOURCE_UNAVAILABLE = "source_unavailable"
+TLS_ERROR = "tls_error"
+TLS_EXPIRED = "tls_expired"
+
+REASONS = frozenset(
+    {REFUSED, TIMEOUT, UNREACHABLE, RESOLVE_FAILED, SOURCE_UNAVAILABLE, TLS_ERROR, TLS_EXPIRED}
+)
+
+Family = Literal["auto", "4", "6"]
+_FAMILIES = {"auto": socket.AF_UNSPEC, "4": socket.AF_INET, "6": socket.AF_INET6}
+
+# OpenSSL's X509_V_ERR_CERT_HAS_EXPIRED: the one verification failure with its own reason.
+_X509_CERT_HAS_EXPIRED = 10
+
+_UNREACHABLE_ERRNOS = frozenset({errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EHOSTDOWN})
+
+
+def family_from_number(value: Any) -> Any:
+    """YAML writes ``family: 4`` as an int; accept it as the word ``"4"``."""
+    return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+class Params(core.Params):
+    tls: bool = False
+    server_name: str | None = Field(default=None, min_length=1, max_length=253)
+    verify: bool = True
+    ca_file: str | None = Field(default=None, min_length=1)
+    source: IPvAnyAddress | None = None
+    family: Family = "auto"
+
+    _family_number = field_validator("family", mode="before")(family_from_number)
+
+
+class ResolveError(Exception):
+    pass
+
+
+def parse_address(address: str, default_port: int | None = None) -> tuple[str, int]:
+    """Split ``host:port`` / ``[v6]:port`` (or a bare host when ``default_port`` is given)."""
+    text = address.strip()
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        if not sep:
+            raise ValueError(f"address {address!r}: missing ']' after the IPv6 literal")
+        if not rest:
+            port_text = None
+        elif rest.startswith(":"):
+            port_text = rest[1:]
+        else:
+            raise ValueError(f"address {address!r}: expected ':port' after ']'")
+    elif text.count(":") == 1:
+        host, port_text = text.split(":")
+    elif text.count(":") > 1:
+        raise ValueError(f"address {address!r}: write an IPv6 address as [addr]:port")
+    else:
+        host, port_text = text, None
+    if not host:
+        raise ValueError(f"address {address!r}: empty host")
+    if port_text is None:
+        if default_port is None:
+            raise ValueError(f"address {address!r}: expected host:port")
+        return host, default_port
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ValueError(f"address {address!r}: port must be 1..65535")
+    return host, int(port_text)
+
+
+def resolve(
+    host: str, port: int, family: Family, timeout: float, socktype: int
+) -> list[tuple[int, Any]]:
+    """``getaddrinfo`` with a time limit, as ``[(family, sockaddr), ...]``.
+
+    getaddrinfo itself cannot be cancelled, so a name lookup runs in a daemon thread that is
+    abandoned when the time is up.
+    """
+    fam = _FAMILIES[family]
+    try:
+        ipaddress.ip_address(host.partition("%")[0])
+    except ValueError:
+        literal = False
+    else:
+        literal = True
+    if literal:
+        try:
+            infos = socket.getaddrinfo(host, port, fam, socktype, 0, socket.AI_NUMERICHOST)
+        except socket.gaierror as exc:
+            raise ResolveError(f"{host}: {exc.strerror}") from exc
+        return [(info[0], info[4]) for info in infos]
+
+    box: dict[str, Any] = {}
+
+    def lookup() -> None:
+        try:
+            box["infos"] = socket.getaddrinfo(host, port, fam, socktype)
+        except OSError as exc:
+            box["error"] = exc
+
+    worker = threading.Thread(target=lookup, name=f"resolve-{host}", daemon=True)
+    worker.start()
+    worker.join(timeout)
+    if worker.is_alive():
+        raise ResolveError(f"{host}: no answer from the resolver within {timeout:.3g} s")
+    if "error" in box:
+        err = box["error"]
+        raise ResolveError(f"{host}: {getattr(err, 'strerror', None) or err}")
+    seen: list[tuple[int, Any]] = []
+    for info in box["infos"]:
+        item = (info[0], info[4])
+        if item not in seen:
+            seen.append(item)
+    if not seen:
+        raise ResolveError(f"{host}: no address")
+    return seen
+
+
+def oserror_reason(exc: BaseException) -> str:
+    """The failure reason for a socket error from connect/send."""
+    if isinstance(exc, TimeoutError | socket.timeout):
+        return TIMEOUT
+    if isinstance(exc, ConnectionRefusedError):
+        return REFUSED
+    if isinstance(exc, OSError):
+        if exc.errno in _UNREACHABLE_ERRNOS:
+            return UNREACHABLE
+        if exc.errno == errno.EADDRNOTAVAIL:
+            return SOURCE_UNAVAILABLE
+    return ERROR
+
+
+def ssl_reason(exc: ssl.SSLError) -> str:
+    if isinstance(exc, ssl.SSLCertVerificationError) and exc.verify_code == _X509_CERT_HAS_EXPIRED:
+        return TLS_EXPIRED
+    return TLS_ERROR
+
+
+def cert_not_after(ssl_object: Any) -> float | None:
+    """The peer certificate's notAfter as epoch seconds, or None when it can't be read."""
+    verified = ssl_object.getpeercert()
+    if verified and "notAfter" in verified:
+        return float(ssl.cert_time_to_seconds(str(verified["notAfter"])))
+    # Positional: httpcore hands out the C-level _ssl._SSLSocket, which takes no keywords.
+    der = ssl_object.getpeercert(True)
+    if not der:
+        return None
+    try:
+        from cryptography import x509
+    except ImportError:
+        return None
+    return x509.load_der_x509_certificate(der).not_valid_after_utc.timestamp()
+
+
+def expiry_metrics(not_after: float | None) -> dict[str, float]:
+    if not_after is None:
+        return {}
+    left = not_after - time.time()
+    return {"cert_expiry_seconds": left, "cert_days_left": left / 86400.0}
+
+
+def tls_context(verify: bool, ca_file: str | None) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(cafile=ca_file) if verify else ssl.create_default_context()
+    if not verify:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+def _fail(reason: str, message: str, **info: str) -> Outcome:
+    return Outcome(False, reason, info={**info, "error": message})
+
+
+def probe(target: Target, params: Params, timeout: float) -> Outcome:
+    deadline = time.monotonic() + timeout
+    try:
+        host, port = parse_address(target.address)
+    except ValueError as exc:
+        return _fail(ERROR, str(exc))
+    try:
+        addrs = resolve(host, port, params.family, timeout, socket.SOCK_STREAM)
+    except ResolveError as exc:
+        return _fail(RESOLVE_FAILED, str(exc))
+    if params.source is not None:
+        want = socket.AF_INET if params.source.version == 4 else socket.AF_INET6
+        addrs = [a for a in addrs if a[0] == want]
+        if not addrs:
+            return _fail(RESOLVE_FAILED, f"{host}: no IPv{params.source.version} address")
+
+    failure = _fail(TIMEOUT, f"no address of {host} tried within {timeout:g} s")
+    for fam, sockaddr in addrs:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            break
+        sock = socket.socket(fam, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(remaining)
+            if params.source is not None:
+                try:
+                    sock.bind((str(params.source), 0))
+                except OSError as exc:
+                    return _fail(oserror_reason(exc), f"bind {params.source}: {exc.strerror}")
+            t0 = time.perf_counter()
+            try:
+                sock.connect(sockaddr)
+            except OSError as exc:
+                failure = _fail(
+                    oserror_reason(exc),
+                    f"connect {sockaddr[0]} port {port}: {exc.strerror or 'timed out'}",
+                    address=sockaddr[0],
+                )
+                continue
+            metrics = {"connect_seconds": time.perf_counter() - t0}
+            info = {"address": sockaddr[0]}
+            if not params.tls:
+                return Outcome(True, metrics=metrics, info=info)
+            return _handshake(sock, params, params.server_name or host, deadline, metrics, info)
+        finally:
+            sock.close()
+    return failure
+
+
+def _handshake(
+    sock: socket.socket,
+    params: Params,
+    server_name: str,
+    deadline: float,
+    metrics: dict[str, float],
+    info: dict[str, str],
+) -> Outcome:
+    try:
+        ctx = tls_context(params.verify, params.ca_file)
+    except (OSError, ssl.SSLError) as exc:
+        return Outcome(False, ERROR, metrics, {**info, "error": f"ca_file {params.ca_file}: {exc}"})
+    sock.settimeout(max(deadline - time.monotonic(), 0.001))
+    t0 = time.perf_counter()
+    try:
+        with ctx.wrap_socket(
+            sock, server_hostname=server_name, do_handshake_on_connect=False
+        ) as tls:
+            tls.do_handshake()
+            metrics["tls_handshake_seconds"] = time.perf_counter() - t0
+            metrics.update(expiry_metrics(cert_not_after(tls)))
+            info["tls_version"] = tls.version() or ""
+    except ssl.SSLError as exc:
+        return Outcome(False, ssl_reason(exc), metrics, {**info, "error": f"tls: {exc}"})
+    except OSError as exc:
+        reason = oserror_reason(exc)
+        return Outcome(
+            False,
+            TIMEOUT if reason == TIMEOUT else TLS_ERROR,
+            metrics,
+            {**info, "error": f"tls: {exc.strerror or exc or 'timed out'}"},
+        )
+    return Outcome(True, metrics=metrics, info=info)

@@ -1,0 +1,251 @@
+"""Prometheus /metrics: verdicts, criteria, agents and the newest check results, per ward.
+
+Built at scrape time by a custom collector on a private registry, from the service's cached
+verdicts and in-memory state, so a scrape never waits for an evaluation of its own and never
+reads results from the database.
+
+Choices:
+
+- ``wardready_ward_criterion_ok`` is 1 for ok and 0 for failed (a stale check counts as
+  failed, as in the verdict). A criterion whose state is unknown (too few samples) is not
+  exported: 0 would raise alerts for wards that simply started, and -1 would break ``sum``
+  and ``avg`` over the gauge. ``wardready_ward_verdict`` tells unknown apart.
+- Check metrics carry the labels ``ward, agent, name, target, role, line`` and no others: a
+  fixed, bounded set whatever labels agents invent. ``agent`` is there because two PCs in one
+  ward running the same check would otherwise export the same series twice, which makes
+  Prometheus reject the whole scrape; for the same reason, of two series that still collide
+  (same name and target, labels differing only outside role/line), the newest result wins.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
+from prometheus_client.registry import Collector, CollectorRegistry
+from prometheus_client.samples import Sample as PromSample
+
+from collector.readiness import Verdict
+from collector.state import Sample
+
+if TYPE_CHECKING:
+    from collector.service import Service
+
+CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
+VERDICTS = ("ready", "not_ready", "unknown")
+SERIES_LABELS = ("ward", "agent", "name", "target", "role", "line")
+CHECK_LABELS = ("ward", "agent", "check", "name", "target", "role", "line")
+CHECK_PREFIX = "wardready_check_"
+
+FIXED = {
+    "wardready_ward_ready": (
+        "1 when the ward is ready to operate, else 0 (not_ready or unknown).",
+        ("ward", "ward_name", "working_group"),
+    ),
+    "wardready_ward_verdict": (
+        "The ward's current verdict: one series per ward, value 1, verdict in the label.",
+        ("ward", "verdict"),
+    ),
+    "wardready_ward_criterion_ok": (
+        "1 when the readiness criterion holds, 0 when it fails (stale checks fail); "
+        "criteria without enough data are not exported.",
+        ("ward", "criterion", "severity"),
+    ),
+    "wardready_wards": ("Number of wards with each verdict.", ("verdict",)),
+    "wardready_verdicts_evaluated_timestamp_seconds": (
+        "When the verdicts exported here were computed (Unix time).",
+        (),
+    ),
+    "wardready_agent_last_seen_timestamp_seconds": (
+        "When the collector last received a batch from the agent (Unix time).",
+        ("ward", "agent"),
+    ),
+    "wardready_agent_spool_depth": (
+        "Results waiting in the agent's spool, as it reported in its last batch.",
+        ("ward", "agent"),
+    ),
+    "wardready_check_success": (
+        "1 when the newest result of the check succeeded, else 0.",
+        CHECK_LABELS,
+    ),
+    "wardready_check_duration_seconds": (
+        "How long the newest run of the check took.",
+        CHECK_LABELS,
+    ),
+    "wardready_check_started_timestamp_seconds": (
+        "When the newest run of the check started (Unix time), to tell fresh from stale.",
+        CHECK_LABELS,
+    ),
+}
+
+
+_MISSING = GaugeMetricFamily("wardready_missing", "placeholder, never exported")
+
+
+def _metric_family(check: str, metric: str) -> GaugeMetricFamily | None:
+    """The family re-exporting one check metric; None if its name is taken by a fixed one."""
+    name = f"wardready_{check}_{metric}"
+    if name in FIXED:
+        return None
+    doc = f"{metric} of the newest {check} check result, as measured."
+    return GaugeMetricFamily(name, doc, labels=SERIES_LABELS)
+
+
+def _family(name: str) -> GaugeMetricFamily:
+    doc, labels = FIXED[name]
+    return GaugeMetricFamily(name, doc, labels=labels)
+
+
+class ReadinessCollector(Collector):
+    def __init__(self, service: Service) -> None:
+        self._service = service
+
+    def collect(self) -> Iterable[Metric]:
+        service = self._service
+        verdicts: dict[str, Verdict] = service.verdicts()
+        wards = service.wards()
+        fam = {name: _family(name) for name in FIXED if not name.startswith(CHECK_PREFIX)}
+        # Samples are appended directly with shared label dicts: at national scale a scrape
+        # holds hundreds of thousands of samples, and add_metric would build a dict for each.
+        ready = fam["wardready_ward_ready"].samples
+        verdict_s = fam["wardready_ward_verdict"].samples
+        crit = fam["wardready_ward_criterion_ok"].samples
+        counts = dict.fromkeys(VERDICTS, 0)
+        evaluated = 0.0
+        for ward_id, ward in wards.items():
+            v = verdicts.get(ward_id)
+            if v is None:
+                continue
+            counts[v.verdict] = counts.get(v.verdict, 0) + 1
+            evaluated = max(evaluated, v.evaluated_at)
+            labels = {"ward": ward_id, "ward_name": ward.name, "working_group": ward.working_group}
+            ready.append(
+                PromSample("wardready_ward_ready", labels, 1.0 if v.verdict == "ready" else 0.0)
+            )
+            verdict_s.append(
+                PromSample("wardready_ward_verdict", {"ward": ward_id, "verdict": v.verdict}, 1.0)
+            )
+            for c in v.criteria:
+                if c.status in ("ok", "failed"):
+                    crit.append(
+                        PromSample(
+                            "wardready_ward_criterion_ok",
+                            {"ward": ward_id, "criterion": c.id, "severity": c.severity},
+                            1.0 if c.status == "ok" else 0.0,
+                        )
+                    )
+        for verdict, n in counts.items():
+            fam["wardready_wards"].add_metric([verdict], n)
+        if evaluated:
+            fam["wardready_verdicts_evaluated_timestamp_seconds"].add_metric([], evaluated)
+
+        for a in service.agents():
+            if a.ward not in wards:
+                continue
+            labels = {"ward": a.ward, "agent": a.agent}
+            fam["wardready_agent_last_seen_timestamp_seconds"].samples.append(
+                PromSample("wardready_agent_last_seen_timestamp_seconds", labels, a.last_seen)
+            )
+            fam["wardready_agent_spool_depth"].samples.append(
+                PromSample("wardready_agent_spool_depth", labels, float(a.spool_depth))
+            )
+
+        yield from fam.values()
+        yield from self._checks(wards)
+
+    def _checks(self, wards: Iterable[str]) -> Iterator[Metric]:
+        state = self._service.state
+        success = _family("wardready_check_success")
+        duration = _family("wardready_check_duration_seconds")
+        started = _family("wardready_check_started_timestamp_seconds")
+        per_metric: dict[tuple[str, str], GaugeMetricFamily | None] = {}
+        for ward in wards:
+            newest: dict[tuple[str, ...], tuple[Sample, dict[str, str], str]] = {}
+            for series, sample in state.latest(ward):
+                labels = series.labels
+                base = {
+                    "ward": ward,
+                    "agent": series.agent,
+                    "name": series.name,
+                    "target": series.target,
+                    "role": labels.get("role", ""),
+                    "line": labels.get("line", ""),
+                }
+                key = (series.check, *base.values())
+                held = newest.get(key)
+                if held is None or held[0].started < sample.started:
+                    newest[key] = (sample, base, series.check)
+            for sample, base, check in newest.values():
+                with_check = {**base, "check": check}
+                success.samples.append(
+                    PromSample(success.name, with_check, 1.0 if sample.success else 0.0)
+                )
+                duration.samples.append(
+                    PromSample(duration.name, with_check, sample.duration_seconds)
+                )
+                started.samples.append(PromSample(started.name, with_check, sample.started))
+                for metric, value in sample.metrics.items():
+                    family = per_metric.get((check, metric), _MISSING)
+                    if family is _MISSING:
+                        family = per_metric[check, metric] = _metric_family(check, metric)
+                    if family is not None:
+                        family.samples.append(PromSample(family.name, base, float(value)))
+        yield success
+        yield duration
+        yield started
+        yield from (f for f in per_metric.values() if f is not None)
+
+
+def registry_for(service: Service) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(ReadinessCollector(service))
+    return registry
+
+
+def _label_value(value: str) -> str:
+    if "\\" in value or "\n" in value or '"' in value:
+        value = value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+    return value
+
+
+def _number(value: float) -> str:
+    value = float(value)
+    if math.isfinite(value):
+        return repr(value)
+    if math.isnan(value):
+        return "NaN"
+    return "+Inf" if value > 0 else "-Inf"
+
+
+def render(registry: CollectorRegistry) -> bytes:
+    """The registry in the Prometheus text format (0.0.4), for gauge families.
+
+    Equivalent to ``generate_latest`` for what this module collects, but several times
+    faster at national scale (hundreds of thousands of samples): it formats each distinct
+    label set once (samples of one series share their label dict) and does not re-validate
+    label names that are fixed here. tests/collector/test_exposition.py checks that both
+    give the same families.
+    """
+    out: list[str] = []
+    # id(labels) -> (labels, text): the dict is kept alive here so its id is not reused.
+    formatted: dict[int, tuple[dict[str, str], str]] = {}
+
+    def label_text(labels: dict[str, str]) -> str:
+        if not labels:
+            return ""
+        hit = formatted.get(id(labels))
+        if hit is None:
+            text = ",".join(f'{k}="{_label_value(v)}"' for k, v in labels.items())
+            hit = formatted[id(labels)] = (labels, "{" + text + "}")
+        return hit[1]
+
+    for family in registry.collect():
+        if family.type != "gauge":
+            raise ValueError(f"{family.name}: only gauges are rendered here, not {family.type}")
+        doc = family.documentation.replace("\\", "\\\\").replace("\n", "\\n")
+        out.append(f"# HELP {family.name} {doc}\n# TYPE {family.name} gauge\n")
+        out.extend([f"{s[0]}{label_text(s[1])} {_number(s[2])}\n" for s in family.samples])
+    return "".join(out).encode("utf-8")

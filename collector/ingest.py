@@ -1,0 +1,240 @@
+"""The ingest path: authorize, validate and store one agent batch.
+
+Kept free of the web framework so it can be tested and benchmarked on its own; the API
+endpoint only reads the body and maps :class:`IngestError` to a response. The order of the
+steps decides which error a client sees: 401 (who are you) before 413/422 (what did you
+send) before 403 (may you write there).
+
+Storing is idempotent: each (ward, agent, stream, seq) is stored once however often a batch
+is replayed, and only the results actually inserted are reported back as new, so the
+in-memory state never counts a replayed result twice.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+from collections.abc import Collection
+from dataclasses import dataclass, field
+
+import sqlalchemy as sa
+from pydantic import ValidationError
+
+from checks.wire import MAX_BATCH_BYTES, WIRE_VERSION, Batch, ResultRecord, time_errors
+from collector import db
+from collector.tokens import Grant, TokenCache, bearer
+
+log = logging.getLogger(__name__)
+
+# Errors listed in one 422 body; a batch of 2000 bad results should not answer with 2000.
+MAX_ERRORS = 100
+# The wire schema leaves integers unbounded, and text may hold NUL characters; the database
+# takes neither (PostgreSQL refuses NUL in text), so they are refused here as bad input
+# rather than failing the insert.
+MAX_INT64 = 2**63 - 1
+
+
+@dataclass
+class IngestError(Exception):
+    status: int
+    detail: str
+    errors: list[dict[str, str]] = field(default_factory=list)
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        return f"{self.status}: {self.detail}"
+
+    def body(self) -> dict[str, object]:
+        out: dict[str, object] = {"detail": self.detail}
+        if self.errors:
+            out["errors"] = self.errors
+        return out
+
+
+@dataclass(frozen=True)
+class Stored:
+    inserted: list[ResultRecord]
+    duplicates: int
+    last_seq: int | None
+
+
+@functools.cache
+def known_checks() -> frozenset[str] | None:
+    # The registry imports every probe module; if one of them cannot be imported here the
+    # collector still ingests (and says so once) rather than refusing every agent.
+    try:
+        from checks.registry import REGISTRY
+    except ImportError as exc:
+        log.warning("check registry unavailable (%s); check types are not verified", exc)
+        return None
+    return frozenset(REGISTRY)
+
+
+def _unprocessable(errors: list[dict[str, str]]) -> IngestError:
+    first = errors[0]
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    return IngestError(422, f"{first['field']}: {first['message']}{more}", errors[:MAX_ERRORS])
+
+
+def authorize(cache: TokenCache, authorization: str | None) -> Grant:
+    token = bearer(authorization)
+    challenge = {"WWW-Authenticate": "Bearer"}
+    if token is None:
+        raise IngestError(401, "authorization: a Bearer token is required", headers=challenge)
+    grant = cache.lookup(token)
+    if grant is None:
+        raise IngestError(401, "authorization: unknown or revoked token", headers=challenge)
+    return grant
+
+
+def parse(body: bytes) -> Batch:
+    if len(body) > MAX_BATCH_BYTES:
+        raise IngestError(413, f"body: larger than {MAX_BATCH_BYTES} bytes")
+    try:
+        return Batch.model_validate_json(body)
+    except ValidationError as exc:
+        errors = []
+        for e in exc.errors(include_url=False, include_input=False):
+            loc, message = list(e["loc"]), e["msg"]
+            if loc and loc[-1] == "[key]":  # the key itself is wrong, not its value
+                loc.pop()
+                message = f"key: {message}"
+            errors.append({"field": ".".join(str(p) for p in loc) or "body", "message": message})
+        raise _unprocessable(errors) from None
+
+
+def check(batch: Batch, grant: Grant, now: float, checks: Collection[str] | None) -> None:
+    """Refuse a well-formed batch this token may not write, or that makes no sense."""
+    if batch.ward != grant.ward:
+        raise IngestError(403, f"ward: this token writes ward {grant.ward!r}, not {batch.ward!r}")
+    if grant.agent is not None and batch.agent != grant.agent:
+        raise IngestError(
+            403, f"agent: this token writes as agent {grant.agent!r}, not {batch.agent!r}"
+        )
+    errors: list[dict[str, str]] = []
+    if batch.wire_version != WIRE_VERSION:
+        errors.append(
+            {
+                "field": "wire_version",
+                "message": f"version {batch.wire_version} is not supported (need {WIRE_VERSION})",
+            }
+        )
+    status = batch.status
+    for name in ("spool_depth", "spool_dropped_total", "resident_memory_bytes"):
+        if getattr(status, name) > MAX_INT64:
+            errors.append({"field": f"status.{name}", "message": "larger than a 64-bit integer"})
+    if "\x00" in status.version:
+        errors.append({"field": "status.version", "message": "must not contain NUL characters"})
+    seen: dict[int, int] = {}
+    for i, r in enumerate(batch.results):
+        if r.seq > MAX_INT64:
+            errors.append({"field": f"results.{i}.seq", "message": "larger than a 64-bit integer"})
+        if "\x00" in r.address:
+            errors.append(
+                {"field": f"results.{i}.address", "message": "must not contain NUL characters"}
+            )
+        if checks is not None and r.check not in checks:
+            errors.append(
+                {
+                    "field": f"results.{i}.check",
+                    "message": f"unknown check type {r.check!r}; known: "
+                    + ", ".join(sorted(checks)),
+                }
+            )
+        if r.seq in seen:
+            errors.append(
+                {
+                    "field": f"results.{i}.seq",
+                    "message": f"seq {r.seq} repeats results.{seen[r.seq]}.seq",
+                }
+            )
+        else:
+            seen[r.seq] = i
+    for line in time_errors(batch, now):
+        where, _, message = line.partition(": ")
+        errors.append({"field": where, "message": message})
+    if errors:
+        raise _unprocessable(errors)
+
+
+_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), check_circular=False).encode
+# The same few label sets arrive over and over (one per series); bounded, then started over.
+_labels_json: dict[tuple[tuple[str, str], ...], str] = {}
+MAX_CACHED_LABELS = 50_000
+
+
+def _dumps(mapping: dict[str, str] | dict[str, float]) -> str:
+    return _encode(mapping) if mapping else "{}"
+
+
+def _labels(labels: dict[str, str]) -> str:
+    if not labels:
+        return "{}"
+    key = tuple(labels.items())
+    text = _labels_json.get(key)
+    if text is None:
+        if len(_labels_json) >= MAX_CACHED_LABELS:
+            _labels_json.clear()
+        text = _labels_json[key] = _encode(labels)
+    return text
+
+
+def store(conn: sa.Connection, batch: Batch, now: float) -> Stored:
+    """Insert the batch's results and update its agent row, in the caller's transaction."""
+    ward, agent, stream = batch.ward, batch.agent, batch.stream
+    inserted: list[ResultRecord] = []
+    if batch.results:
+        rows = [
+            {
+                "ward_id": ward,
+                "agent": agent,
+                "stream": stream,
+                "seq": r.seq,
+                "check": r.check,
+                "name": r.name,
+                "target": r.target,
+                "address": r.address,
+                "labels": _labels(r.labels),
+                "interval_seconds": r.interval_seconds,
+                "started": r.started,
+                "duration_seconds": r.duration_seconds,
+                "success": r.success,
+                "reason": r.reason,
+                "metrics": _dumps(r.metrics),
+                "info": _dumps(r.info),
+                "received_at": now,
+            }
+            for r in batch.results
+        ]
+        t = db.results
+        stmt = (
+            db.insert_for(conn, t)
+            .on_conflict_do_nothing(index_elements=[t.c.ward_id, t.c.agent, t.c.stream, t.c.seq])
+            .returning(t.c.seq)
+        )
+        # RETURNING names exactly the rows that went in: the others were already stored.
+        new = set(conn.execute(stmt, rows).scalars())
+        inserted = [r for r in batch.results if r.seq in new]
+
+    a = db.agents
+    prev = conn.execute(
+        sa.select(a.c.stream, a.c.last_seq).where(a.c.ward_id == ward, a.c.agent == agent)
+    ).first()
+    batch_last = max((r.seq for r in batch.results), default=None)
+    stream_last = prev.last_seq if prev is not None and prev.stream == stream else None
+    if batch_last is not None:
+        stream_last = batch_last if stream_last is None else max(stream_last, batch_last)
+    status = batch.status
+    values = {
+        "last_seen": now,
+        "version": status.version,
+        "stream": stream,
+        "last_seq": stream_last,
+        "spool_depth": status.spool_depth,
+        "spool_dropped_total": status.spool_dropped_total,
+        "resident_memory_bytes": status.resident_memory_bytes,
+    }
+    upsert = db.insert_for(conn, a).values(ward_id=ward, agent=agent, first_seen=now, **values)
+    conn.execute(upsert.on_conflict_do_update(index_elements=[a.c.ward_id, a.c.agent], set_=values))
+    return Stored(inserted, len(batch.results) - len(inserted), batch_last)

@@ -1,0 +1,369 @@
+"""The readiness profile: criteria a ward must meet, loaded from YAML and validated.
+
+A profile is judged by :mod:`collector.readiness`; this module only parses and checks it.
+Every error names the file, the line and the field path
+(``default.yaml:14: criteria[2].condition.op: Input should be '<', '<=', ...``), and all
+errors of a file are reported at once.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import math
+import re
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+from checks.wire import LabelValue, Name, Word
+
+Severity = Literal["blocker", "warning"]
+Require = Literal["all", "any"]
+Agg = Literal["avg", "min", "max", "p50", "p95", "p99", "last", "count"]
+Op = Literal["<", "<=", ">", ">=", "==", "!="]
+
+# Metrics every result has, whatever its check type.
+SUCCESS = "success"
+DURATION = "duration_seconds"
+
+# `last: N` is bounded so the in-memory state can promise to keep N results of every series
+# even when they are older than the time retention (see collector.state).
+MAX_LAST = 64
+
+# Windows are judged from memory (collector.state); a day of results is the most worth holding.
+MAX_WINDOW_SECONDS = 86400.0
+
+# Extra history kept beyond the longest window, so a window that ends "now" still finds its
+# oldest samples while results of the last push are on their way.
+RETENTION_MARGIN_SECONDS = 300.0
+
+# `op: >=` unquoted: YAML reads > as the start of a folded block and fails on what follows.
+_BARE_OP = re.compile(r":\s*[<>]=?\s*(#.*)?$")
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+
+
+def _duration(value: Any) -> Any:
+    """'90s', '15m', '1h' or a number of seconds -> seconds; None passes through."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise PydanticCustomError("duration", "expected a duration like 90s, 15m or 1h")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str) and (m := _DURATION_RE.match(value)):
+        seconds = float(m.group(1)) * _UNIT_SECONDS[m.group(2)]
+    else:
+        raise PydanticCustomError("duration", "expected a duration like 90s, 15m or 1h")
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise PydanticCustomError("duration", "must be a duration greater than 0")
+    if seconds > MAX_WINDOW_SECONDS:
+        raise PydanticCustomError("duration", "must be at most 1d")
+    return seconds
+
+
+Duration = Annotated[float, BeforeValidator(_duration)]
+
+
+def format_duration(seconds: float) -> str:
+    """The shortest exact spelling: 900 -> '15m', 90 -> '90s', 3600 -> '1h'."""
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds / size:g}{unit}"
+    return f"{seconds:g}s"
+
+
+@functools.cache
+def _known_check_types() -> frozenset[str] | None:
+    # The registry imports every check module; the collector must still load a profile when
+    # one of them (or its library) is unavailable, so an unimportable registry checks nothing.
+    try:
+        from checks.registry import REGISTRY
+    except ImportError:
+        return None
+    return frozenset(REGISTRY)
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Select(_Model):
+    check: Word | None = None
+    name: Name | None = None
+    labels: dict[Word, LabelValue] = Field(default_factory=dict)
+
+    @field_validator("check")
+    @classmethod
+    def _known_check(cls, value: str | None) -> str | None:
+        known = _known_check_types()
+        if value is not None and known is not None and value not in known:
+            raise PydanticCustomError(
+                "unknown_check",
+                "unknown check type '{check}'; known: {known}",
+                {"check": value, "known": ", ".join(sorted(known))},
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> Select:
+        if self.check is None and self.name is None and not self.labels:
+            raise PydanticCustomError("empty_select", "give at least one of check, name, labels")
+        return self
+
+    def describe(self) -> str:
+        parts = []
+        if self.check is not None:
+            parts.append(f"check={self.check}")
+        if self.name is not None:
+            parts.append(f"name={self.name}")
+        parts.extend(f"{k}={v}" for k, v in sorted(self.labels.items()))
+        return " ".join(parts)
+
+
+class Condition(_Model):
+    metric: Word
+    agg: Agg
+    window: Duration | None = None
+    last: int | None = Field(default=None, ge=1, le=MAX_LAST, strict=True)
+    op: Op
+    threshold: float = Field(strict=True, allow_inf_nan=False)
+    min_samples: int = Field(default=1, ge=1, le=100_000, strict=True)
+
+    @model_validator(mode="after")
+    def _one_span(self) -> Condition:
+        if (self.window is None) == (self.last is None):
+            raise PydanticCustomError("span", "give exactly one of window or last")
+        if self.last is not None and self.min_samples > self.last:
+            raise PydanticCustomError(
+                "span",
+                "min_samples ({min}) is more than last ({last}): it could never be judged",
+                {"min": self.min_samples, "last": self.last},
+            )
+        return self
+
+    @functools.cached_property
+    def span(self) -> str:
+        """How the samples are chosen, as shown in evidence: '15m' or 'last 3'."""
+        if self.window is not None:
+            return format_duration(self.window)
+        return f"last {self.last}"
+
+
+class Criterion(_Model):
+    id: Word
+    title: str = Field(min_length=1, max_length=200)
+    severity: Severity
+    select: Select
+    require: Require = "all"
+    condition: Condition
+    max_age_intervals: float = Field(default=3.0, gt=0, le=1000, strict=True)
+
+    @field_validator("title")
+    @classmethod
+    def _one_line(cls, value: str) -> str:
+        # Titles end up in one-line reasons and terminal tables; a YAML block keeps newlines.
+        return " ".join(value.split())
+
+
+class Profile(_Model):
+    version: int
+    silence_seconds: float = Field(default=180.0, gt=0, le=7 * 86400, strict=True)
+    criteria: list[Criterion] = Field(min_length=1)
+
+    @field_validator("version", mode="before")
+    @classmethod
+    def _supported(cls, value: Any) -> Any:
+        if isinstance(value, bool) or value != 1:
+            raise PydanticCustomError(
+                "version",
+                "unsupported profile version {value}; this collector reads 1",
+                {"value": repr(value)},
+            )
+        return value
+
+    @field_validator("criteria")
+    @classmethod
+    def _unique_ids(cls, criteria: list[Criterion]) -> list[Criterion]:
+        first: dict[str, int] = {}
+        for i, c in enumerate(criteria):
+            if c.id in first:
+                raise PydanticCustomError(
+                    "duplicate_id",
+                    "duplicate id '{id}', first used by criteria[{first}]",
+                    {"id": c.id, "first": first[c.id], "at": (i, "id")},
+                )
+            first[c.id] = i
+        return criteria
+
+    def retention_seconds(self) -> float:
+        """How much history the in-memory state must keep for every window to be full."""
+        windows = [c.condition.window for c in self.criteria if c.condition.window is not None]
+        return max(windows, default=0.0) + RETENTION_MARGIN_SECONDS
+
+    def keep_last(self) -> int:
+        """The most results any `last: N` criterion looks at."""
+        lasts = [c.condition.last for c in self.criteria if c.condition.last is not None]
+        return max(lasts, default=1)
+
+    def metrics_used(self) -> frozenset[str]:
+        """Metric names the criteria read (besides success and duration_seconds)."""
+        return frozenset(c.condition.metric for c in self.criteria) - {SUCCESS, DURATION}
+
+
+class ProfileError(Exception):
+    """A profile that cannot be used; ``messages`` holds one 'file:line: path: what' each."""
+
+    def __init__(self, messages: list[str]) -> None:
+        super().__init__("\n".join(messages))
+        self.messages = messages
+
+
+Loc = tuple[str | int, ...]
+
+
+def _walk(
+    node: yaml.Node, path: Loc, lines: dict[Loc, int], dupes: list[str], active: frozenset[int]
+) -> None:
+    """Record the line of every key and item below ``node``; note duplicate keys, which
+    PyYAML would otherwise resolve silently to the last one."""
+    if id(node) in active:  # an alias that contains itself
+        return
+    active = active | {id(node)}
+    if isinstance(node, yaml.MappingNode):
+        first: dict[str, int] = {}
+        for key_node, value_node in node.value:
+            if not isinstance(key_node, yaml.ScalarNode):
+                continue  # not a field name; validation reports it
+            key, line = key_node.value, key_node.start_mark.line + 1
+            child = (*path, key)
+            if key in first:
+                dupes.append(
+                    f"{line}: {_dotted(child)}: duplicate key (first at line {first[key]})"
+                )
+                continue
+            first[key] = line
+            lines[child] = line
+            _walk(value_node, child, lines, dupes, active)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            lines[(*path, i)] = item.start_mark.line + 1
+            _walk(item, (*path, i), lines, dupes, active)
+
+
+def _parse(text: str) -> tuple[Any, dict[Loc, int], list[str]]:
+    """The document, the line of every mapping key and sequence item, and duplicate keys."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None, {}, []
+        lines: dict[Loc, int] = {(): node.start_mark.line + 1}
+        dupes: list[str] = []
+        _walk(node, (), lines, dupes, frozenset())
+        return loader.construct_document(node), lines, dupes
+    finally:
+        loader.dispose()
+
+
+def _dotted(loc: Iterable[str | int]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _line_of(loc: Loc, lines: dict[Loc, int]) -> int:
+    for n in range(len(loc), -1, -1):
+        if loc[:n] in lines:
+            return lines[loc[:n]]
+    return 1
+
+
+_MODEL_UNDER: dict[str | None, type[BaseModel]] = {
+    None: Profile,
+    "criteria": Criterion,
+    "select": Select,
+    "condition": Condition,
+}
+
+
+def _fields_at(loc: Loc) -> list[str]:
+    """Field names of the model that holds ``loc``'s last key, for spelling hints."""
+    parent = next((p for p in reversed(loc[:-1]) if isinstance(p, str)), None)
+    model = _MODEL_UNDER.get(parent)
+    return list(model.model_fields) if model is not None else []
+
+
+def _messages(source: str, exc: ValidationError, lines: dict[Loc, int]) -> list[str]:
+    out = []
+    for err in exc.errors(include_url=False):
+        loc: Loc = tuple(err["loc"])
+        msg = err["msg"]
+        at = (err.get("ctx") or {}).get("at")
+        if at:
+            loc = (*loc, *at)
+        if loc and loc[-1] == "[key]":
+            loc = loc[:-1]
+            msg = f"key {loc[-1]!r}: {msg}"
+            loc = loc[:-1]
+        if err["type"] == "extra_forbidden" and loc and isinstance(loc[-1], str):
+            close = difflib.get_close_matches(loc[-1], _fields_at(loc), n=1)
+            msg = f"unknown key (did you mean {close[0]!r}?)" if close else "unknown key"
+        path = _dotted(loc) or "(profile)"
+        out.append(f"{source}:{_line_of(loc, lines)}: {path}: {msg}")
+    return out
+
+
+def load_profile(path: str | Path) -> Profile:
+    """Read and validate a profile file; raises ProfileError listing every problem."""
+    source = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ProfileError([f"{source}: cannot read: {exc.strerror or exc}"]) from exc
+    except UnicodeDecodeError as exc:
+        raise ProfileError([f"{source}: cannot read: not UTF-8 text ({exc.reason})"]) from exc
+    try:
+        data, lines, dupes = _parse(text)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark is not None else 1
+        problem = exc.problem or exc.context or "invalid YAML"
+        source_lines = text.splitlines()
+        if (
+            mark is not None
+            and mark.line < len(source_lines)
+            and _BARE_OP.search(source_lines[mark.line])
+        ):
+            problem += ' (quote comparison operators: op: ">=")'
+        raise ProfileError([f"{source}:{line}: invalid YAML: {problem}"]) from exc
+    except yaml.YAMLError as exc:
+        raise ProfileError([f"{source}: invalid YAML: {exc}"]) from exc
+    if dupes:
+        raise ProfileError([f"{source}:{d}" for d in dupes])
+    if data is None:
+        raise ProfileError([f"{source}: the profile is empty"])
+    if not isinstance(data, dict):
+        raise ProfileError([f"{source}:1: the profile must be a mapping of keys to values"])
+    try:
+        return Profile.model_validate(data)
+    except ValidationError as exc:
+        raise ProfileError(_messages(source, exc, lines)) from exc
+
+
+def default_profile_path() -> Path:
+    return Path(__file__).resolve().parent / "profiles" / "default.yaml"

@@ -1,0 +1,310 @@
+"""Judging a ward against a profile: pure functions of (profile, ward state, now).
+
+Per criterion, each matching series is judged on its own, then combined by ``require``:
+
+- stale: the newest result is older than ``max_age_intervals`` × the series' interval;
+  judged as failed, because a check that stopped reporting is no evidence of anything.
+- unknown: fewer than ``min_samples`` values of the metric in the window (or last N).
+- ok / failed: the aggregate compared with the threshold.
+
+``require: all`` fails if any series fails, else is unknown if any is unknown;
+``require: any`` passes if any series passes, else is unknown if any is unknown. A criterion
+that matches no series fails: a missing check is not evidence of readiness.
+
+The ward is not_ready when no agent ever reported (``no_data``), every agent is silent
+(``agent_silent``) or a blocker failed; unknown when a blocker is unknown; ready otherwise.
+Warnings never change the verdict; they are listed after the blockers.
+
+Percentiles use the nearest-rank method: p95 of n values is the ceil(0.95·n)-th smallest, so
+the figure shown is always one that was measured.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from bisect import bisect_left
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from itertools import islice
+from operator import attrgetter
+
+from collector.profile import DURATION, SUCCESS, Criterion, Profile, format_duration
+from collector.state import Sample, Series, State, WardState
+
+OK = "ok"
+FAILED = "failed"
+UNKNOWN = "unknown"
+STALE = "stale"
+
+READY = "ready"
+NOT_READY = "not_ready"
+
+NO_DATA = "no_data"
+AGENT_SILENT = "agent_silent"
+
+_COMPARE: Mapping[str, Callable[[float, float], bool]] = {
+    "<": operator.lt,
+    "<=": operator.le,
+    ">": operator.gt,
+    ">=": operator.ge,
+    "==": operator.eq,
+    "!=": operator.ne,
+}
+# How a comparison reads in a sentence when it holds, and when it does not.
+_HOLDS = {"<": "<", "<=": "≤", ">": ">", ">=": "≥", "==": "=", "!=": "≠"}
+_FAILS = {"<": "≥", "<=": ">", ">": "≤", ">=": "<", "==": "≠", "!=": "="}
+_RANK = {"p50": 0.50, "p95": 0.95, "p99": 0.99}
+
+
+_started: Callable[[Sample], float] = attrgetter("started")
+
+
+@dataclass
+class Evidence:
+    series: str
+    observed: float | None
+    threshold: float
+    op: str
+    agg: str
+    window: str
+    samples: int
+    at: float | None
+    status: str
+    detail: str
+
+
+@dataclass
+class CriterionResult:
+    id: str
+    title: str
+    severity: str
+    status: str
+    evidence: list[Evidence]
+
+
+@dataclass
+class Verdict:
+    ward: str
+    verdict: str
+    reasons: list[str]
+    criteria: list[CriterionResult]
+    evaluated_at: float
+
+
+def format_age(seconds: float) -> str:
+    """'45s', '12m 5s', '2h 3m', '3d 4h'."""
+    s = max(0, round(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m {s % 60}s" if s % 60 else f"{s // 60}m"
+    if s < 86400:
+        return f"{s // 3600}h {s % 3600 // 60}m" if s % 3600 // 60 else f"{s // 3600}h"
+    return f"{s // 86400}d {s % 86400 // 3600}h" if s % 86400 // 3600 else f"{s // 86400}d"
+
+
+def aggregate(agg: str, values: Sequence[float]) -> float:
+    """``values`` oldest first, at least one."""
+    if agg == "avg":
+        return math.fsum(values) / len(values)
+    if agg == "min":
+        return min(values)
+    if agg == "max":
+        return max(values)
+    if agg == "last":
+        return values[-1]
+    if agg == "count":
+        return float(len(values))
+    ordered = sorted(values)
+    rank = math.ceil(_RANK[agg] * len(ordered))
+    return ordered[max(rank, 1) - 1]
+
+
+def _values(
+    series: Series, metric: str, window: float | None, last: int | None, now: float
+) -> tuple[list[float], float | None]:
+    """The metric's values in the window (or the last N results), oldest first, and the start
+    time of the newest result that gave one."""
+    samples = series.samples
+    n = len(samples)
+    if window is not None:
+        first = bisect_left(samples, now - window, key=_started)
+    else:
+        first = max(0, n - (last or 0))
+    if first >= n:
+        return [], None
+    # Runs once per sample of every series of every ward: one comprehension per kind, which
+    # CPython runs faster than map/filter chains or a loop with appends.
+    picked = samples if first == 0 else islice(samples, first, None)
+    if metric == SUCCESS:
+        return [1.0 if s.success else 0.0 for s in picked], samples[-1].started
+    if metric == DURATION:
+        return [s.duration_seconds for s in picked], samples[-1].started
+    values = [v for s in picked if (v := s.metrics.get(metric)) is not None]
+    at = None
+    if values:
+        for i in range(n - 1, first - 1, -1):
+            if metric in samples[i].metrics:
+                at = samples[i].started
+                break
+    return values, at
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def _judge(c: Criterion, series: Series, now: float) -> Evidence:
+    cond = c.condition
+    span, sid, thr, op, agg = cond.span, series.id, cond.threshold, cond.op, cond.agg
+    samples = series.samples
+    if not samples:
+        return Evidence(sid, None, thr, op, agg, span, 0, None, UNKNOWN, "no results yet")
+    newest = samples[-1].started
+    age = now - newest
+    if age > c.max_age_intervals * series.interval_seconds:
+        detail = (
+            f"stale: newest result {format_age(age)} old, over {c.max_age_intervals:g} × "
+            f"{format_duration(series.interval_seconds)} interval"
+        )
+        return Evidence(sid, None, thr, op, agg, span, 0, newest, STALE, detail)
+    values, at = _values(series, cond.metric, cond.window, cond.last, now)
+    n = len(values)
+    if n < cond.min_samples:
+        detail = (
+            f"not enough data: {_plural(n, cond.metric + ' sample')} over {span}, "
+            f"need {cond.min_samples}"
+        )
+        return Evidence(sid, None, thr, op, agg, span, n, at, UNKNOWN, detail)
+    observed = aggregate(agg, values)
+    ok = _COMPARE[op](observed, thr)
+    detail = (
+        f"{cond.metric} {agg} {observed:.4g} over {span} ({_plural(n, 'sample')}) "
+        f"{_HOLDS[op] if ok else _FAILS[op]} {thr:g}"
+    )
+    return Evidence(sid, observed, thr, op, agg, span, n, at, OK if ok else FAILED, detail)
+
+
+def _combine(require: str, evidence: list[Evidence]) -> str:
+    statuses = {e.status for e in evidence}
+    if require == "all":
+        if FAILED in statuses or STALE in statuses:
+            return FAILED
+        return UNKNOWN if UNKNOWN in statuses else OK
+    if OK in statuses:
+        return OK
+    return UNKNOWN if UNKNOWN in statuses else FAILED
+
+
+_SelectKey = tuple[str | None, str | None, tuple[tuple[str, str], ...]]
+
+
+def _select_key(c: Criterion) -> _SelectKey:
+    sel = c.select
+    return sel.check, sel.name, tuple(sorted(sel.labels.items()))
+
+
+def _matching(key: _SelectKey, series: Sequence[Series]) -> list[Series]:
+    check, name, labels = key
+    out = []
+    for s in series:
+        if check is not None and s.check != check:
+            continue
+        if name is not None and s.name != name:
+            continue
+        have = s.labels
+        for k, v in labels:
+            if have.get(k) != v:
+                break
+        else:
+            out.append(s)
+    return out
+
+
+def _criterion(c: Criterion, matched: list[Series], now: float) -> CriterionResult:
+    if not matched:
+        cond = c.condition
+        detail = f"no check matches {c.select.describe()}"
+        ev = Evidence("", None, cond.threshold, cond.op, cond.agg, cond.span, 0, None, FAILED,
+                      detail)  # fmt: skip
+        return CriterionResult(c.id, c.title, c.severity, FAILED, [ev])
+    evidence = [_judge(c, s, now) for s in matched]
+    return CriterionResult(c.id, c.title, c.severity, _combine(c.require, evidence), evidence)
+
+
+def _reason(r: CriterionResult) -> str:
+    wanted = (FAILED, STALE) if r.status == FAILED else (UNKNOWN,)
+    bad = [e for e in r.evidence if e.status in wanted]
+    first = bad[0]
+    line = f"{r.id}: {r.title} — " + (
+        f"{first.series}: {first.detail}" if first.series else first.detail
+    )
+    if len(bad) > 1:
+        line += f" (+{len(bad) - 1} more)"
+    return line if r.severity == "blocker" else f"warning: {line}"
+
+
+def _last_seen(ward: WardState) -> dict[str, float]:
+    """When each agent was last heard from: a heartbeat, or the end of its newest result."""
+    seen = dict(ward.agents_last_seen)
+    for s in ward.series:
+        if s.samples:
+            newest = s.samples[-1]
+            end = newest.started + newest.duration_seconds
+            if end > seen.get(s.agent, -math.inf):
+                seen[s.agent] = end
+    return seen
+
+
+def _evaluate(profile: Profile, keys: list[_SelectKey], ward: WardState, now: float) -> Verdict:
+    matches: dict[_SelectKey, list[Series]] = {}
+    results = []
+    for c, key in zip(profile.criteria, keys, strict=True):
+        matched = matches.get(key)
+        if matched is None:
+            matched = matches[key] = _matching(key, ward.series)
+        results.append(_criterion(c, matched, now))
+
+    seen = _last_seen(ward)
+    if not seen:
+        return Verdict(ward.ward, NOT_READY, [f"{NO_DATA}: no agent has reported"], results, now)
+
+    limit = profile.silence_seconds
+    silent = sorted((a, now - t) for a, t in seen.items() if now - t > limit)
+    heard = ", ".join(f"{a} last heard {format_age(age)} ago" for a, age in silent)
+    first: list[str] = []
+    notes: list[str] = []
+    if silent and len(silent) == len(seen):
+        first.append(f"{AGENT_SILENT}: {heard} (limit {format_age(limit)})")
+    elif silent:
+        notes.append(f"warning: {AGENT_SILENT}: {heard} (limit {format_age(limit)})")
+
+    blockers = [r for r in results if r.severity == "blocker"]
+    warnings = [r for r in results if r.severity != "blocker"]
+    failed = [r for r in blockers if r.status == FAILED]
+    unknown = [r for r in blockers if r.status == UNKNOWN]
+    reasons = first + [_reason(r) for r in failed] + [_reason(r) for r in unknown]
+    reasons += notes
+    reasons += [_reason(r) for r in warnings if r.status == FAILED]
+    reasons += [_reason(r) for r in warnings if r.status == UNKNOWN]
+    if first or failed:
+        verdict = NOT_READY
+    elif unknown:
+        verdict = UNKNOWN
+    else:
+        verdict = READY
+    return Verdict(ward.ward, verdict, reasons, results, now)
+
+
+def evaluate(profile: Profile, ward: WardState, now: float) -> Verdict:
+    """Judge one ward at time ``now`` (epoch seconds)."""
+    return _evaluate(profile, [_select_key(c) for c in profile.criteria], ward, now)
+
+
+def evaluate_all(
+    profile: Profile, state: State, ward_ids: Iterable[str], now: float
+) -> dict[str, Verdict]:
+    """Judge every ward in ``ward_ids``; a ward the state never heard of is no_data."""
+    keys = [_select_key(c) for c in profile.criteria]
+    return {w: _evaluate(profile, keys, state.ward(w), now) for w in ward_ids}

@@ -1,0 +1,290 @@
+"""The running collector: database, in-memory state, profile and cached verdicts in one place.
+
+The database is the record; :class:`collector.state.State` holds the recent window the
+profile needs so judging every ward never queries it. The state is rebuilt from the
+database at start, and after that only ever updated after a commit, so it never holds a
+result the database does not.
+
+Verdicts for all wards are computed at most every ``verdict_seconds``: a Prometheus scrape,
+the ward list and a ward's detail all read the same cached evaluation.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from itertools import groupby
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from checks.wire import Ack, ResultRecord
+from collector import db, ingest
+from collector import wards as wardlist
+from collector.profile import Profile, default_profile_path, load_profile
+from collector.readiness import Verdict, evaluate_all
+from collector.state import State
+from collector.tokens import CACHE_SECONDS, Grant, TokenCache
+
+log = logging.getLogger(__name__)
+
+DEFAULT_VERDICT_SECONDS = 2.0
+# A ward list imported by the CLI while the server runs shows up within this long.
+DEFAULT_WARDS_SECONDS = 10.0
+DEFAULT_RETENTION_DAYS = 30.0
+
+
+@dataclass(frozen=True)
+class AgentInfo:
+    ward: str
+    agent: str
+    first_seen: float
+    last_seen: float
+    version: str
+    stream: str
+    last_seq: int | None
+    spool_depth: int
+    spool_dropped_total: int
+    resident_memory_bytes: int
+
+
+def profile_path(explicit: str | Path | None = None) -> Path:
+    given = explicit or os.environ.get("WARDREADY_PROFILE")
+    return Path(given) if given else default_profile_path()
+
+
+_STATE_COLUMNS = tuple(
+    db.results.c[name]
+    for name in (
+        "agent",
+        "seq",
+        "check",
+        "name",
+        "target",
+        "address",
+        "labels",
+        "interval_seconds",
+        "started",
+        "duration_seconds",
+        "success",
+        "reason",
+        "metrics",
+    )
+)
+
+
+def _record(row: sa.Row[Any]) -> ResultRecord:
+    # Rows were validated on the way in; constructing without validation keeps a restart
+    # with millions of rows quick.
+    return ResultRecord.model_construct(
+        seq=row.seq,
+        check=row.check,
+        name=row.name,
+        target=row.target,
+        address=row.address,
+        labels=json.loads(row.labels),
+        interval_seconds=row.interval_seconds,
+        started=row.started,
+        duration_seconds=row.duration_seconds,
+        success=bool(row.success),
+        reason=row.reason,
+        metrics=json.loads(row.metrics),
+        info={},
+    )
+
+
+class Service:
+    def __init__(
+        self,
+        engine: Engine,
+        profile: Profile,
+        *,
+        verdict_seconds: float = DEFAULT_VERDICT_SECONDS,
+        wards_seconds: float = DEFAULT_WARDS_SECONDS,
+        token_seconds: float = CACHE_SECONDS,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.engine = engine
+        self.profile = profile
+        self.state = State.for_profile(profile)
+        self.tokens = TokenCache(engine, token_seconds)
+        self.clock = clock
+        self._verdict_seconds = verdict_seconds
+        self._wards_seconds = wards_seconds
+        # SQLite has one writer anyway; taking turns here instead of in SQLite's busy loop
+        # keeps latency even, and keeps State updates in commit order.
+        self._write_lock = threading.Lock()
+        self._verdict_lock = threading.Lock()
+        self._wards_lock = threading.Lock()
+        self._verdicts: tuple[float, dict[str, Verdict]] | None = None
+        self._wards: tuple[float, dict[str, wardlist.Ward]] | None = None
+
+    @classmethod
+    def open(
+        cls,
+        url: str | None = None,
+        profile: str | Path | None = None,
+        *,
+        verdict_seconds: float = DEFAULT_VERDICT_SECONDS,
+        synchronous: str = "FULL",
+    ) -> Service:
+        """Engine + migrations + profile + state rebuilt from the database, ready to serve."""
+        loaded = load_profile(profile_path(profile))
+        engine = db.make_engine(url, synchronous=synchronous)
+        db.upgrade(engine)
+        service = cls(engine, loaded, verdict_seconds=verdict_seconds)
+        service.rebuild()
+        return service
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def wards(self, refresh: bool = False) -> dict[str, wardlist.Ward]:
+        now = time.monotonic()
+        with self._wards_lock:
+            if refresh or self._wards is None or now - self._wards[0] > self._wards_seconds:
+                self._wards = (now, wardlist.load(self.engine))
+            return self._wards[1]
+
+    def rebuild(self, now: float | None = None) -> int:
+        """Load what State keeps from the database: the profile's window of results, the
+        newest ``keep_last`` results of each series found there (a slow check's `last: N`
+        reaches further back than the window), and every agent's last contact."""
+        now = self.clock() if now is None else now
+        self.state = State.for_profile(self.profile)
+        since = now - self.profile.retention_seconds()
+        keep_last = self.state.keep_last
+        r = db.results
+        loaded = 0
+        with self.engine.connect() as conn:
+            # One ward at a time: each query is a range of the (ward_id, started) index, and
+            # memory holds one ward's rows at once.
+            for ward in self.wards(refresh=True):
+                rows = list(
+                    conn.execute(
+                        sa.select(*_STATE_COLUMNS).where(r.c.ward_id == ward, r.c.started >= since)
+                    )
+                )
+                per_series: dict[tuple[str, str, str], int] = {}
+                for row in rows:
+                    key = (row.agent, row.name, row.target)
+                    per_series[key] = per_series.get(key, 0) + 1
+                for (agent, name, target), n in per_series.items():
+                    if n < keep_last:
+                        rows.extend(
+                            conn.execute(
+                                sa.select(*_STATE_COLUMNS)
+                                .where(
+                                    r.c.ward_id == ward,
+                                    r.c.started < since,
+                                    r.c.agent == agent,
+                                    r.c.name == name,
+                                    r.c.target == target,
+                                )
+                                .order_by(r.c.started.desc())
+                                .limit(keep_last - n)
+                            ).all()
+                        )
+                rows.sort(key=lambda row: (row.agent, row.started))
+                for agent, group in groupby(rows, key=lambda row: row.agent):
+                    records = [_record(row) for row in group]
+                    self.state.add(ward, agent, records)
+                    loaded += len(records)
+        for a in self.agents():
+            self.state.heard(a.ward, a.agent, a.last_seen)
+        self._verdicts = None
+        return loaded
+
+    def agents(self, ward: str | None = None) -> list[AgentInfo]:
+        a = db.agents
+        query = sa.select(a).order_by(a.c.ward_id, a.c.agent)
+        if ward is not None:
+            query = query.where(a.c.ward_id == ward)
+        with self.engine.connect() as conn:
+            rows = conn.execute(query).all()
+        return [
+            AgentInfo(
+                ward=row.ward_id,
+                agent=row.agent,
+                first_seen=row.first_seen,
+                last_seen=row.last_seen,
+                version=row.version,
+                stream=row.stream,
+                last_seq=row.last_seq,
+                spool_depth=row.spool_depth,
+                spool_dropped_total=row.spool_dropped_total,
+                resident_memory_bytes=row.resident_memory_bytes,
+            )
+            for row in rows
+        ]
+
+    def ingest(self, authorization: str | None, body: bytes, now: float | None = None) -> Ack:
+        """Authorize, validate, store and remember one batch; raises ingest.IngestError."""
+        return self.accept(self.authorize(authorization), body, now)
+
+    def authorize(self, authorization: str | None) -> Grant:
+        return ingest.authorize(self.tokens, authorization)
+
+    def accept(self, grant: Grant, body: bytes, now: float | None = None) -> Ack:
+        """Validate, store and remember a batch sent with ``grant``'s token."""
+        batch = ingest.parse(body)
+        now = self.clock() if now is None else now
+        ingest.check(batch, grant, now, ingest.known_checks())
+        with self._write_lock:
+            with db.writer(self.engine).begin() as conn:
+                stored = ingest.store(conn, batch, now)
+            # Only after the commit: State must never hold what the database may not.
+            if stored.inserted:
+                self.state.add(batch.ward, batch.agent, stored.inserted)
+            self.state.heard(batch.ward, batch.agent, now)
+        return Ack(
+            accepted=len(stored.inserted), duplicates=stored.duplicates, last_seq=stored.last_seq
+        )
+
+    def verdicts(self, now: float | None = None) -> dict[str, Verdict]:
+        """Every known ward's verdict, recomputed at most every ``verdict_seconds``.
+
+        An explicit ``now`` (a what-if, or a test's clock) is always computed afresh and
+        not cached.
+        """
+        if now is not None:
+            return evaluate_all(self.profile, self.state, list(self.wards()), now)
+        mono = time.monotonic()
+        with self._verdict_lock:
+            cached = self._verdicts
+            if cached is not None and mono - cached[0] <= self._verdict_seconds:
+                return cached[1]
+            result = evaluate_all(self.profile, self.state, list(self.wards()), self.clock())
+            self._verdicts = (mono, result)
+            return result
+
+    def prune(self, days: float = DEFAULT_RETENTION_DAYS, now: float | None = None) -> int:
+        """Delete results that started more than ``days`` ago; returns how many."""
+        return prune(self.engine, days, self.clock() if now is None else now)
+
+
+def _ward_ids(engine: Engine) -> Iterator[str]:
+    with engine.connect() as conn:
+        yield from conn.execute(sa.select(db.wards.c.id).order_by(db.wards.c.id)).scalars().all()
+
+
+def prune(engine: Engine, days: float, now: float) -> int:
+    if days <= 0:
+        raise ValueError("days: must be greater than 0")
+    cutoff = now - days * 86400
+    r = db.results
+    removed = 0
+    # Ward by ward, so each delete is an index range and holds the write lock briefly.
+    for ward in _ward_ids(engine):
+        with db.writer(engine).begin() as conn:
+            removed += conn.execute(
+                sa.delete(r).where(r.c.ward_id == ward, r.c.started < cutoff)
+            ).rowcount
+    return removed

@@ -1,0 +1,242 @@
+"""Recent results of every ward, in memory, so judging every ward needs no database.
+
+One series is one (agent, check name, target) of a ward; it keeps its samples in ascending
+order of start time, bounded by time (the profile's longest window plus a margin) and by
+count. Results may arrive out of order (an agent replays its spool after an outage), so they
+are inserted in place; a result with the start time of one already held is a replay and is
+dropped.
+
+Everything goes through one lock: ingest threads add while the evaluator reads.
+:meth:`State.ward` hands out a copy, so evaluation never holds the lock.
+"""
+
+from __future__ import annotations
+
+import bisect
+import threading
+from collections import deque
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import TYPE_CHECKING
+
+from checks.wire import ResultRecord
+
+if TYPE_CHECKING:
+    from collector.profile import Profile
+
+# Enough for any `last: N` a profile may ask for (collector.profile.MAX_LAST).
+DEFAULT_KEEP_LAST = 64
+
+_EMPTY: Mapping[str, float] = MappingProxyType({})
+
+# Metric names and reasons are agent-chosen words: stop sharing new ones past this many, so a
+# misbehaving agent cannot grow the table without end.
+_MAX_NAMES = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    started: float
+    success: bool
+    reason: str
+    metrics: Mapping[str, float]
+    duration_seconds: float
+
+
+def _started(sample: Sample) -> float:
+    return sample.started
+
+
+@dataclass(slots=True)
+class Series:
+    """One (agent, check name, target) of a ward; identity fields follow its newest result."""
+
+    ward: str
+    agent: str
+    check: str
+    name: str
+    target: str
+    labels: Mapping[str, str]
+    interval_seconds: float
+    samples: deque[Sample] = field(default_factory=deque)
+
+    @property
+    def id(self) -> str:
+        """The readable id shown in evidence: 'agent/name→target'."""
+        return f"{self.agent}/{self.name}→{self.target}"
+
+
+@dataclass
+class WardState:
+    ward: str
+    agents_last_seen: Mapping[str, float]
+    series: Sequence[Series]
+
+
+@dataclass(slots=True)
+class _Ward:
+    agents: dict[str, float] = field(default_factory=dict)
+    series: dict[tuple[str, str, str], Series] = field(default_factory=dict)
+    # The newest result of each series with all its metrics, for re-export, when the
+    # history keeps only the metrics the profile reads.
+    latest: dict[tuple[str, str, str], Sample] = field(default_factory=dict)
+
+
+class State:
+    """Recent samples of every ward.
+
+    ``retention_seconds``: samples older than this, counted back from the newest sample of
+    their series, are dropped; the newest ``keep_last`` samples of a series are kept
+    whatever their age, so `last: N` criteria work for slow checks.
+    ``keep_metrics``: when given, history keeps only these metrics (the profile's; see
+    :meth:`for_profile`), which cuts memory several times at national scale; the newest
+    sample of each series keeps all its metrics for :meth:`latest`.
+    """
+
+    def __init__(
+        self,
+        retention_seconds: float,
+        max_samples_per_series: int = 512,
+        *,
+        keep_last: int = DEFAULT_KEEP_LAST,
+        keep_metrics: Collection[str] | None = None,
+    ) -> None:
+        if retention_seconds <= 0:
+            raise ValueError("retention_seconds must be greater than 0")
+        if max_samples_per_series < 1 or keep_last < 1:
+            raise ValueError("max_samples_per_series and keep_last must be at least 1")
+        self.retention_seconds = float(retention_seconds)
+        self.max_samples_per_series = max_samples_per_series
+        self.keep_last = min(keep_last, max_samples_per_series)
+        self.keep_metrics = None if keep_metrics is None else frozenset(keep_metrics)
+        self._lock = threading.Lock()
+        self._wards: dict[str, _Ward] = {}
+        # One str object per metric name across all samples, instead of one per result.
+        self._names: dict[str, str] = {}
+
+    @classmethod
+    def for_profile(cls, profile: Profile, max_samples_per_series: int = 512) -> State:
+        """A state that keeps exactly what ``profile`` needs."""
+        return cls(
+            profile.retention_seconds(),
+            max_samples_per_series,
+            keep_last=profile.keep_last(),
+            keep_metrics=profile.metrics_used(),
+        )
+
+    def _name(self, word: str) -> str:
+        names = self._names
+        return names.setdefault(word, word) if len(names) < _MAX_NAMES else names.get(word, word)
+
+    def _interned(self, metrics: Mapping[str, float]) -> Mapping[str, float]:
+        return {self._name(k): v for k, v in metrics.items()} if metrics else _EMPTY
+
+    def add(self, ward: str, agent: str, records: Sequence[ResultRecord]) -> None:
+        """Insert results of one agent of ``ward``, in order of start time, then prune."""
+        with self._lock:
+            w = self._wards.get(ward)
+            if w is None:
+                w = self._wards[ward] = _Ward()
+            touched: dict[tuple[str, str, str], Series] = {}
+            for r in records:
+                key = (agent, r.name, r.target)
+                s = w.series.get(key)
+                if s is None:
+                    s = w.series[key] = Series(
+                        ward, agent, r.check, r.name, r.target, dict(r.labels), r.interval_seconds
+                    )
+                full = self._interned(r.metrics)
+                if self.keep_metrics is None:
+                    kept = full
+                else:
+                    kept = {k: v for k, v in full.items() if k in self.keep_metrics} or _EMPTY
+                reason = self._name(r.reason)
+                sample = Sample(r.started, r.success, reason, kept, r.duration_seconds)
+                samples = s.samples
+                if not samples or r.started > samples[-1].started:
+                    samples.append(sample)
+                    w.latest[key] = Sample(r.started, r.success, reason, full, r.duration_seconds)
+                    if s.check != r.check:
+                        s.check = r.check
+                    if s.labels != r.labels:
+                        s.labels = dict(r.labels)
+                    s.interval_seconds = r.interval_seconds
+                else:
+                    i = bisect.bisect_left(samples, r.started, key=_started)
+                    if i < len(samples) and samples[i].started == r.started:
+                        continue
+                    samples.insert(i, sample)
+                touched[key] = s
+            for s in touched.values():
+                self._prune(s.samples)
+
+    def _prune(self, samples: deque[Sample]) -> None:
+        cutoff = samples[-1].started - self.retention_seconds
+        keep = self.keep_last
+        while len(samples) > keep and samples[0].started < cutoff:
+            samples.popleft()
+        while len(samples) > self.max_samples_per_series:
+            samples.popleft()
+
+    def heard(self, ward: str, agent: str, at: float) -> None:
+        """Record that ``agent`` of ``ward`` was heard from at ``at`` (any batch counts)."""
+        with self._lock:
+            w = self._wards.get(ward)
+            if w is None:
+                w = self._wards[ward] = _Ward()
+            if at > w.agents.get(agent, float("-inf")):
+                w.agents[agent] = at
+
+    def ward(self, ward: str) -> WardState:
+        """A copy of one ward's state, safe to read while results keep arriving."""
+        with self._lock:
+            w = self._wards.get(ward)
+            if w is None:
+                return WardState(ward, {}, [])
+            return WardState(
+                ward,
+                dict(w.agents),
+                [
+                    Series(
+                        s.ward,
+                        s.agent,
+                        s.check,
+                        s.name,
+                        s.target,
+                        s.labels,
+                        s.interval_seconds,
+                        deque(s.samples),
+                    )
+                    for s in w.series.values()
+                ],
+            )
+
+    def wards(self) -> Iterable[str]:
+        with self._lock:
+            return list(self._wards)
+
+    def latest(self, ward: str) -> list[tuple[Series, Sample]]:
+        """The newest result of each series of ``ward`` with all its metrics.
+
+        Each Series returned holds only that newest sample, not the history.
+        """
+        with self._lock:
+            w = self._wards.get(ward)
+            if w is None:
+                return []
+            out = []
+            for key, s in w.series.items():
+                newest = w.latest[key]
+                copy = Series(
+                    s.ward,
+                    s.agent,
+                    s.check,
+                    s.name,
+                    s.target,
+                    s.labels,
+                    s.interval_seconds,
+                    deque([newest]),
+                )
+                out.append((copy, newest))
+            return out

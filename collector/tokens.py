@@ -1,0 +1,183 @@
+"""Agent credentials: random bearer tokens, stored only as hashes.
+
+A token authorizes writes for one ward, and for one agent name when it was created with one.
+The token is shown once, when created; the database keeps its SHA-256 and its first
+characters (the prefix) so an operator can tell tokens apart and revoke one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import string
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from collector import db
+
+# 43 characters from 62 carry 256 bits. Letters and digits only: a token (or its prefix)
+# never starts with '-' (which a shell command line would take for an option) and needs no
+# quoting anywhere.
+ALPHABET = string.ascii_letters + string.digits
+LENGTH = 43
+PREFIX_LENGTH = 8
+# Longer than any token we issue; anything longer is refused without touching the database.
+MAX_PRESENTED = 256
+# A revocation made by another process (the CLI) reaches a running server's cache within
+# this many seconds; one made through the same Service takes effect at once.
+CACHE_SECONDS = 10.0
+
+
+class TokenError(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class Grant:
+    """What a valid token allows: writes for ``ward``, and only as ``agent`` when set."""
+
+    ward: str
+    agent: str | None
+
+
+@dataclass(frozen=True)
+class TokenInfo:
+    prefix: str
+    ward: str
+    agent: str | None
+    created_at: float
+    revoked_at: float | None
+
+
+def hash_token(token: str) -> str:
+    # A plain SHA-256 is the right hash here, not a slow password hash: tokens are 256-bit
+    # random values, so there is nothing to brute-force, and the lookup runs on every ingest
+    # request, where a deliberately slow hash would cost real throughput.
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def new_token() -> str:
+    return "".join(secrets.choice(ALPHABET) for _ in range(LENGTH))
+
+
+def create(engine: Engine, ward: str, agent: str | None = None, now: float | None = None) -> str:
+    """Store a new token for ``ward`` (and ``agent``) and return it: the only time it is seen."""
+    with db.writer(engine).begin() as conn:
+        if conn.execute(sa.select(db.wards.c.id).where(db.wards.c.id == ward)).first() is None:
+            raise TokenError(f"ward: {ward!r} is not a known ward (import the ward list first)")
+        # Prefixes are unique so "token revoke PREFIX" always names one token; with 47 bits
+        # of prefix a second draw is already vanishingly rare.
+        used = set(conn.execute(sa.select(db.tokens.c.prefix)).scalars())
+        for _ in range(100):
+            token = new_token()
+            if token[:PREFIX_LENGTH] not in used:
+                break
+        else:
+            raise TokenError("could not draw a token with an unused prefix")
+        conn.execute(
+            sa.insert(db.tokens).values(
+                ward_id=ward,
+                agent=agent,
+                hash=hash_token(token),
+                prefix=token[:PREFIX_LENGTH],
+                created_at=time.time() if now is None else now,
+            )
+        )
+    return token
+
+
+def list_all(engine: Engine) -> list[TokenInfo]:
+    t = db.tokens
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(t.c.prefix, t.c.ward_id, t.c.agent, t.c.created_at, t.c.revoked_at).order_by(
+                t.c.ward_id, t.c.created_at
+            )
+        ).all()
+    return [TokenInfo(r.prefix, r.ward_id, r.agent, r.created_at, r.revoked_at) for r in rows]
+
+
+def revoke(engine: Engine, prefix: str, now: float | None = None) -> TokenInfo:
+    """Revoke the one token whose prefix is ``prefix``; already revoked is not an error."""
+    t = db.tokens
+    prefix = prefix.strip()
+    if len(prefix) < PREFIX_LENGTH:
+        raise TokenError(f"prefix: give the first {PREFIX_LENGTH} characters of the token")
+    prefix = prefix[:PREFIX_LENGTH]
+    with db.writer(engine).begin() as conn:
+        rows = conn.execute(sa.select(t).where(t.c.prefix == prefix)).all()
+        if not rows:
+            raise TokenError(f"prefix: no token starts with {prefix!r}")
+        row = rows[0]
+        when = row.revoked_at
+        if when is None:
+            when = time.time() if now is None else now
+            conn.execute(sa.update(t).where(t.c.id == row.id).values(revoked_at=when))
+    return TokenInfo(row.prefix, row.ward_id, row.agent, row.created_at, when)
+
+
+def bearer(authorization: str | None) -> str | None:
+    """The token in an ``Authorization: Bearer ...`` header value, if there is one."""
+    if not authorization:
+        return None
+    scheme, _, token = authorization.strip().partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token or len(token) > MAX_PRESENTED:
+        return None
+    return token
+
+
+class TokenCache:
+    """Token hash -> Grant, remembered for a few seconds to keep the ingest path off the DB.
+
+    Only valid tokens are cached, so a token created a moment ago works at once; unknown
+    tokens cost one indexed lookup each.
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        seconds: float = CACHE_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._engine = engine
+        self._seconds = seconds
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._known: dict[str, tuple[Grant, float]] = {}
+
+    def lookup(self, token: str) -> Grant | None:
+        digest = hash_token(token)
+        now = self._clock()
+        with self._lock:
+            hit = self._known.get(digest)
+        if hit is not None and hit[1] > now:
+            return hit[0]
+        t = db.tokens
+        with self._engine.connect() as conn:
+            row = conn.execute(
+                sa.select(t.c.ward_id, t.c.agent).where(
+                    t.c.hash == digest, t.c.revoked_at.is_(None)
+                )
+            ).first()
+        with self._lock:
+            if row is None:
+                self._known.pop(digest, None)
+                return None
+            grant = Grant(row.ward_id, row.agent)
+            self._known[digest] = (grant, now + self._seconds)
+            return grant
+
+    def revoke(self, prefix: str, now: float | None = None) -> TokenInfo:
+        info = revoke(self._engine, prefix, now)
+        self.clear()
+        return info
+
+    def clear(self) -> None:
+        with self._lock:
+            self._known.clear()

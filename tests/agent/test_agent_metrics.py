@@ -1,0 +1,183 @@
+"""The agent's /metrics: values read back from a private registry, and over real HTTP."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from agent import __version__
+from agent.metrics import AgentCollector, Board, MetricsServer, make_registry
+from agent.scheduler import CheckSpec, run_spec
+from agent.shipper import Shipper
+from agent.spool import Spool
+from checks.core import Result, Target
+from checks.registry import REGISTRY
+
+WARD = "ward-minh-phung"
+
+
+@pytest.fixture
+def listening() -> Iterator[int]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(16)
+        yield s.getsockname()[1]
+
+
+@pytest.fixture
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+    return port
+
+
+def tcp_spec(name: str, port: int, labels: dict[str, str]) -> CheckSpec:
+    kind = REGISTRY["tcp"]
+    return CheckSpec(
+        name=name,
+        check="tcp",
+        kind=kind,
+        target=Target(name, f"127.0.0.1:{port}", {"ward": WARD, **labels}),
+        params=kind.params(),
+        interval=5.0,
+        timeout=2.0,
+    )
+
+
+def test_latest_results_counters_and_agent_families(
+    tmp_path: Path, listening: int, closed_port: int
+) -> None:
+    up = tcp_spec("up", listening, {"role": "svc"})
+    down = tcp_spec("down", closed_port, {"role": "svc", "line": "fibre"})
+    idle = tcp_spec("idle", listening, {})
+    board = Board([up, down, idle])
+    spool = Spool(tmp_path / "s.db")
+    shipper = Shipper(
+        spool,
+        url=f"http://127.0.0.1:{closed_port}",
+        token="t",
+        ward=WARD,
+        agent="pc-01",
+        timeout=1.0,
+        checks=3,
+    )
+    registry = make_registry(
+        AgentCollector(
+            board, ward=WARD, agent="pc-01", version=__version__, spool=spool, pushes=shipper
+        )
+    )
+    value = registry.get_sample_value
+
+    first = run_spec(up)
+    board.record(up, first)
+    board.record(up, run_spec(up))
+    failed = run_spec(down)
+    board.record(down, failed)
+    spool.append(failed, down.interval)
+    assert first.success and not failed.success and failed.reason == "refused"
+
+    up_labels = {
+        "check": "tcp",
+        "name": "up",
+        "target": "up",
+        "ward": WARD,
+        "role": "svc",
+        "line": "",
+    }
+    down_labels = {**up_labels, "name": "down", "target": "down", "line": "fibre"}
+    assert value("wardready_check_success", up_labels) == 1.0
+    assert value("wardready_check_success", down_labels) == 0.0
+    assert (
+        value(
+            "wardready_check_success", {**up_labels, "name": "idle", "target": "idle", "role": ""}
+        )
+        is None
+    )
+    duration = value("wardready_check_duration_seconds", down_labels)
+    assert duration is not None and duration == pytest.approx(failed.duration_seconds)
+    connect = value("wardready_tcp_connect_seconds", up_labels)
+    assert connect is not None and 0 < connect < 2.0
+    assert value("wardready_check_runs_total", {"check": "tcp", "name": "up"}) == 2.0
+    assert value("wardready_check_runs_total", {"check": "tcp", "name": "idle"}) == 0.0
+    assert (
+        value(
+            "wardready_check_failures_total", {"check": "tcp", "name": "down", "reason": "refused"}
+        )
+        == 1.0
+    )
+    assert (
+        value("wardready_check_failures_total", {"check": "tcp", "name": "up", "reason": "refused"})
+        is None
+    )
+
+    rss = value("wardready_agent_resident_memory_bytes")
+    assert rss is not None and rss > 1_000_000
+    cpu = value("wardready_agent_cpu_seconds_total")
+    assert cpu is not None and cpu > 0
+    assert value("wardready_agent_spool_depth") == 1.0
+    assert value("wardready_agent_spool_dropped_total") == 0.0
+    assert value("wardready_agent_last_push_success_timestamp_seconds") == 0.0
+    assert value("wardready_agent_push_failures_total") == 0.0
+    assert (
+        value("wardready_agent_info", {"version": __version__, "ward": WARD, "agent": "pc-01"})
+        == 1.0
+    )
+
+    assert not shipper.push_once().ok  # nobody listens on the collector port
+    assert value("wardready_agent_push_failures_total") == 1.0
+
+    board.retain(["up", "idle"])  # "down" removed from the config
+    assert value("wardready_check_success", down_labels) is None
+    assert value("wardready_check_runs_total", {"check": "tcp", "name": "down"}) is None
+    # with "line" gone from every check, the label set shrinks with it
+    assert (
+        value("wardready_check_success", {k: v for k, v in up_labels.items() if k != "line"}) == 1.0
+    )
+    shipper.close()
+    spool.close()
+
+
+def test_served_over_http_with_help_on_every_family(tmp_path: Path, listening: int) -> None:
+    spec = tcp_spec("dms", listening, {"site": "Phường Bình Thới"})
+    board = Board([spec])
+    board.record(spec, run_spec(spec))
+    spool = Spool(tmp_path / "s.db")
+    collector = AgentCollector(board, ward=WARD, agent="pc-01", version=__version__, spool=spool)
+    server = MetricsServer(make_registry(collector), "127.0.0.1", 0)
+    try:
+        assert server.port > 0
+        text = httpx.get(f"http://127.0.0.1:{server.port}/metrics", timeout=5).text
+    finally:
+        server.close()
+        spool.close()
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    assert "wardready_check_success" in families
+    assert "wardready_tcp_connect_seconds" in families
+    assert families["wardready_check_runs"].type == "counter"
+    assert all(f.documentation for f in families.values())
+    (sample,) = families["wardready_check_success"].samples
+    assert sample.labels["site"] == "Phường Bình Thới"
+    assert sample.value == 1.0
+
+
+def test_per_item_metrics_become_an_item_label() -> None:
+    kind = REGISTRY["host"]
+    spec = CheckSpec(
+        "pc", "host", kind, Target("pc", "localhost", {"ward": WARD}), kind.params(), 30.0, 10.0
+    )
+    board = Board([spec])
+    metrics = {"disk_free_bytes__": 5e9, "disk_free_bytes__var_lib": 7e9, "cpu_ratio": 0.25}
+    board.record(spec, Result("host", "pc", spec.target, 1.0, 0.1, True, "ok", metrics))
+    registry = make_registry(AgentCollector(board, ward=WARD, agent="pc-01", version="x"))
+    labels = {"check": "host", "name": "pc", "target": "pc", "ward": WARD}
+    value = registry.get_sample_value
+    assert value("wardready_host_disk_free_bytes", {**labels, "item": "/"}) == 5e9
+    assert value("wardready_host_disk_free_bytes", {**labels, "item": "var_lib"}) == 7e9
+    assert value("wardready_host_cpu_ratio", labels) == 0.25
+    assert value("wardready_host_disk_free_bytes__var_lib", labels) is None

@@ -1,0 +1,211 @@
+"""GET /metrics: parses, every family has help, Unicode ward names, bounded labels."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi.testclient import TestClient
+from prometheus_client.exposition import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from collector import exposition, tokens, wards
+from collector.service import Service
+
+from .conftest import BROKEN, READY, auth, batch, body, broken_results, healthy_results, result
+
+
+def scrape(client: TestClient) -> dict[str, Any]:
+    r = client.get("/metrics")
+    assert r.status_code == 200
+    assert r.headers["content-type"] == exposition.CONTENT_TYPE
+    return {f.name: f for f in text_string_to_metric_families(r.content.decode("utf-8"))}
+
+
+def values(family: Any) -> dict[tuple[tuple[str, str], ...], float]:
+    return {tuple(sorted(s.labels.items())): s.value for s in family.samples}
+
+
+def feed(client: TestClient, service: Service) -> None:
+    good = tokens.create(service.engine, READY)
+    bad = tokens.create(service.engine, BROKEN)
+    ok = client.post(
+        "/api/v1/ingest", content=body(batch(READY, results=healthy_results())), headers=auth(good)
+    )
+    assert ok.status_code == 200
+    broken = broken_results()
+    broken[-1]["metrics"] = {}  # the host check sent no disk figure: disk_free is unknown
+    r = client.post(
+        "/api/v1/ingest", content=body(batch(BROKEN, results=broken)), headers=auth(bad)
+    )
+    assert r.status_code == 200
+
+
+def test_metrics_parse_and_every_family_has_help(client: TestClient, service: Service) -> None:
+    feed(client, service)
+    families = scrape(client)
+    expected = {
+        "wardready_ward_ready",
+        "wardready_ward_verdict",
+        "wardready_ward_criterion_ok",
+        "wardready_wards",
+        "wardready_agent_last_seen_timestamp_seconds",
+        "wardready_agent_spool_depth",
+        "wardready_check_success",
+        "wardready_check_duration_seconds",
+        "wardready_icmp_loss_ratio",
+        "wardready_icmp_rtt_avg_seconds",
+        "wardready_host_disk_free_ratio",
+        "wardready_http_status_code",
+    }
+    assert expected <= set(families)
+    for f in families.values():
+        assert f.documentation.strip(), f"{f.name} has no help text"
+        assert f.type == "gauge"
+
+
+def test_ward_ready_carries_unicode_names_and_verdicts(
+    client: TestClient, service: Service
+) -> None:
+    feed(client, service)
+    families = scrape(client)
+    ready = {s.labels["ward"]: s for s in families["wardready_ward_ready"].samples}
+    assert ready[READY].value == 1.0
+    assert ready[READY].labels["ward_name"] == "Phường Bến Thành"
+    assert ready[READY].labels["working_group"] == "2"
+    assert ready[BROKEN].value == 0.0 and ready[BROKEN].labels["ward_name"] == "Phường Minh Phụng"
+    assert ready["commune-can-gio"].labels["ward_name"] == "Xã Cần Giờ"
+
+    verdicts = {
+        s.labels["ward"]: s.labels["verdict"] for s in families["wardready_ward_verdict"].samples
+    }
+    assert verdicts == {
+        READY: "ready",
+        BROKEN: "not_ready",
+        "commune-can-gio": "not_ready",
+        "ward-binh-thoi": "not_ready",
+    }
+    counts = {s.labels["verdict"]: s.value for s in families["wardready_wards"].samples}
+    assert counts == {"ready": 1.0, "not_ready": 3.0, "unknown": 0.0}
+
+
+def test_criteria_export_ok_and_failed_but_not_unknown(
+    client: TestClient, service: Service
+) -> None:
+    feed(client, service)
+    crit = values(scrape(client)["wardready_ward_criterion_ok"])
+    assert crit[(("criterion", "wan_loss"), ("severity", "blocker"), ("ward", BROKEN))] == 0.0
+    assert crit[(("criterion", "dms_up"), ("severity", "blocker"), ("ward", BROKEN))] == 1.0
+    assert crit[(("criterion", "wan_loss"), ("severity", "blocker"), ("ward", READY))] == 1.0
+    assert crit[(("criterion", "disk_free"), ("severity", "warning"), ("ward", READY))] == 1.0
+    assert (("criterion", "disk_free"), ("severity", "warning"), ("ward", BROKEN)) not in crit
+    assert service.verdicts()[BROKEN].criteria[2].status == "unknown"
+
+
+def test_agent_and_check_series(client: TestClient, service: Service) -> None:
+    feed(client, service)
+    families = scrape(client)
+    spool = values(families["wardready_agent_spool_depth"])
+    assert spool == {
+        (("agent", "pc-01"), ("ward", READY)): 7.0,
+        (("agent", "pc-01"), ("ward", BROKEN)): 7.0,
+    }
+    seen = families["wardready_agent_last_seen_timestamp_seconds"].samples
+    assert all(s.value > 1.7e9 for s in seen) and len(seen) == 2
+
+    loss = values(families["wardready_icmp_loss_ratio"])
+    key = (
+        ("agent", "pc-01"),
+        ("line", "fibre"),
+        ("name", "wan-city"),
+        ("role", "wan"),
+        ("target", "gw"),
+        ("ward", BROKEN),
+    )
+    assert loss[key] == 0.5
+    success = families["wardready_check_success"].samples
+    assert {s.labels["check"] for s in success} == {"icmp", "http", "host"}
+    assert all(s.value == 1.0 for s in success)
+
+
+def test_only_the_fixed_label_set_is_exported(client: TestClient, service: Service) -> None:
+    token = tokens.create(service.engine, READY)
+    labels = {"role": "wan", "line": "backup", "zone": "north", "vendor": "vnpt"}
+    doc = batch(READY, results=[result(1, labels=labels)])
+    assert client.post("/api/v1/ingest", content=body(doc), headers=auth(token)).status_code == 200
+    families = scrape(client)
+    (sample,) = families["wardready_icmp_loss_ratio"].samples
+    assert set(sample.labels) == set(exposition.SERIES_LABELS)
+    assert sample.labels["line"] == "backup"
+    (success,) = families["wardready_check_success"].samples
+    assert set(success.labels) == set(exposition.CHECK_LABELS)
+
+
+def test_two_agents_with_the_same_check_stay_two_series(
+    client: TestClient, service: Service
+) -> None:
+    token = tokens.create(service.engine, READY)
+    for agent, loss in (("pc-01", 0.0), ("pc-02", 0.25)):
+        doc = batch(READY, agent=agent, results=[result(1, metrics={"loss_ratio": loss})])
+        assert (
+            client.post("/api/v1/ingest", content=body(doc), headers=auth(token)).status_code == 200
+        )
+    samples = scrape(client)["wardready_icmp_loss_ratio"].samples
+    assert sorted((s.labels["agent"], s.value) for s in samples) == [
+        ("pc-01", 0.0),
+        ("pc-02", 0.25),
+    ]
+
+
+def test_fast_renderer_matches_generate_latest(
+    client: TestClient, service: Service, tmp_path: Any
+) -> None:
+    # Names with the characters the text format must escape.
+    path = tmp_path / "odd.csv"
+    path.write_text(
+        'id,name,kind,former_district,working_group\nward-odd,"Phường ""Mới"" \\ Bến",ward,,7\n',
+        "utf-8",
+    )
+    wards.import_csv(service.engine, path)
+    service.wards(refresh=True)  # as the running service does within DEFAULT_WARDS_SECONDS
+    feed(client, service)
+    registry = exposition.registry_for(service)
+    ours = exposition.render(registry).decode("utf-8")
+    theirs = generate_latest(registry).decode("utf-8")
+
+    def flat(text: str) -> set[tuple[str, tuple[tuple[str, str], ...], float]]:
+        return {
+            (s.name, tuple(sorted(s.labels.items())), s.value)
+            for f in text_string_to_metric_families(text)
+            for s in f.samples
+            if not s.name.endswith("_timestamp_seconds")  # evaluated/seen times move on
+        }
+
+    assert flat(ours) == flat(theirs)
+    docs = {f.name: f.documentation for f in text_string_to_metric_families(ours)}
+    assert docs == {f.name: f.documentation for f in text_string_to_metric_families(theirs)}
+    odd = [
+        s
+        for f in text_string_to_metric_families(ours)
+        if f.name == "wardready_ward_ready"
+        for s in f.samples
+        if s.labels["ward"] == "ward-odd"
+    ]
+    assert odd[0].labels["ward_name"] == 'Phường "Mới" \\ Bến'
+
+
+def test_large_scrape_is_gzipped_when_asked(
+    client: TestClient, service: Service, tmp_path: Any
+) -> None:
+    path = tmp_path / "many.csv"
+    rows = [f"ward-{i:04d},Phường Thứ {i},ward,,{i % 20}" for i in range(1000)]
+    path.write_text(
+        "id,name,kind,former_district,working_group\n" + "\n".join(rows) + "\n", "utf-8"
+    )
+    wards.import_csv(service.engine, path)
+    service.wards(refresh=True)
+    plain = client.get("/metrics", headers={"Accept-Encoding": "identity"})
+    assert "content-encoding" not in plain.headers and len(plain.content) > 64 * 1024
+    packed = client.get("/metrics", headers={"Accept-Encoding": "gzip"})
+    assert packed.headers["content-encoding"] == "gzip"
+    families = {f.name: f for f in text_string_to_metric_families(packed.text)}
+    assert len(families["wardready_ward_ready"].samples) == 1004

@@ -1,0 +1,223 @@
+"""POST /api/v1/ingest: idempotent storage, and every bad batch refused naming its field."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from fastapi.testclient import TestClient
+
+from checks.wire import MAX_BATCH_BYTES, MAX_RESULTS_PER_BATCH
+from collector import db
+from collector.profile import load_profile
+from collector.service import Service
+
+from .conftest import READY, auth, batch, body, clone, healthy_results, result
+
+
+def count(engine: sa.Engine, table: sa.Table = db.results) -> int:
+    with engine.connect() as conn:
+        return int(conn.execute(sa.select(sa.func.count()).select_from(table)).scalar_one())
+
+
+def samples(service: Service, ward: str = READY) -> int:
+    return sum(len(s.samples) for s in service.state.ward(ward).series)
+
+
+def post(client: TestClient, token: str, doc: dict[str, Any] | bytes) -> Any:
+    data = doc if isinstance(doc, bytes) else body(doc)
+    return client.post("/api/v1/ingest", content=data, headers=auth(token))
+
+
+def test_valid_batch_is_stored_and_acknowledged(
+    client: TestClient, service: Service, token: str
+) -> None:
+    doc = batch(results=healthy_results())
+    r = post(client, token, doc)
+    assert r.status_code == 200, r.text
+    assert r.json() == {"accepted": 5, "duplicates": 0, "last_seq": 5}
+    assert count(service.engine) == 5
+    with service.engine.connect() as conn:
+        row = conn.execute(sa.select(db.results).where(db.results.c.seq == 5)).one()
+        agent = conn.execute(sa.select(db.agents)).one()
+    assert row.ward_id == READY and row.check == "host" and row.success is True
+    assert json.loads(row.metrics) == {"disk_free_ratio": 0.5}
+    assert json.loads(row.labels) == {"role": "host"}
+    assert row.stream == doc["stream"]
+    assert agent.agent == "pc-01" and agent.last_seq == 5 and agent.spool_depth == 7
+    assert agent.version == "0.1.0" and agent.stream == doc["stream"]
+    assert samples(service) == 5
+    assert service.verdicts()[READY].verdict == "ready"
+
+
+def test_replayed_batch_is_stored_once(client: TestClient, service: Service, token: str) -> None:
+    doc = batch(results=healthy_results())
+    assert post(client, token, doc).json()["accepted"] == 5
+    again = post(client, token, doc)
+    assert again.status_code == 200
+    assert again.json() == {"accepted": 0, "duplicates": 5, "last_seq": 5}
+    assert count(service.engine) == 5
+    assert samples(service) == 5
+
+
+def test_overlapping_batch_stores_only_the_new_results(
+    client: TestClient, service: Service, token: str
+) -> None:
+    first = batch(results=[result(i) for i in range(1, 11)])
+    assert post(client, token, first).json()["accepted"] == 10
+    second = clone(first)
+    second["results"] = [result(i) for i in range(6, 16)]
+    assert post(client, token, second).json() == {"accepted": 5, "duplicates": 5, "last_seq": 15}
+    assert count(service.engine) == 15
+    assert samples(service) == 15
+    # The same seqs on another stream (a new spool file) are different results.
+    third = clone(second)
+    third["stream"] = "f" * 32
+    assert post(client, token, third).json()["accepted"] == 10
+
+
+def test_heartbeat_updates_the_agent_only(client: TestClient, service: Service, token: str) -> None:
+    before = time.time()
+    r = post(client, token, batch(results=[]))
+    assert r.json() == {"accepted": 0, "duplicates": 0, "last_seq": None}
+    assert count(service.engine) == 0
+    (agent,) = service.agents(READY)
+    assert agent.last_seen >= before and agent.last_seq is None
+    assert service.state.ward(READY).agents_last_seen["pc-01"] >= before
+
+
+def test_state_is_rebuilt_from_the_database(
+    client: TestClient, service: Service, token: str, profile_path: Path
+) -> None:
+    post(client, token, batch(results=healthy_results()))
+    fresh = Service(service.engine, load_profile(profile_path))
+    assert fresh.rebuild() == 5
+    assert samples(fresh) == 5
+    assert fresh.state.ward(READY).agents_last_seen["pc-01"] > 0
+    assert fresh.verdicts()[READY].verdict == "ready"
+
+
+def too_many() -> dict[str, Any]:
+    return batch(results=[result(i) for i in range(1, MAX_RESULTS_PER_BATCH + 2)])
+
+
+def future() -> dict[str, Any]:
+    return batch(results=[result(1), result(2, started=time.time() + 3600)])
+
+
+def nan_metric() -> bytes:
+    text = body(batch(results=[result(1), result(2), result(3, metrics={"loss_ratio": 1.0})]))
+    return text.replace(b'"loss_ratio": 1.0', b'"loss_ratio": NaN')
+
+
+def with_result(i: int, **over: Any) -> dict[str, Any]:
+    doc = batch(results=[result(n) for n in range(1, 5)])
+    doc["results"][i].update(over)
+    return doc
+
+
+def without(field: str) -> dict[str, Any]:
+    doc = batch()
+    del doc["results"][1][field]
+    return doc
+
+
+BAD: list[tuple[str, Any, int, str]] = [
+    ("not json", b"{this is not json", 422, "body"),
+    ("not an object", b"[1, 2, 3]", 422, "body"),
+    ("wrong type", with_result(2, interval_seconds="often"), 422, "results.2.interval_seconds"),
+    ("unknown check", with_result(3, check="telepathy"), 422, "results.3.check"),
+    ("too many results", too_many(), 422, "results"),
+    ("started in the future", future(), 422, "results.1.started"),
+    ("NaN metric", nan_metric(), 422, "results.2.metrics.loss_ratio"),
+    ("extra field", with_result(0, colour="blue"), 422, "results.0.colour"),
+    ("extra top-level field", batch(extra=1), 422, "extra"),
+    ("missing field", without("success"), 422, "results.1.success"),
+    ("bad ward id", batch(ward="Phường Bến Thành"), 422, "ward"),
+    ("bad stream", batch(stream="not-hex"), 422, "stream"),
+    ("negative seq", with_result(1, seq=0), 422, "results.1.seq"),
+    ("repeated seq", with_result(2, seq=1), 422, "results.2.seq"),
+    ("bad metric name", with_result(1, metrics={"Loss%": 1.0}), 422, "results.1.metrics.Loss%"),
+    ("wire version", batch(wire_version=2), 422, "wire_version"),
+    ("seq past 64 bits", with_result(0, seq=2**63), 422, "results.0.seq"),
+    ("NUL in address", with_result(1, address="10.0.0.1\x00"), 422, "results.1.address"),
+    (
+        "huge spool depth",
+        batch(status={**batch()["status"], "spool_depth": 2**64}),
+        422,
+        "status.spool_depth",
+    ),
+]
+
+
+@pytest.mark.parametrize(("what", "doc", "status", "field"), BAD, ids=[b[0] for b in BAD])
+def test_bad_batch_is_refused_naming_the_field(
+    client: TestClient, service: Service, token: str, what: str, doc: Any, status: int, field: str
+) -> None:
+    r = post(client, token, doc)
+    assert r.status_code == status, r.text
+    answer = r.json()
+    assert answer["detail"].startswith(f"{field}"), answer
+    assert any(e["field"].startswith(field) for e in answer["errors"]), answer
+    assert all(set(e) == {"field", "message"} and e["message"] for e in answer["errors"])
+    assert count(service.engine) == 0
+    assert count(service.engine, db.agents) == 0
+    assert samples(service) == 0
+
+
+def test_oversize_body_gets_413_before_parsing(client: TestClient, token: str) -> None:
+    big = b'{"ward": "' + b"a" * MAX_BATCH_BYTES + b'"}'
+    r = post(client, token, big)
+    assert r.status_code == 413
+    assert r.json()["detail"].startswith("body:")
+
+
+def test_oversize_body_without_length_gets_413(client: TestClient, token: str) -> None:
+    def chunks() -> Any:
+        for _ in range(MAX_BATCH_BYTES // 65536 + 2):
+            yield b" " * 65536
+
+    r = client.post("/api/v1/ingest", content=chunks(), headers=auth(token))
+    assert r.status_code == 413
+
+
+def test_unauthenticated_oversize_body_gets_401(client: TestClient) -> None:
+    r = client.post("/api/v1/ingest", content=b"x" * (MAX_BATCH_BYTES + 1))
+    assert r.status_code == 401
+
+
+def test_old_results_are_refused(client: TestClient, token: str) -> None:
+    doc = batch(results=[result(1, started=time.time() - 8 * 86400)])
+    r = post(client, token, doc)
+    assert r.status_code == 422 and r.json()["detail"].startswith("results.0.started")
+
+
+def test_rebuild_keeps_last_n_of_slow_checks_beyond_the_window(
+    client: TestClient, service: Service, token: str, profile_path: Path
+) -> None:
+    now = time.time()
+    window = service.profile.retention_seconds()
+    slow = {
+        "check": "http",
+        "name": "dms",
+        "target": "dms",
+        "address": "http://127.0.0.1/",
+        "labels": {"role": "shared_system"},
+        "interval_seconds": 3600.0,
+        "metrics": {},
+    }
+    results = [result(1, started=now - window - 600, **slow), result(2, started=now - 10, **slow)]
+    assert post(client, token, batch(results=results)).json()["accepted"] == 2
+
+    def dms_samples(svc: Service) -> int:
+        crit = next(c for c in svc.verdicts()[READY].criteria if c.id == "dms_up")
+        return crit.evidence[0].samples
+
+    assert dms_samples(service) == 2
+    fresh = Service(service.engine, load_profile(profile_path))
+    assert fresh.rebuild() == 2
+    assert dms_samples(fresh) == 2
