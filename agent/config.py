@@ -58,15 +58,23 @@ from pydantic import (
 )
 
 from agent.scheduler import CheckSpec
-from agent.yamlload import Loc, line_of, load, yaml_error_line
+from checks.confload import (
+    LoadError,
+    Loc,
+    field_errors,
+    line_of,
+    load,
+    located,
+    model_at,
+    yaml_error_line,
+)
+from checks.confload import parse_duration as parse_duration  # agent.cli reads durations too
 from checks.core import CheckType, Params, Target
 from checks.wire import MAX_LABELS, MAX_RESULTS_PER_BATCH, Ident, LabelValue, Name, Word
 
 MAX_SECONDS = 86400.0
 # Label names the agent sets itself on exported series.
 RESERVED_LABELS = frozenset({"ward", "check", "name", "target", "item"})
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h)?\s*$")
 
 # pydantic reports a pattern mismatch by quoting the regex; say what it means instead.
 _PATTERN_HINTS = {
@@ -80,23 +88,8 @@ _PATTERN_HINTS = {
 }
 
 
-class ConfigError(Exception):
+class ConfigError(LoadError):
     """A config that cannot be used; ``messages`` holds one ``file:line: field: problem`` each."""
-
-    def __init__(self, messages: list[str]) -> None:
-        super().__init__("\n".join(messages))
-        self.messages = messages
-
-
-def parse_duration(value: object) -> float:
-    """Seconds from "500ms", "30s", "5m", "1h" or a plain number of seconds."""
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
-    if isinstance(value, str) and (m := _DURATION.match(value)):
-        return float(m.group(1)) * _UNITS[m.group(2) or "s"]
-    raise ValueError(
-        f"invalid duration {value!r}: use e.g. 500ms, 30s, 5m, 1h or a number of seconds"
-    )
 
 
 def format_duration(seconds: float) -> str:
@@ -226,31 +219,6 @@ class Config:
     checks: tuple[CheckSpec, ...]
 
 
-def _where(loc: Loc) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else f"{'.' if out else ''}{part}"
-    return out
-
-
-def _model_at(model: type[BaseModel], loc: Loc) -> type[BaseModel] | None:
-    """The model a location points into, for listing the keys it allows."""
-    current: Any = model
-    for part in loc:
-        if isinstance(part, int):
-            continue
-        if not (isinstance(current, type) and issubclass(current, BaseModel)):
-            return None
-        info = current.model_fields.get(part)
-        if info is None:
-            return None
-        current = info.annotation
-        args = getattr(current, "__args__", ())
-        if getattr(current, "__origin__", None) is list and args:
-            current = args[0]
-    return current if isinstance(current, type) and issubclass(current, BaseModel) else None
-
-
 def _short(value: object, limit: int = 60) -> str:
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
@@ -259,14 +227,9 @@ def _short(value: object, limit: int = 60) -> str:
 def error_messages(exc: ValidationError, model: type[BaseModel]) -> list[tuple[Loc, str]]:
     """pydantic errors as (location, plain message) pairs."""
     out: list[tuple[Loc, str]] = []
-    for err in exc.errors():
-        loc: Loc = tuple(err["loc"])
+    for loc, bad_key, err in field_errors(exc):
         msg = err["msg"]
         ctx = err.get("ctx") or {}
-        # pydantic puts a bad dict key at (..., key, "[key]").
-        bad_key = len(loc) >= 2 and loc[-1] == "[key]"
-        if bad_key:
-            loc = loc[:-1]
         if err["type"] == "value_error" and "error" in ctx:
             msg = str(ctx["error"])
         elif err["type"] == "string_pattern_mismatch" and ctx.get("pattern") in _PATTERN_HINTS:
@@ -275,7 +238,7 @@ def error_messages(exc: ValidationError, model: type[BaseModel]) -> list[tuple[L
         elif err["type"] in ("model_type", "dict_type"):
             msg = f"expected a mapping (key: value), got {_short(err['input'])}"
         elif err["type"] == "extra_forbidden":
-            parent = _model_at(model, loc[:-1])
+            parent = model_at(model, loc[:-1])
             allowed = f" (allowed: {', '.join(parent.model_fields)})" if parent else ""
             msg = f"unknown key{allowed}"
         out.append((loc, f"invalid key: {msg}" if bad_key else msg))
@@ -422,14 +385,8 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     errors.extend(checker.errors)
 
     if errors or model is None:
-        numbered = [(line_of(lines, loc), n, loc, msg) for n, (loc, msg) in enumerate(errors)]
-        numbered.sort(key=lambda e: (e[0], e[1]))
-        raise ConfigError(
-            [
-                f"{shown}:{line}: {_where(loc)}: {msg}" if loc else f"{shown}:{line}: {msg}"
-                for line, _, loc, msg in numbered
-            ]
-        )
+        errors.sort(key=lambda e: line_of(lines, e[0]))  # stable: same line keeps its order
+        raise ConfigError([located(shown, lines, loc, msg) for loc, msg in errors])
     return _build(model, checker, source, dict(REGISTRY))
 
 

@@ -208,14 +208,26 @@ def store(conn: sa.Connection, batch: Batch, now: float) -> Stored:
             for r in batch.results
         ]
         t = db.results
-        stmt = (
-            db.insert_for(conn, t)
-            .on_conflict_do_nothing(index_elements=[t.c.ward_id, t.c.agent, t.c.stream, t.c.seq])
-            .returning(t.c.seq)
+        seqs = [r.seq for r in batch.results]
+        held = set(
+            conn.execute(
+                sa.select(t.c.seq).where(
+                    t.c.ward_id == ward,
+                    t.c.agent == agent,
+                    t.c.stream == stream,
+                    t.c.seq.between(min(seqs), max(seqs)),
+                )
+            ).scalars()
         )
-        # RETURNING names exactly the rows that went in: the others were already stored.
-        new = set(conn.execute(stmt, rows).scalars())
-        inserted = [r for r in batch.results if r.seq in new]
+        # Callers serialise writes, so what was not held before this insert is what it adds;
+        # the conflict clause still keeps a concurrent writer from storing a result twice.
+        rows = [row for row in rows if row["seq"] not in held]
+        if rows:
+            stmt = db.insert_for(conn, t).on_conflict_do_nothing(
+                index_elements=[t.c.ward_id, t.c.agent, t.c.stream, t.c.seq]
+            )
+            conn.execute(stmt, rows)
+        inserted = [r for r in batch.results if r.seq not in held]
 
     a = db.agents
     prev = conn.execute(

@@ -12,7 +12,6 @@ import difflib
 import functools
 import math
 import re
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -28,6 +27,18 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from checks.confload import (
+    UNITS,
+    DuplicateKeyError,
+    LoadError,
+    Loc,
+    dotted,
+    field_errors,
+    load,
+    located,
+    model_at,
+    parse_duration,
+)
 from checks.wire import LabelValue, Name, Word
 
 Severity = Literal["blocker", "warning"]
@@ -52,22 +63,17 @@ RETENTION_MARGIN_SECONDS = 300.0
 
 # `op: >=` unquoted: YAML reads > as the start of a folded block and fails on what follows.
 _BARE_OP = re.compile(r":\s*[<>]=?\s*(#.*)?$")
-_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+_UNITS = {**UNITS, "d": 86400.0}
 
 
 def _duration(value: Any) -> Any:
     """'90s', '15m', '1h' or a number of seconds -> seconds; None passes through."""
     if value is None:
         return None
-    if isinstance(value, bool):
-        raise PydanticCustomError("duration", "expected a duration like 90s, 15m or 1h")
-    if isinstance(value, int | float):
-        seconds = float(value)
-    elif isinstance(value, str) and (m := _DURATION_RE.match(value)):
-        seconds = float(m.group(1)) * _UNIT_SECONDS[m.group(2)]
-    else:
-        raise PydanticCustomError("duration", "expected a duration like 90s, 15m or 1h")
+    try:
+        seconds = parse_duration(value, _UNITS)
+    except ValueError:
+        raise PydanticCustomError("duration", "expected a duration like 90s, 15m or 1h") from None
     if not math.isfinite(seconds) or seconds <= 0:
         raise PydanticCustomError("duration", "must be a duration greater than 0")
     if seconds > MAX_WINDOW_SECONDS:
@@ -224,107 +230,26 @@ class Profile(_Model):
         return frozenset(c.condition.metric for c in self.criteria) - {SUCCESS, DURATION}
 
 
-class ProfileError(Exception):
+class ProfileError(LoadError):
     """A profile that cannot be used; ``messages`` holds one 'file:line: path: what' each."""
-
-    def __init__(self, messages: list[str]) -> None:
-        super().__init__("\n".join(messages))
-        self.messages = messages
-
-
-Loc = tuple[str | int, ...]
-
-
-def _walk(
-    node: yaml.Node, path: Loc, lines: dict[Loc, int], dupes: list[str], active: frozenset[int]
-) -> None:
-    """Record the line of every key and item below ``node``; note duplicate keys, which
-    PyYAML would otherwise resolve silently to the last one."""
-    if id(node) in active:  # an alias that contains itself
-        return
-    active = active | {id(node)}
-    if isinstance(node, yaml.MappingNode):
-        first: dict[str, int] = {}
-        for key_node, value_node in node.value:
-            if not isinstance(key_node, yaml.ScalarNode):
-                continue  # not a field name; validation reports it
-            key, line = key_node.value, key_node.start_mark.line + 1
-            child = (*path, key)
-            if key in first:
-                dupes.append(
-                    f"{line}: {_dotted(child)}: duplicate key (first at line {first[key]})"
-                )
-                continue
-            first[key] = line
-            lines[child] = line
-            _walk(value_node, child, lines, dupes, active)
-    elif isinstance(node, yaml.SequenceNode):
-        for i, item in enumerate(node.value):
-            lines[(*path, i)] = item.start_mark.line + 1
-            _walk(item, (*path, i), lines, dupes, active)
-
-
-def _parse(text: str) -> tuple[Any, dict[Loc, int], list[str]]:
-    """The document, the line of every mapping key and sequence item, and duplicate keys."""
-    loader = yaml.SafeLoader(text)
-    try:
-        node = loader.get_single_node()
-        if node is None:
-            return None, {}, []
-        lines: dict[Loc, int] = {(): node.start_mark.line + 1}
-        dupes: list[str] = []
-        _walk(node, (), lines, dupes, frozenset())
-        return loader.construct_document(node), lines, dupes
-    finally:
-        loader.dispose()
-
-
-def _dotted(loc: Iterable[str | int]) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
-
-
-def _line_of(loc: Loc, lines: dict[Loc, int]) -> int:
-    for n in range(len(loc), -1, -1):
-        if loc[:n] in lines:
-            return lines[loc[:n]]
-    return 1
-
-
-_MODEL_UNDER: dict[str | None, type[BaseModel]] = {
-    None: Profile,
-    "criteria": Criterion,
-    "select": Select,
-    "condition": Condition,
-}
-
-
-def _fields_at(loc: Loc) -> list[str]:
-    """Field names of the model that holds ``loc``'s last key, for spelling hints."""
-    parent = next((p for p in reversed(loc[:-1]) if isinstance(p, str)), None)
-    model = _MODEL_UNDER.get(parent)
-    return list(model.model_fields) if model is not None else []
 
 
 def _messages(source: str, exc: ValidationError, lines: dict[Loc, int]) -> list[str]:
     out = []
-    for err in exc.errors(include_url=False):
-        loc: Loc = tuple(err["loc"])
+    for loc, bad_key, err in field_errors(exc):
         msg = err["msg"]
         at = (err.get("ctx") or {}).get("at")
         if at:
             loc = (*loc, *at)
-        if loc and loc[-1] == "[key]":
-            loc = loc[:-1]
+        if bad_key:
             msg = f"key {loc[-1]!r}: {msg}"
             loc = loc[:-1]
         if err["type"] == "extra_forbidden" and loc and isinstance(loc[-1], str):
-            close = difflib.get_close_matches(loc[-1], _fields_at(loc), n=1)
+            parent = model_at(Profile, loc[:-1])
+            fields = list(parent.model_fields) if parent is not None else []
+            close = difflib.get_close_matches(loc[-1], fields, n=1)
             msg = f"unknown key (did you mean {close[0]!r}?)" if close else "unknown key"
-        path = _dotted(loc) or "(profile)"
-        out.append(f"{source}:{_line_of(loc, lines)}: {path}: {msg}")
+        out.append(located(source, lines, loc, msg, root="(profile)"))
     return out
 
 
@@ -338,7 +263,14 @@ def load_profile(path: str | Path) -> Profile:
     except UnicodeDecodeError as exc:
         raise ProfileError([f"{source}: cannot read: not UTF-8 text ({exc.reason})"]) from exc
     try:
-        data, lines, dupes = _parse(text)
+        data, lines = load(text)
+    except DuplicateKeyError as exc:
+        raise ProfileError(
+            [
+                f"{source}:{d.line}: {dotted(d.loc)}: duplicate key (first at line {d.first_line})"
+                for d in sorted(exc.duplicates, key=lambda d: d.line)  # in reading order
+            ]
+        ) from exc
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark is not None else 1
@@ -353,8 +285,6 @@ def load_profile(path: str | Path) -> Profile:
         raise ProfileError([f"{source}:{line}: invalid YAML: {problem}"]) from exc
     except yaml.YAMLError as exc:
         raise ProfileError([f"{source}: invalid YAML: {exc}"]) from exc
-    if dupes:
-        raise ProfileError([f"{source}:{d}" for d in dupes])
     if data is None:
         raise ProfileError([f"{source}: the profile is empty"])
     if not isinstance(data, dict):

@@ -183,6 +183,9 @@ def _judge(c: Criterion, series: Series, now: float) -> Evidence:
         f"{cond.metric} {agg} {observed:.4g} over {span} ({_plural(n, 'sample')}) "
         f"{_HOLDS[op] if ok else _FAILS[op]} {thr:g}"
     )
+    if not ok and not samples[-1].success:
+        # What the agent saw is what the officer on site acts on: refused, no_reply, ...
+        detail += f"; latest run: {samples[-1].reason}"
     return Evidence(sid, observed, thr, op, agg, span, n, at, OK if ok else FAILED, detail)
 
 

@@ -63,7 +63,10 @@ class Series:
 
     @property
     def id(self) -> str:
-        """The readable id shown in evidence: 'agent/name→target'."""
+        """The readable id shown in evidence: 'agent/name→target', or 'agent/name' when the
+        target carries the check's own name."""
+        if self.target == self.name:
+            return f"{self.agent}/{self.name}"
         return f"{self.agent}/{self.name}→{self.target}"
 
 
@@ -139,6 +142,10 @@ class State:
             if w is None:
                 w = self._wards[ward] = _Ward()
             touched: dict[tuple[str, str, str], Series] = {}
+            # Only the newest result of a series is exported whole, so only it keeps every
+            # metric; building that for each result of a long replay would be wasted work.
+            newest: dict[tuple[str, str, str], ResultRecord] = {}
+            keep = self.keep_metrics
             for r in records:
                 key = (agent, r.name, r.target)
                 s = w.series.get(key)
@@ -146,17 +153,16 @@ class State:
                     s = w.series[key] = Series(
                         ward, agent, r.check, r.name, r.target, dict(r.labels), r.interval_seconds
                     )
-                full = self._interned(r.metrics)
-                if self.keep_metrics is None:
-                    kept = full
+                if keep is None:
+                    kept = self._interned(r.metrics)
                 else:
-                    kept = {k: v for k, v in full.items() if k in self.keep_metrics} or _EMPTY
+                    kept = {self._name(k): v for k, v in r.metrics.items() if k in keep} or _EMPTY
                 reason = self._name(r.reason)
                 sample = Sample(r.started, r.success, reason, kept, r.duration_seconds)
                 samples = s.samples
                 if not samples or r.started > samples[-1].started:
                     samples.append(sample)
-                    w.latest[key] = Sample(r.started, r.success, reason, full, r.duration_seconds)
+                    newest[key] = r
                     if s.check != r.check:
                         s.check = r.check
                     if s.labels != r.labels:
@@ -168,6 +174,11 @@ class State:
                         continue
                     samples.insert(i, sample)
                 touched[key] = s
+            for key, r in newest.items():
+                w.latest[key] = Sample(
+                    r.started, r.success, self._name(r.reason), self._interned(r.metrics),
+                    r.duration_seconds,
+                )  # fmt: skip
             for s in touched.values():
                 self._prune(s.samples)
 

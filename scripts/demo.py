@@ -77,14 +77,22 @@ def main() -> int:
         wait_until(
             lambda: (
                 collector.ward(READY_WARD)["verdict"] == "ready"
-                and collector.ward(BROKEN_WARD)["verdict"] == "not_ready"
+                and (broken := collector.ward(BROKEN_WARD))["verdict"] == "not_ready"
+                # Until its first dms result lands, the only reason is "no check matches".
+                and any("dms" in reason for reason in broken["reasons"])
             ),
             args.within,
             step=1,
             what="one ward ready and one not ready",
         )
         print(f"verdicts reached after {time.monotonic() - t0:.0f} s\n")
-        status = collector.cli("status", "--url", collector.url, check=False)
+        print(
+            f"All {len(collector.get('/api/v1/wards'))} pilot wards are listed; the other wards "
+            "have no agent yet (no_data). Working group 1, which holds both demo wards:\n"
+        )
+        status = collector.cli(
+            "status", "--url", collector.url, "--working-group", "1", check=False
+        )
         print(status.stdout or status.stderr)
         print("Where to look:")
         print(f"  wards API     {collector.url}/api/v1/wards")

@@ -279,7 +279,7 @@ def test_require_any_passes_with_one_of_two_lines_down() -> None:
     assert criterion(v_all, "wan_up")[0] == "failed"
     assert v_all.reasons[0] == (
         "wan_up: WAN line answers — pc-01/wan-4g→10.9.0.1: "
-        "success min 0 over last 3 (3 samples) < 1"
+        "success min 0 over last 3 (3 samples) < 1; latest run: no_reply"
     )
 
 
@@ -287,7 +287,7 @@ def test_require_any_fails_when_every_line_is_down() -> None:
     both = [line_runs(LINE, 5, success=False), line_runs(BACKUP, 5, success=False)]
     v = judge(build(*both, http_runs(3)), make_profile(ANY_PROFILE))
     assert criterion(v, "wan_up")[0] == "failed"
-    assert v.reasons[0].endswith("success min 0 over last 3 (3 samples) < 1 (+1 more)")
+    assert v.reasons[0].endswith("(3 samples) < 1; latest run: no_reply (+1 more)")
 
 
 def test_last_n_uses_only_the_newest_results() -> None:
