@@ -25,22 +25,31 @@ Reasons: ``timeout``, ``refused``, ``unreachable``, ``resolve_failed``, ``source
 ``verify: false`` expiry is only measured), ``status_mismatch`` (not in ``valid_status``,
 default 200-299), ``body_mismatch`` (``body_regex`` absent or ``body_regex_absent`` present),
 ``too_many_redirects``, ``protocol_error`` (the server broke HTTP or dropped the connection).
+``source_unavailable`` also covers an ``interface`` that is not on this host.
 
-Privileges: none.
+``interface`` pins every connection of the request to one network interface
+(``SO_BINDTODEVICE``, Linux), so a ward's fibre and backup lines are probed separately: one
+check per line, told apart by a ``line`` label. The name is then resolved by the system
+resolver without a time limit of its own (the runner's deadline still applies).
+
+Privileges: none; ``interface`` needs CAP_NET_RAW on Linux before 5.7.
 """
 
 from __future__ import annotations
 
+import errno
 import re
 import socket
 import ssl
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
+import httpcore
 import httpx
+from httpcore._backends.sync import SyncStream
 from pydantic import Field, IPvAnyAddress, field_validator
 
 from checks import core
@@ -52,6 +61,8 @@ from checks.tcp import (
     TLS_ERROR,
     TLS_EXPIRED,
     UNREACHABLE,
+    Interface,
+    bind_device,
     cert_not_after,
     expiry_metrics,
     oserror_reason,
@@ -105,6 +116,7 @@ class Params(core.Params):
     verify: bool = True
     ca_file: str | None = Field(default=None, min_length=1)
     source: IPvAnyAddress | None = None
+    interface: Interface | None = None
 
     @field_validator("body_regex", "body_regex_absent")
     @classmethod
@@ -189,12 +201,75 @@ def _without_query(url: httpx.URL) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
+class _PinnedBackend(httpcore.SyncBackend):
+    """Opens each TCP connection on one network interface."""
+
+    def __init__(self, interface: str) -> None:
+        self.interface = interface
+
+    def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> httpcore.NetworkStream:
+        try:
+            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except OSError as exc:
+            raise httpcore.ConnectError(str(exc)) from exc
+        for i, (family, kind, proto, _, sockaddr) in enumerate(infos):
+            sock = socket.socket(family, kind, proto)
+            try:
+                bind_device(sock, self.interface)
+                if local_address is not None:
+                    sock.bind((local_address, 0))
+                sock.settimeout(timeout)
+                sock.connect(sockaddr)
+                for option in socket_options or ():
+                    sock.setsockopt(*option)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError as exc:
+                sock.close()
+                # The interface itself failing (missing, not allowed) fails every address.
+                if i == len(infos) - 1 or exc.errno in {errno.ENODEV, errno.EPERM, errno.EACCES}:
+                    # Raised inside the handler: httpcore drops __cause__ on the way up, and
+                    # the check finds the socket error through __context__.
+                    if isinstance(exc, TimeoutError):
+                        raise httpcore.ConnectTimeout(str(exc)) from exc
+                    raise httpcore.ConnectError(str(exc)) from exc
+            else:
+                return SyncStream(sock)
+        raise httpcore.ConnectError(f"{host}: no address")
+
+
+class _PinnedTransport(httpx.HTTPTransport):
+    """httpx's transport with every connection opened on one network interface.
+
+    httpx applies socket options only after connecting, too late for SO_BINDTODEVICE to pick
+    the route, so the pool gets a network backend that pins each socket before it connects.
+    ``_pool`` and httpcore's ``SyncStream`` are internals (stable since httpx 0.18); the
+    interface tests in tests/checks/test_http.py fail if they move.
+    """
+
+    def __init__(self, ctx: ssl.SSLContext, local_address: str | None, interface: str) -> None:
+        super().__init__(verify=ctx, local_address=local_address, retries=0)
+        self._pool = httpcore.ConnectionPool(
+            ssl_context=ctx,
+            local_address=local_address,
+            retries=0,
+            network_backend=_PinnedBackend(interface),
+        )
+
+
 @contextmanager
 def _client(params: Params, ctx: ssl.SSLContext, timeout: float) -> Iterator[httpx.Client]:
-    transport = httpx.HTTPTransport(
-        verify=ctx,
-        local_address=str(params.source) if params.source is not None else None,
-        retries=0,
+    local_address = str(params.source) if params.source is not None else None
+    transport = (
+        httpx.HTTPTransport(verify=ctx, local_address=local_address, retries=0)
+        if params.interface is None
+        else _PinnedTransport(ctx, local_address, params.interface)
     )
     with httpx.Client(
         transport=transport,

@@ -30,11 +30,18 @@ received), ``send_error``, ``error``.
 Reasons (success means at least one reply; loss and latency are judged by the collector):
 ``no_reply``, ``unreachable`` (no reply and an ICMP destination-unreachable or time-exceeded
 came back, or the kernel had no route), ``resolve_failed``, ``permission_denied``,
-``source_unavailable`` (``source`` is not an address of this host).
+``source_unavailable`` (``source`` is not an address of this host, or ``interface`` is not an
+interface of it).
+
+``interface`` pins the echo requests to one network interface (``SO_BINDTODEVICE``, Linux), so
+a ward's fibre and backup lines are probed separately towards the same address: one check per
+line, told apart by a ``line`` label. A cut line then fails its own check (``unreachable`` or
+``no_reply``) while the other line's check still succeeds.
 
 Privileges: a raw socket (root or CAP_NET_RAW), or, without it, an ICMP datagram socket, which
 needs the agent's group inside ``net.ipv4.ping_group_range`` (this covers IPv6 too).
-``mode`` forces one kind. Intervals under 0.01 s need root.
+``mode`` forces one kind. Intervals under 0.01 s need root. ``interface`` needs CAP_NET_RAW
+on Linux before 5.7 (later kernels let any user pin a socket that is not pinned yet).
 """
 
 from __future__ import annotations
@@ -62,7 +69,9 @@ from checks.tcp import (
     SOURCE_UNAVAILABLE,
     UNREACHABLE,
     Family,
+    Interface,
     ResolveError,
+    bind_device,
     family_from_number,
     resolve,
 )
@@ -123,6 +132,7 @@ class Params(core.Params):
     size: int = Field(default=56, ge=TOKEN_BYTES, le=65000, description="payload bytes")
     timeout_seconds: float = Field(default=1.0, gt=0.0, le=60.0)
     source: IPvAnyAddress | None = None
+    interface: Interface | None = None
     family: Family = "auto"
     mode: Literal["auto", "raw", "dgram"] = "auto"
 
@@ -407,6 +417,16 @@ def probe(target: Target, params: Params, timeout: float) -> Outcome:
     with sock:
         info["socket"] = "raw" if raw else "dgram"
         _configure(sock, family, raw)
+        if params.interface is not None:
+            try:
+                bind_device(sock, params.interface)
+            except OSError as exc:
+                reason = {
+                    errno.ENODEV: SOURCE_UNAVAILABLE,
+                    errno.EPERM: PERMISSION_DENIED,
+                    errno.EACCES: PERMISSION_DENIED,
+                }.get(exc.errno or 0, ERROR)
+                return Outcome(False, reason, info={**info, "error": str(exc.strerror)})
         if params.source is not None:
             try:
                 sock.bind((str(params.source), 0))

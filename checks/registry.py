@@ -10,7 +10,27 @@ from __future__ import annotations
 from collections.abc import Mapping
 from types import MappingProxyType
 
-from checks import dns, host, http, icmp, tcp
+from checks import (
+    bandwidth,
+    dns,
+    h323,
+    host,
+    http,
+    icmp,
+    link,
+    pmtu,
+    printer_ipp,
+    printer_snmp,
+    scanner_escl,
+    scanner_usb,
+    sip,
+    ssh,
+    stream,
+    stun,
+    tcp,
+    traceroute,
+    turn,
+)
 from checks.core import CheckType
 
 
@@ -30,5 +50,19 @@ REGISTRY: Mapping[str, CheckType] = MappingProxyType(
         "http": _entry(http),
         "dns": _entry(dns),
         "host": _entry(host),
+        "sip": _entry(sip),
+        "stun": _entry(stun),
+        "turn": _entry(turn),
+        "h323": _entry(h323),
+        "bandwidth": _entry(bandwidth),
+        "traceroute": _entry(traceroute),
+        "pmtu": _entry(pmtu),
+        "link": _entry(link),
+        "stream": _entry(stream),
+        "printer_snmp": _entry(printer_snmp),
+        "printer_ipp": _entry(printer_ipp),
+        "scanner_escl": _entry(scanner_escl),
+        "scanner_usb": _entry(scanner_usb),
+        "ssh": _entry(ssh),
     }
 )

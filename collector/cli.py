@@ -376,6 +376,36 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_reflector(args: argparse.Namespace) -> int:
+    import signal
+
+    from collector.reflector import Limits, Reflector
+
+    host, port = parse_listen(args.listen)
+    for name in ("max_pps", "global_pps", "log_every"):
+        if getattr(args, name) <= 0:
+            raise UsageError(f"--{name.replace('_', '-')}: must be greater than 0")
+    logging.getLogger("collector.reflector").setLevel(logging.INFO)
+    limits = Limits(per_source_pps=args.max_pps, global_pps=args.global_pps)
+    try:
+        reflector = Reflector.bind(host, port, limits)
+    except OSError as exc:
+        raise UsageError(f"--listen: cannot listen on {host}:{port}: {exc.strerror}") from None
+    reflector.log_every = args.log_every
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    bound_host, bound_port = reflector.address
+    shown = f"[{bound_host}]" if ":" in bound_host else bound_host
+    print(f"wardready-collector reflector listening on udp://{shown}:{bound_port}", flush=True)
+    try:
+        reflector.serve(stop)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        reflector.close()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="wardready-collector", description="Ward readiness collector.")
     p.add_argument("--db", help="database URL (default: $WARDREADY_DB or sqlite:///wardready.db)")
@@ -436,6 +466,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     mg = sub.add_parser("migrate", help="bring the database schema up to date")
     mg.set_defaults(func=cmd_migrate)
+
+    rf = sub.add_parser("reflector", help="answer the agents' stream checks (TWAMP-light, UDP)")
+    rf.add_argument("--listen", default="127.0.0.1:862", help="HOST:PORT (default %(default)s)")
+    rf.add_argument("--max-pps", type=float, default=1000.0, help="packets/s per source")
+    rf.add_argument("--global-pps", type=float, default=20000.0, help="packets/s in all")
+    rf.add_argument("--log-every", type=float, default=60.0, help="seconds between summaries")
+    rf.set_defaults(func=cmd_reflector)
     return p
 
 

@@ -15,6 +15,27 @@ Choices:
   ward running the same check would otherwise export the same series twice, which makes
   Prometheus reject the whole scrape; for the same reason, of two series that still collide
   (same name and target, labels differing only outside role/line), the newest result wins.
+  A metric ``<base>__<item>`` (one of several mounts, interfaces, supplies or trays) adds
+  ``item``, as the agent's endpoint does: ``wardready_host_disk_free_ratio{item="var_lib"}``.
+- The ward's name and working group are not repeated on every check series: at national
+  scale that adds about 40% to each scrape (18 MB at 3,321 wards). ``wardready_ward_info``
+  (value 1) carries them once per ward, and a query joins them where it needs them, the
+  Prometheus idiom for descriptive labels: ``... * on (ward) group_left (ward_name, working_group)
+  wardready_ward_info``. ``wardready_ward_ready`` carries them too, since almost every view
+  of readiness groups by them.
+- ``wardready_ward_reason`` (value 1) lists why a ward is not ready, or what it is warned
+  about, as bounded labels: one series per criterion the verdict names (status ``failed`` or
+  ``unknown``), and the pseudo-criteria ``no_data`` (no agent ever reported; the criteria
+  are then not listed, as the verdict does not list them) and ``agent_silent`` (severity
+  ``blocker`` when every agent of the ward went silent, ``warning`` when only some did).
+  The free-text evidence stays in the API: it would make a new series every time a figure
+  moved.
+- ``wardready_check_failure_reason`` (value 1) names the reason of each check whose newest
+  run failed (a word from the check's bounded ``REASONS``): the device or system behind it
+  is then diagnosed from the dashboard. Passing checks export nothing here, so it stays
+  small; the reason is not a label of ``wardready_check_success``, which would start a new
+  series at every change of reason.
+- ``wardready_agent_info`` (value 1) carries each agent's reported version.
 """
 
 from __future__ import annotations
@@ -28,7 +49,7 @@ from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from prometheus_client.registry import Collector, CollectorRegistry
 from prometheus_client.samples import Sample as PromSample
 
-from collector.readiness import Verdict
+from collector.readiness import AGENT_SILENT, FAILED, NO_DATA, UNKNOWN, Verdict
 from collector.state import Sample
 
 if TYPE_CHECKING:
@@ -45,6 +66,10 @@ FIXED = {
         "1 when the ward is ready to operate, else 0 (not_ready or unknown).",
         ("ward", "ward_name", "working_group"),
     ),
+    "wardready_ward_info": (
+        "The ward's name and working group, for joins: one series per ward, value 1.",
+        ("ward", "ward_name", "working_group", "kind"),
+    ),
     "wardready_ward_verdict": (
         "The ward's current verdict: one series per ward, value 1, verdict in the label.",
         ("ward", "verdict"),
@@ -53,6 +78,11 @@ FIXED = {
         "1 when the readiness criterion holds, 0 when it fails (stale checks fail); "
         "criteria without enough data are not exported.",
         ("ward", "criterion", "severity"),
+    ),
+    "wardready_ward_reason": (
+        "Why the ward is not ready or is warned about, value 1: one series per failed or "
+        "unknown criterion, or the pseudo-criterion no_data or agent_silent.",
+        ("ward", "criterion", "severity", "status"),
     ),
     "wardready_wards": ("Number of wards with each verdict.", ("verdict",)),
     "wardready_verdicts_evaluated_timestamp_seconds": (
@@ -67,6 +97,19 @@ FIXED = {
         "Results waiting in the agent's spool, as it reported in its last batch.",
         ("ward", "agent"),
     ),
+    "wardready_agent_spool_dropped_results": (
+        "Results the agent's full spool dropped since it was created, as it reported "
+        "(its own counter wardready_agent_spool_dropped_total).",
+        ("ward", "agent"),
+    ),
+    "wardready_agent_resident_memory_bytes": (
+        "The agent's resident memory, as it reported in its last batch.",
+        ("ward", "agent"),
+    ),
+    "wardready_agent_info": (
+        "The agent's reported version: one series per agent, value 1.",
+        ("ward", "agent", "version"),
+    ),
     "wardready_check_success": (
         "1 when the newest result of the check succeeded, else 0.",
         CHECK_LABELS,
@@ -79,24 +122,68 @@ FIXED = {
         "When the newest run of the check started (Unix time), to tell fresh from stale.",
         CHECK_LABELS,
     ),
+    "wardready_check_failure_reason": (
+        "Why the newest run of the check failed (one of the check's reasons), value 1; "
+        "exported only while it fails.",
+        (*CHECK_LABELS, "reason"),
+    ),
 }
 
 
-_MISSING = GaugeMetricFamily("wardready_missing", "placeholder, never exported")
+# Where one check metric goes: its family and its item label (None: no item label).
+_Target = tuple[GaugeMetricFamily, str | None] | None
+_UNSEEN: _Target = (GaugeMetricFamily("wardready_unseen", "placeholder, never exported"), None)
 
 
-def _metric_family(check: str, metric: str) -> GaugeMetricFamily | None:
-    """The family re-exporting one check metric; None if its name is taken by a fixed one."""
-    name = f"wardready_{check}_{metric}"
+def _metric_target(families: dict[str, GaugeMetricFamily], check: str, metric: str) -> _Target:
+    """The family re-exporting one check metric, and its item; None if the family's name is
+    taken by a fixed one.
+
+    ``<base>__<item>`` (a host check's mount or interface, a printer's supply or tray)
+    becomes ``wardready_<check>_<base>{item="<item>"}``, the empty item as ``/`` (the root
+    mount): one family per measured quantity, named and labelled as the agent's own endpoint
+    names it.
+    """
+    base, sep, item = metric.partition("__")
+    name = f"wardready_{check}_{base}"
     if name in FIXED:
         return None
-    doc = f"{metric} of the newest {check} check result, as measured."
-    return GaugeMetricFamily(name, doc, labels=SERIES_LABELS)
+    family = families.get(name)
+    if family is None:
+        doc = f"{base} of the newest {check} check result, as measured."
+        if sep:
+            doc += " item: the mount, interface, supply or tray it is about."
+        family = families[name] = GaugeMetricFamily(name, doc, labels=SERIES_LABELS)
+    return family, ((item or "/") if sep else None)
 
 
 def _family(name: str) -> GaugeMetricFamily:
     doc, labels = FIXED[name]
     return GaugeMetricFamily(name, doc, labels=labels)
+
+
+def _reasons(v: Verdict) -> list[PromSample]:
+    """The verdict's reasons as ``wardready_ward_reason`` samples, in the verdict's order.
+
+    The verdict lists a criterion when it failed or is unknown; silence is only in its
+    text, so it is recognised by the prefix readiness gives it.
+    """
+    name = "wardready_ward_reason"
+    ward = v.ward
+    if v.reasons and v.reasons[0].startswith(f"{NO_DATA}:"):
+        labels = {"ward": ward, "criterion": NO_DATA, "severity": "blocker", "status": FAILED}
+        return [PromSample(name, labels, 1.0)]
+    out = []
+    for text in v.reasons:
+        if text.startswith(f"{AGENT_SILENT}:") or text.startswith(f"warning: {AGENT_SILENT}:"):
+            severity = "blocker" if text.startswith(AGENT_SILENT) else "warning"
+            labels = {"ward": ward, "criterion": AGENT_SILENT, "severity": severity}
+            out.append(PromSample(name, {**labels, "status": FAILED}, 1.0))
+    for c in v.criteria:
+        if c.status in (FAILED, UNKNOWN):
+            labels = {"ward": ward, "criterion": c.id, "severity": c.severity, "status": c.status}
+            out.append(PromSample(name, labels, 1.0))
+    return out
 
 
 class ReadinessCollector(Collector):
@@ -111,20 +198,24 @@ class ReadinessCollector(Collector):
         # Samples are appended directly with shared label dicts: at national scale a scrape
         # holds hundreds of thousands of samples, and add_metric would build a dict for each.
         ready = fam["wardready_ward_ready"].samples
+        info = fam["wardready_ward_info"].samples
         verdict_s = fam["wardready_ward_verdict"].samples
         crit = fam["wardready_ward_criterion_ok"].samples
+        reason = fam["wardready_ward_reason"].samples
         counts = dict.fromkeys(VERDICTS, 0)
         evaluated = 0.0
         for ward_id, ward in wards.items():
+            labels = {"ward": ward_id, "ward_name": ward.name, "working_group": ward.working_group}
+            info.append(PromSample("wardready_ward_info", {**labels, "kind": ward.kind}, 1.0))
             v = verdicts.get(ward_id)
             if v is None:
                 continue
             counts[v.verdict] = counts.get(v.verdict, 0) + 1
             evaluated = max(evaluated, v.evaluated_at)
-            labels = {"ward": ward_id, "ward_name": ward.name, "working_group": ward.working_group}
             ready.append(
                 PromSample("wardready_ward_ready", labels, 1.0 if v.verdict == "ready" else 0.0)
             )
+            reason.extend(_reasons(v))
             verdict_s.append(
                 PromSample("wardready_ward_verdict", {"ward": ward_id, "verdict": v.verdict}, 1.0)
             )
@@ -152,6 +243,21 @@ class ReadinessCollector(Collector):
             fam["wardready_agent_spool_depth"].samples.append(
                 PromSample("wardready_agent_spool_depth", labels, float(a.spool_depth))
             )
+            fam["wardready_agent_spool_dropped_results"].samples.append(
+                PromSample(
+                    "wardready_agent_spool_dropped_results", labels, float(a.spool_dropped_total)
+                )
+            )
+            fam["wardready_agent_resident_memory_bytes"].samples.append(
+                PromSample(
+                    "wardready_agent_resident_memory_bytes",
+                    labels,
+                    float(a.resident_memory_bytes),
+                )
+            )
+            fam["wardready_agent_info"].samples.append(
+                PromSample("wardready_agent_info", {**labels, "version": a.version}, 1.0)
+            )
 
         yield from fam.values()
         yield from self._checks(wards)
@@ -161,7 +267,9 @@ class ReadinessCollector(Collector):
         success = _family("wardready_check_success")
         duration = _family("wardready_check_duration_seconds")
         started = _family("wardready_check_started_timestamp_seconds")
-        per_metric: dict[tuple[str, str], GaugeMetricFamily | None] = {}
+        failure = _family("wardready_check_failure_reason")
+        families: dict[str, GaugeMetricFamily] = {}
+        per_metric: dict[tuple[str, str], _Target] = {}
         for ward in wards:
             newest: dict[tuple[str, ...], tuple[Sample, dict[str, str], str]] = {}
             for series, sample in state.latest(ward):
@@ -187,16 +295,23 @@ class ReadinessCollector(Collector):
                     PromSample(duration.name, with_check, sample.duration_seconds)
                 )
                 started.samples.append(PromSample(started.name, with_check, sample.started))
+                if not sample.success:
+                    failure.samples.append(
+                        PromSample(failure.name, {**with_check, "reason": sample.reason}, 1.0)
+                    )
                 for metric, value in sample.metrics.items():
-                    family = per_metric.get((check, metric), _MISSING)
-                    if family is _MISSING:
-                        family = per_metric[check, metric] = _metric_family(check, metric)
-                    if family is not None:
-                        family.samples.append(PromSample(family.name, base, float(value)))
+                    where = per_metric.get((check, metric), _UNSEEN)
+                    if where is _UNSEEN:
+                        where = per_metric[check, metric] = _metric_target(families, check, metric)
+                    if where is not None:
+                        family, item = where
+                        labels = base if item is None else {**base, "item": item}
+                        family.samples.append(PromSample(family.name, labels, float(value)))
         yield success
         yield duration
         yield started
-        yield from (f for f in per_metric.values() if f is not None)
+        yield failure
+        yield from families.values()
 
 
 def registry_for(service: Service) -> CollectorRegistry:

@@ -5,7 +5,17 @@ set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
 # Programs nobody here wrote: the tests and the demo use them as real peers.
-apt_packages=(iproute2 nftables iptables iputils-ping fping dnsmasq-base util-linux postgresql python3-venv)
+apt_packages=(
+  iproute2 nftables iptables iputils-ping fping util-linux python3-venv
+  libnetfilter-queue-dev            # builds netfilterqueue: delay and jitter on test lines
+  dnsmasq-base                      # dns
+  postgresql                        # the collector's second database
+  iperf3                            # bandwidth
+  sip-tester kamailio kamailio-tls-modules coturn   # sip, stun, turn
+  snmpsim snmpd snmp cups-ipp-utils dbus sane-utils # printers and scanners
+  openssh-server                    # ssh
+  prometheus prometheus-alertmanager                # rules, routes and dashboards
+)
 
 missing=()
 for p in "${apt_packages[@]}"; do

@@ -22,6 +22,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from agent.cli import _param_pairs, humanize, main
+from checks.registry import REGISTRY
 from checks.wire import Batch
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -159,7 +160,7 @@ def test_check_http_with_yaml_params_and_table(
 
 
 BAD_INPUT = [
-    (["check", "tcpp", "x:1"], "unknown check type 'tcpp' (known: dns, host, http, icmp, tcp)"),
+    (["check", "tcpp", "x:1"], f"unknown check type 'tcpp' (known: {', '.join(sorted(REGISTRY))})"),
     (["check", "tcp", "x:1", "--param", "tls=maybe"], "--param tls: Input should be a valid bool"),
     (["check", "tcp", "x:1", "--param", "bogus=1"], "--param bogus: unknown key (allowed: "),
     (["check", "tcp", "x:1", "--param", "tls"], "--param 'tls': expected KEY=VALUE"),

@@ -169,3 +169,37 @@ def test_params() -> None:
     with pytest.raises(ValidationError, match="follow"):
         http.Params.model_validate({"follow": True})
     assert http.Params().valid_status == []
+
+
+# ---- interface: one check per WAN line (tests/e2e/test_line_checks_netns.py cuts a line) ----
+
+
+def test_interface_pins_the_request(run: RunCheck, http_url: str) -> None:
+    r = run("http", f"{http_url}/", interface="lo", body_regex="ready")
+    assert (r.success, r.reason) == (True, "ok"), r.info
+    assert r.metrics["connect_seconds"] > 0
+
+
+def test_interface_pins_https_with_verification(
+    run: RunCheck, https_url: Callable[[str], str], certs: Any
+) -> None:
+    r = run("http", f"{https_url('valid')}/", interface="lo", ca_file=str(certs.ca))
+    assert (r.success, r.reason) == (True, "ok"), r.info
+    assert r.metrics["tls_verified"] == 1
+    assert r.metrics["cert_days_left"] > 20
+
+
+def test_interface_with_a_refused_port_is_refused(run: RunCheck, closed_port: int) -> None:
+    r = run("http", f"http://127.0.0.1:{closed_port}/", interface="lo")
+    assert (r.success, r.reason) == (False, "refused"), r.info
+
+
+def test_a_missing_interface_is_source_unavailable(run: RunCheck, http_url: str) -> None:
+    r = run("http", f"{http_url}/", interface="wrnosuch0")
+    assert (r.success, r.reason) == (False, "source_unavailable")
+    assert r.info["error"] == "interface wrnosuch0: no such network interface on this host"
+
+
+def test_interface_param_is_checked() -> None:
+    with pytest.raises(ValidationError, match="interface"):
+        http.Params.model_validate({"interface": "eth0/1"})

@@ -423,3 +423,25 @@ def test_partial_loss(lab: Lab, mode: str) -> None:
     m = o["metrics"]
     assert (m["packets_sent"], m["packets_received"], m["loss_ratio"]) == (6, 3, 0.5)
     assert "jitter_seconds" in m
+
+
+# ---- interface: one check per WAN line (tests/e2e/test_line_checks_netns.py cuts a line) ----
+
+
+def test_interface_pins_the_echo_requests(run: RunCheck) -> None:
+    need_root()
+    r = run("icmp", "127.0.0.1", interface="lo", **FAST)
+    check_healthy(r, 3)  # FAST["count"]
+
+
+def test_a_missing_interface_is_source_unavailable(run: RunCheck) -> None:
+    need_root()
+    r = run("icmp", "127.0.0.1", interface="wrnosuch0", **FAST)
+    assert (r.success, r.reason) == (False, "source_unavailable")
+    assert r.info["error"] == "interface wrnosuch0: no such network interface on this host"
+    assert r.metrics == {}
+
+
+def test_interface_param_is_checked() -> None:
+    with pytest.raises(ValidationError, match="interface"):
+        icmp.Params.model_validate({"interface": "x" * 16})

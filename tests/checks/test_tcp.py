@@ -158,3 +158,44 @@ def test_params() -> None:
         tcp.Params.model_validate({"source": "not-an-ip"})
     with pytest.raises(ValidationError, match="family"):
         tcp.Params.model_validate({"family": 5})
+
+
+# ---- interface: one check per WAN line (tests/e2e/test_line_checks_netns.py cuts a line) ----
+
+
+def test_interface_pins_the_connection(run: RunCheck, http_url: str) -> None:
+    r = run("tcp", f"127.0.0.1:{port_of(http_url)}", interface="lo", source="127.0.0.1")
+    assert (r.success, r.reason) == (True, "ok"), r.info
+
+
+def test_a_missing_interface_is_source_unavailable(run: RunCheck, http_url: str) -> None:
+    r = run("tcp", f"127.0.0.1:{port_of(http_url)}", interface="wrnosuch0")
+    assert (r.success, r.reason) == (False, "source_unavailable")
+    assert r.info["error"] == "interface wrnosuch0: no such network interface on this host"
+
+
+def test_interface_needs_no_cap_net_raw_on_current_kernels(http_url: str) -> None:
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    from tests.helpers import ROOT, need
+
+    need(os.geteuid() == 0, "needs root to drop a capability")
+    major, minor = (int(part) for part in os.uname().release.split(".")[:2])
+    need((major, minor) >= (5, 7), "kernels before 5.7 want CAP_NET_RAW for SO_BINDTODEVICE")
+    setpriv = shutil.which("setpriv")
+    need(setpriv is not None, "setpriv (util-linux) is not installed")
+    assert setpriv is not None
+    argv = [setpriv, "--bounding-set", "-net_raw", sys.executable, "-m", "agent", "check"]
+    argv += ["tcp", f"127.0.0.1:{port_of(http_url)}", "--param", "interface=lo"]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("name", ["", "x" * 16, "eth 0", "a/b", "eth0:1", ".", ".."])
+def test_interface_names_the_kernel_refuses_are_rejected(name: str) -> None:
+    with pytest.raises(ValidationError, match="interface"):
+        tcp.Params.model_validate({"interface": name})
+    assert tcp.Params.model_validate({"interface": "enp3s0"}).interface == "enp3s0"

@@ -209,3 +209,153 @@ def test_large_scrape_is_gzipped_when_asked(
     assert packed.headers["content-encoding"] == "gzip"
     families = {f.name: f for f in text_string_to_metric_families(packed.text)}
     assert len(families["wardready_ward_ready"].samples) == 1004
+
+
+def test_ward_info_carries_names_and_groups_for_every_ward(
+    client: TestClient, service: Service
+) -> None:
+    feed(client, service)
+    info = {s.labels["ward"]: s for s in scrape(client)["wardready_ward_info"].samples}
+    # Every ward of the table, reported or not: dashboards list the silent ones too.
+    assert set(info) == {READY, BROKEN, "commune-can-gio", "ward-binh-thoi"}
+    assert all(s.value == 1.0 for s in info.values())
+    assert info["commune-can-gio"].labels == {
+        "ward": "commune-can-gio",
+        "ward_name": "Xã Cần Giờ",
+        "working_group": "2",
+        "kind": "commune",
+    }
+    assert info[BROKEN].labels["ward_name"] == "Phường Minh Phụng"
+    assert info[BROKEN].labels["working_group"] == "1"
+
+
+def _reasons(client: TestClient) -> dict[str, set[tuple[str, str, str]]]:
+    out: dict[str, set[tuple[str, str, str]]] = {}
+    for s in scrape(client)["wardready_ward_reason"].samples:
+        assert s.value == 1.0
+        labels = s.labels
+        out.setdefault(labels["ward"], set()).add(
+            (labels["criterion"], labels["severity"], labels["status"])
+        )
+    return out
+
+
+def test_ward_reason_lists_what_the_verdict_names(client: TestClient, service: Service) -> None:
+    feed(client, service)
+    reasons = _reasons(client)
+    assert reasons[BROKEN] == {
+        ("wan_loss", "blocker", "failed"),
+        ("disk_free", "warning", "unknown"),
+    }
+    # Never reported: no_data alone, as the verdict says it, not every criterion it implies.
+    assert reasons["commune-can-gio"] == {("no_data", "blocker", "failed")}
+    assert reasons["ward-binh-thoi"] == {("no_data", "blocker", "failed")}
+    assert READY not in reasons
+    text = {r for v in service.verdicts().values() for r in v.reasons}
+    assert any(t.startswith("wan_loss:") for t in text)
+
+
+def test_ward_reason_tells_silent_wards_and_silent_agents(
+    client: TestClient, service: Service
+) -> None:
+    import time
+
+    feed(client, service)
+    # A second PC of the ready ward last heard from twenty minutes ago: a warning only.
+    token = tokens.create(service.engine, READY, "pc-02")
+    heartbeat = body(batch(READY, agent="pc-02", results=[]))
+    service.ingest(f"Bearer {token}", heartbeat, now=time.time() - 1200)
+    reasons = _reasons(client)
+    assert reasons[READY] == {("agent_silent", "warning", "failed")}
+    assert service.verdicts()[READY].verdict == "ready"
+
+    # Later, every agent silent: a blocker, and the criteria it left stale are listed too.
+    service.clock = lambda: time.time() + 1000
+    reasons = _reasons(client)
+    assert ("agent_silent", "blocker", "failed") in reasons[READY]
+    assert ("wan_loss", "blocker", "failed") in reasons[READY]
+    assert ("agent_silent", "blocker", "failed") in reasons[BROKEN]
+    assert ("agent_silent", "warning", "failed") not in reasons[READY]
+
+
+def test_agent_info_version_memory_and_dropped(client: TestClient, service: Service) -> None:
+    token = tokens.create(service.engine, READY)
+    doc = batch(READY, results=[result(1)])
+    doc["status"].update(
+        version="1.2.3+vn", spool_dropped_total=42, resident_memory_bytes=51_000_000
+    )
+    assert client.post("/api/v1/ingest", content=body(doc), headers=auth(token)).status_code == 200
+    families = scrape(client)
+    (info,) = families["wardready_agent_info"].samples
+    assert info.labels == {"ward": READY, "agent": "pc-01", "version": "1.2.3+vn"}
+    assert info.value == 1.0
+    (memory,) = families["wardready_agent_resident_memory_bytes"].samples
+    assert memory.value == 51_000_000
+    (dropped,) = families["wardready_agent_spool_dropped_results"].samples
+    assert dropped.value == 42
+
+
+def test_failure_reason_only_for_failing_checks(client: TestClient, service: Service) -> None:
+    token = tokens.create(service.engine, READY)
+    failing = result(
+        2,
+        check="http",
+        name="dms",
+        target="dms",
+        address="http://127.0.0.1/",
+        labels={"role": "shared_system"},
+        success=False,
+        reason="tls_expired",
+        metrics={},
+    )
+    doc = batch(READY, results=[result(1), failing])
+    assert client.post("/api/v1/ingest", content=body(doc), headers=auth(token)).status_code == 200
+    (sample,) = scrape(client)["wardready_check_failure_reason"].samples
+    assert sample.value == 1.0
+    assert sample.labels == {
+        "ward": READY,
+        "agent": "pc-01",
+        "check": "http",
+        "name": "dms",
+        "target": "dms",
+        "role": "shared_system",
+        "line": "",
+        "reason": "tls_expired",
+    }
+
+    # The next run passes: the reason is gone, not left behind at 0.
+    passing = {**failing, "seq": 3, "started": failing["started"] + 1, "success": True}
+    passing["reason"] = "ok"
+    doc = batch(READY, results=[passing])
+    assert client.post("/api/v1/ingest", content=body(doc), headers=auth(token)).status_code == 200
+    families = scrape(client)
+    assert "wardready_check_failure_reason" not in families or not (
+        families["wardready_check_failure_reason"].samples
+    )
+
+
+def test_item_metrics_become_one_family_with_an_item_label(
+    client: TestClient, service: Service
+) -> None:
+    token = tokens.create(service.engine, READY)
+    host = result(
+        1,
+        check="host",
+        name="host",
+        target="localhost",
+        address="localhost",
+        labels={},
+        metrics={"disk_free_ratio__": 0.4, "disk_free_ratio__var_lib": 0.2, "cpu_ratio": 0.1},
+    )
+    doc = batch(READY, results=[host])
+    assert client.post("/api/v1/ingest", content=body(doc), headers=auth(token)).status_code == 200
+    families = scrape(client)
+    disk = {s.labels["item"]: s.value for s in families["wardready_host_disk_free_ratio"].samples}
+    assert disk == {"/": 0.4, "var_lib": 0.2}
+    assert not any("__" in name for name in families)
+    (cpu,) = families["wardready_host_cpu_ratio"].samples
+    assert "item" not in cpu.labels and cpu.value == 0.1
+    (sample,) = [
+        s for s in families["wardready_host_disk_free_ratio"].samples if s.labels["item"] == "/"
+    ]
+    assert set(sample.labels) == {*exposition.SERIES_LABELS, "item"}

@@ -421,11 +421,33 @@ criteria:
     assert v.verdict == "ready"
 
 
+def _series(check: str, name: str, target: str, **labels: str) -> dict[str, Any]:
+    return {"check": check, "name": name, "target": target, "labels": labels}
+
+
+# Every check the shipped profile asks of a center, with healthy figures, 3 runs each.
+FULL_WARD = [
+    (_series("tcp", "mail", "mail.gov.vn:587", role="mail"), {}),
+    (_series("dns", "dns", "dichvucong.gov.vn", role="dns"), {}),
+    (_series("host", "host", "localhost"), {}),
+    (_series("stream", "vc-stream", "reflector.city:862", role="vc"),
+     {"mos": 4.35, "loss_ratio": 0.0, "rtt_p95_seconds": 0.03, "jitter_seconds": 0.002}),
+    (_series("sip", "mcu", "mcu.city", role="vc"), {"status_code": 200.0}),
+    (_series("stun", "stun", "turn.city", role="vc"), {}),
+    (_series("turn", "turn", "turn.city", role="vc"), {}),
+    (_series("printer_ipp", "counter-1-printer", "ipp://printer-1/ipp/print",
+             role="counter_device", device="printer"), {"toner_min_ratio": 0.6}),
+    (_series("scanner_escl", "counter-1-scanner", "http://scanner-1", role="counter_device"), {}),
+    (_series("bandwidth", "bw-fibre", "iperf.city:5201", role="wan"),
+     {"upload_bits_per_second": 9e6, "download_bits_per_second": 9.5e6}),
+    (_series("pmtu", "mtu-fibre", "10.0.0.1", role="wan"), {"path_mtu_bytes": 1500.0}),
+    (_series("link", "nics", "localhost", role="wan"), {}),
+    (_series("traceroute", "path-fibre", "10.0.0.1", role="wan"), {"path_changed": 0.0}),
+]  # fmt: skip
+
+
 def test_shipped_default_profile_on_a_full_ward() -> None:
     profile = load_profile(default_profile_path())
-    mail = {"check": "tcp", "name": "mail", "target": "mail.gov.vn:587", "labels": {"role": "mail"}}
-    dns = {"check": "dns", "name": "dns", "target": "dichvucong.gov.vn", "labels": {"role": "dns"}}
-    host = {"check": "host", "name": "host", "target": "localhost", "labels": {}}
     line = [
         record(LINE, i + 1, NOW - 10 - (29 - i) * 30,
                metrics={"loss_ratio": 0.0, "rtt_avg_seconds": 0.03, "jitter_seconds": 0.004})
@@ -435,9 +457,15 @@ def test_shipped_default_profile_on_a_full_ward() -> None:
         record(DMS, i + 1, NOW - 5 - (2 - i) * 30, metrics={"cert_days_left": 80.0})
         for i in range(3)
     ]
-    others = [record(s, i + 1, NOW - 5 - (2 - i) * 30) for s in (mail, dns, host) for i in range(3)]
+    others = [
+        record(series, i + 1, NOW - 5 - (2 - i) * 30, metrics=metrics)
+        for series, metrics in FULL_WARD
+        for i in range(3)
+    ]
     state = build(line, https, others)
-    assert judge(state, profile).verdict == "ready"
+    v = judge(state, profile)
+    assert (v.verdict, v.reasons) == ("ready", [])
+    assert {c.id for c in v.criteria} == {c.id for c in profile.criteria}
     state.add(WARD, "pc-01", [record(DMS, 9, NOW - 1, metrics={"cert_days_left": 5.0})])
     v = judge(state, profile)
     assert v.verdict == "ready"
@@ -446,6 +474,26 @@ def test_shipped_default_profile_on_a_full_ward() -> None:
         "14 more days — pc-01/dms→https://dms.example.gov.vn/: cert_days_left min 5 over last 3 "
         "(3 samples) < 14"
     ]
+
+
+def test_shipped_default_profile_without_a_printer_only_misses_the_toner_criterion() -> None:
+    # The same ward without its printer: the counter criteria fail, nothing else does.
+    profile = load_profile(default_profile_path())
+    line = [record(LINE, i + 1, NOW - 10 - (29 - i) * 30,
+                   metrics={"loss_ratio": 0.0, "rtt_avg_seconds": 0.03, "jitter_seconds": 0.004})
+            for i in range(30)]  # fmt: skip
+    https = [record(DMS, i + 1, NOW - 5 - (2 - i) * 30, metrics={"cert_days_left": 80.0})
+             for i in range(3)]  # fmt: skip
+    others = [
+        record(series, i + 1, NOW - 5 - (2 - i) * 30, metrics=metrics)
+        for series, metrics in FULL_WARD
+        if series["check"] != "printer_ipp"
+        for i in range(3)
+    ]
+    v = judge(build(line, https, others), profile)
+    failing = sorted(c.id for c in v.criteria if c.status != "ok")
+    assert failing == ["counter_toner"]
+    assert v.verdict == "ready"  # the scanner still counts as a counter device; toner is a warning
 
 
 def test_evaluate_all_judges_each_listed_ward() -> None:

@@ -1,0 +1,692 @@
+"""Printer health over SNMP: Host Resources MIB (RFC 2790) and Printer MIB (RFC 3805).
+
+Target address: ``host`` or ``host:port`` (UDP, default port 161); an IPv6 literal goes in
+brackets. Names are resolved within the timeout.
+
+SNMP v2c (``community``) or v3 with authPriv (``user``, ``auth_key``, ``priv_key``,
+``auth_protocol`` SHA by default, ``priv_protocol`` AES by default, optional ``context``).
+Community and keys are secrets: they are never logged, exported or shown in errors.
+Every request waits ``request_timeout_seconds`` and is retried ``retries`` times; the whole run
+is bounded by the check timeout.
+
+What is read: the printer's row of hrPrinterTable (the first one, or ``device_index``):
+hrPrinterStatus and hrPrinterDetectedErrorState; its hrDeviceStatus; every row of
+prtMarkerSuppliesTable (class, type, description, unit, max capacity, level) and of
+prtInputTable (max capacity, current level, name) that belongs to it.
+
+Supply and tray levels: a ratio is exported only when both the level and the max capacity are
+known numbers (max > 0): ``level / max``, clamped to 0..1. RFC 3805's special values:
+- ``-1`` (other: the device places no restriction, e.g. unlimited): no ratio, not empty;
+- ``-2`` (unknown): no ratio, and nothing is concluded from it;
+- ``-3`` (some remaining: known only to be more than zero): no ratio, counted as not empty;
+- level ``0``: empty, whatever the max capacity says.
+For a receptacle (class receptacleThatIsFilled, e.g. a waste toner box) the ratio is how full
+it is. Toner supplies are those of type toner, tonerCartridge, ink, inkCartridge, inkRibbon,
+solidWax or ribbonWax that are consumed (not receptacles).
+
+Metrics:
+- ``device_status``: hrDeviceStatus (1 unknown, 2 running, 3 warning, 4 testing, 5 down);
+- ``printer_status``: hrPrinterStatus (1 other, 2 unknown, 3 idle, 4 printing, 5 warmup);
+- ``error_conditions``: how many hrPrinterDetectedErrorState bits are set;
+- ``supply_level_ratio__<n>``: level of marker supply n (its prtMarkerSuppliesIndex);
+- ``toner_min_ratio``: the lowest ratio among toner supplies (absent when none is known);
+- ``input_level_ratio__<n>``: level of input tray n (its prtInputIndex);
+- ``query_seconds``: time of the SNMP exchange.
+
+Info: ``sys_descr``, ``error_state`` (the set bits by their MIB names, first octet from its
+high bit: lowPaper, noPaper, lowToner, noToner, doorOpen, jammed, offline, serviceRequested;
+second octet: inputTrayMissing, outputTrayMissing, markerSupplyMissing, outputNearFull,
+outputFull, inputTrayEmpty, overduePreventMaint; or ``none``), ``supplies`` and ``inputs``
+(index, description and level of each), ``faults`` (every fault found, the reason being the
+first), ``warnings``, ``hint``, ``error``.
+
+Success means the printer can print. Faults fail the check, in this order of precedence:
+``jammed``, ``door_open``, ``toner_empty`` (noToner, or a toner supply at level 0),
+``paper_empty`` (noPaper, or every tray with a known level at 0), ``offline``,
+``service_requested`` (only while hrDeviceStatus is down: RFC 3805 calls that a critical
+alert), ``device_down`` (hrDeviceStatus down with no more specific bit).
+Conditions that still let it print keep success and are listed in ``info.warnings``:
+``toner_low`` (lowToner, or a toner ratio under ``toner_low_ratio``), ``paper_low`` (lowPaper,
+inputTrayEmpty, or a tray at 0 while another still holds paper), ``supply_low`` (another
+consumed supply under ``toner_low_ratio``, e.g. a drum near its end of life),
+``waste_full``, ``service_requested``, ``output_full``, ``output_near_full``,
+``tray_missing``, ``supply_missing``, ``maintenance_overdue``, ``testing``.
+
+Other reasons: ``timeout`` (no answer: with v2c a wrong community looks exactly like this, so
+``info.hint`` says so; with v3 a wrong privacy key does too), ``auth_failed`` (v3: the agent
+reported usmStatsUnknownUserNames or usmStatsWrongDigests, or refused access),
+``not_printer`` (the agent answers but has no hrPrinterTable row), ``resolve_failed``.
+
+Privileges: none.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from pydantic import ConfigDict, Field, SecretStr, field_validator, model_validator
+
+from checks import core
+from checks.core import ERROR, TIMEOUT, Outcome, Target
+from checks.tcp import (
+    RESOLVE_FAILED,
+    Family,
+    ResolveError,
+    family_from_number,
+    parse_address,
+    resolve,
+)
+
+JAMMED = "jammed"
+DOOR_OPEN = "door_open"
+TONER_EMPTY = "toner_empty"
+PAPER_EMPTY = "paper_empty"
+OFFLINE = "offline"
+SERVICE_REQUESTED = "service_requested"
+DEVICE_DOWN = "device_down"
+AUTH_FAILED = "auth_failed"
+NOT_PRINTER = "not_printer"
+
+REASONS = frozenset(
+    {
+        JAMMED,
+        DOOR_OPEN,
+        TONER_EMPTY,
+        PAPER_EMPTY,
+        OFFLINE,
+        SERVICE_REQUESTED,
+        DEVICE_DOWN,
+        TIMEOUT,
+        AUTH_FAILED,
+        NOT_PRINTER,
+        RESOLVE_FAILED,
+    }
+)
+
+# RFC 2790 hrPrinterDetectedErrorState, as updated by RFC 3805: bit 0 is the high bit of the
+# first octet. Bit 15 is not assigned.
+ERROR_BITS = (
+    "lowPaper",
+    "noPaper",
+    "lowToner",
+    "noToner",
+    "doorOpen",
+    "jammed",
+    "offline",
+    "serviceRequested",
+    "inputTrayMissing",
+    "outputTrayMissing",
+    "markerSupplyMissing",
+    "outputNearFull",
+    "outputFull",
+    "inputTrayEmpty",
+    "overduePreventMaint",
+)
+
+DEVICE_RUNNING, DEVICE_WARNING, DEVICE_TESTING, DEVICE_DOWN_CODE = 2, 3, 4, 5
+
+# Level and max-capacity special values (RFC 3805 prtMarkerSuppliesLevel, prtInputCurrentLevel).
+UNRESTRICTED, UNKNOWN, SOME_REMAINING = -1, -2, -3
+
+RECEPTACLE = 4  # prtMarkerSuppliesClass receptacleThatIsFilled
+# PrtMarkerSuppliesTypeTC: toner 3, ink 5, inkCartridge 6, inkRibbon 7, solidWax 12,
+# ribbonWax 13, tonerCartridge 21.
+COLORANT_TYPES = frozenset({3, 5, 6, 7, 12, 13, 21})
+SUPPLY_TYPE_NAMES = {
+    1: "other",
+    2: "unknown",
+    3: "toner",
+    4: "wasteToner",
+    5: "ink",
+    6: "inkCartridge",
+    7: "inkRibbon",
+    8: "wasteInk",
+    9: "opc",
+    10: "developer",
+    11: "fuserOil",
+    12: "solidWax",
+    13: "ribbonWax",
+    14: "wasteWax",
+    15: "fuser",
+    20: "transferUnit",
+    21: "tonerCartridge",
+}
+
+SYS_DESCR = (1, 3, 6, 1, 2, 1, 1, 1, 0)
+HR_DEVICE_STATUS = (1, 3, 6, 1, 2, 1, 25, 3, 2, 1, 5)
+HR_PRINTER_STATUS = (1, 3, 6, 1, 2, 1, 25, 3, 5, 1, 1)
+HR_PRINTER_ERRORS = (1, 3, 6, 1, 2, 1, 25, 3, 5, 1, 2)
+_INPUT = (1, 3, 6, 1, 2, 1, 43, 8, 2, 1)
+INPUT_MAX, INPUT_LEVEL, INPUT_NAME = (*_INPUT, 9), (*_INPUT, 10), (*_INPUT, 13)
+_SUPPLY = (1, 3, 6, 1, 2, 1, 43, 11, 1, 1)
+SUPPLY_CLASS, SUPPLY_TYPE, SUPPLY_DESCR = (*_SUPPLY, 4), (*_SUPPLY, 5), (*_SUPPLY, 6)
+SUPPLY_MAX, SUPPLY_LEVEL = (*_SUPPLY, 8), (*_SUPPLY, 9)
+
+# Rows read per table: keeps the metric map within the wire limit of 64 metrics
+# (5 + MAX_SUPPLIES + MAX_INPUTS) and bounds the walk on a misbehaving agent.
+MAX_SUPPLIES = 32
+MAX_INPUTS = 24
+MAX_PRINTERS = 16
+# Variable bindings asked for per GETBULK request; halved when the agent answers tooBig.
+BULK_VARBINDS = 48
+TOO_BIG = 1
+AUTHORIZATION_ERROR = 16
+MAX_TEXT = 200
+
+V2C_HINT = "no answer: wrong community? (SNMPv2c agents ignore requests with a wrong community)"
+V3_HINT = "no answer: wrong privacy key? (agents drop what they cannot decrypt)"
+
+
+class Params(core.Params):
+    # Validation errors would otherwise quote the input, keys included.
+    model_config = ConfigDict(hide_input_in_errors=True)
+
+    version: Literal["2c", "3"] = "2c"
+    community: SecretStr = SecretStr("public")
+    user: str | None = Field(default=None, min_length=1, max_length=32)
+    auth_key: SecretStr | None = None
+    priv_key: SecretStr | None = None
+    auth_protocol: Literal["SHA", "SHA224", "SHA256", "SHA384", "SHA512", "MD5"] = "SHA"
+    priv_protocol: Literal["AES", "AES192", "AES256"] = "AES"
+    context: str = Field(default="", max_length=32)
+    device_index: int | None = Field(default=None, ge=1, le=2**31 - 1)
+    toner_low_ratio: float = Field(default=0.10, ge=0.0, le=1.0)
+    retries: int = Field(default=1, ge=0, le=5)
+    request_timeout_seconds: float = Field(default=1.0, gt=0.0, le=30.0)
+    family: Family = "auto"
+
+    _family_number = field_validator("family", mode="before")(family_from_number)
+
+    @field_validator("community", "auth_key", "priv_key", mode="before")
+    @classmethod
+    def _number_as_text(cls, value: Any) -> Any:
+        # YAML reads a numeric community or key as an int; it is meant as text.
+        return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+    @model_validator(mode="after")
+    def _v3_complete(self) -> Params:
+        if self.version == "3":
+            missing = [n for n in ("user", "auth_key", "priv_key") if getattr(self, n) is None]
+            if missing:
+                raise ValueError(f"SNMPv3 (authPriv) needs {', '.join(missing)}")
+            for name in ("auth_key", "priv_key"):
+                secret = getattr(self, name)
+                # RFC 3414 passphrases are at least 8 characters; say so without echoing it.
+                if len(secret.get_secret_value()) < 8:
+                    raise ValueError(f"{name} must be at least 8 characters (RFC 3414)")
+        return self
+
+
+class SnmpFailure(Exception):
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass
+class Supply:
+    index: int
+    klass: int | None
+    kind: int | None
+    description: str
+    max_capacity: int | None
+    level: int | None
+
+    @property
+    def colorant(self) -> bool:
+        return self.kind in COLORANT_TYPES and self.klass != RECEPTACLE
+
+    @property
+    def receptacle(self) -> bool:
+        return self.klass == RECEPTACLE
+
+
+@dataclass
+class Tray:
+    index: int
+    name: str
+    max_capacity: int | None
+    level: int | None
+
+
+@dataclass
+class Snapshot:
+    """What the agent answered, as plain values."""
+
+    sys_descr: str = ""
+    device_status: int | None = None
+    printer_status: int | None = None
+    error_state: bytes = b""
+    supplies: list[Supply] = field(default_factory=list)
+    trays: list[Tray] = field(default_factory=list)
+
+
+def error_names(state: bytes) -> list[str]:
+    """hrPrinterDetectedErrorState bits that are set, by MIB name, in bit order."""
+    names = []
+    for bit, name in enumerate(ERROR_BITS):
+        octet, shift = divmod(bit, 8)
+        if octet < len(state) and state[octet] & (0x80 >> shift):
+            names.append(name)
+    return names
+
+
+def ratio(level: int | None, max_capacity: int | None) -> float | None:
+    """level / max in 0..1 when both are known numbers; None for the special values."""
+    if level is None or max_capacity is None or level < 0 or max_capacity <= 0:
+        return None
+    return min(max(level / max_capacity, 0.0), 1.0)
+
+
+def _describe_level(level: int | None, max_capacity: int | None) -> str:
+    r = ratio(level, max_capacity)
+    if r is not None:
+        return f"{r:.0%}"
+    return {
+        UNRESTRICTED: "unrestricted",
+        SOME_REMAINING: "some remaining",
+        0: "empty",
+    }.get(level if level is not None else UNKNOWN, "unknown")
+
+
+@dataclass
+class Judgement:
+    faults: list[str]
+    warnings: list[str]
+    metrics: dict[str, float]
+    info: dict[str, str]
+
+
+def _add(items: list[str], word: str) -> None:
+    if word not in items:
+        items.append(word)
+
+
+@dataclass
+class Levels:
+    """What the supply and tray levels say, shared with the IPP check."""
+
+    metrics: dict[str, float]
+    toner_empty: bool = False
+    toner_low: bool = False
+    supply_low: bool = False
+    waste_full: bool = False
+    trays_known: int = 0
+    trays_empty: int = 0
+
+
+def assess_levels(supplies: Sequence[Supply], trays: Sequence[Tray], low: float) -> Levels:
+    """Ratios as metrics, and which thresholds the levels cross (see the module docstring)."""
+    out = Levels(metrics={})
+    toner_ratios: list[float] = []
+    for s in supplies:
+        r = ratio(s.level, s.max_capacity)
+        if r is not None:
+            out.metrics[f"supply_level_ratio__{s.index}"] = r
+        if s.colorant:
+            if r is not None:
+                toner_ratios.append(r)
+            if s.level == 0:
+                out.toner_empty = True
+            elif r is not None and r < low:
+                out.toner_low = True
+        elif s.receptacle:
+            out.waste_full = out.waste_full or (r is not None and r >= 1.0)
+        elif s.level == 0 or (r is not None and r < low):
+            out.supply_low = True
+    if toner_ratios:
+        out.metrics["toner_min_ratio"] = min(toner_ratios)
+    for t in trays:
+        r = ratio(t.level, t.max_capacity)
+        if r is not None:
+            out.metrics[f"input_level_ratio__{t.index}"] = r
+        if t.level is not None and t.level != UNKNOWN:
+            out.trays_known += 1
+            out.trays_empty += t.level == 0
+    return out
+
+
+def describe_supplies(supplies: Sequence[Supply]) -> str:
+    return _clip(
+        "; ".join(
+            f"{s.index} {s.description or '?'} ({SUPPLY_TYPE_NAMES.get(s.kind or 2, 'other')}): "
+            f"{_describe_level(s.level, s.max_capacity)}"
+            for s in supplies
+        )
+    )
+
+
+def describe_trays(trays: Sequence[Tray]) -> str:
+    return _clip(
+        "; ".join(
+            f"{t.index} {t.name or '?'}: {_describe_level(t.level, t.max_capacity)}" for t in trays
+        )
+    )
+
+
+def judge(snap: Snapshot, toner_low_ratio: float) -> Judgement:
+    """Faults, warnings, metrics and info from what the printer reported."""
+    bits = set(error_names(snap.error_state))
+    down = snap.device_status == DEVICE_DOWN_CODE
+    levels = assess_levels(snap.supplies, snap.trays, toner_low_ratio)
+    metrics: dict[str, float] = {"error_conditions": float(len(bits))}
+    if snap.device_status is not None:
+        metrics["device_status"] = float(snap.device_status)
+    if snap.printer_status is not None:
+        metrics["printer_status"] = float(snap.printer_status)
+    metrics.update(levels.metrics)
+    toner_empty = levels.toner_empty or "noToner" in bits
+    toner_low = levels.toner_low or "lowToner" in bits
+    all_trays_empty = levels.trays_known > 0 and levels.trays_empty == levels.trays_known
+    some_tray_empty = 0 < levels.trays_empty < levels.trays_known
+
+    faults: list[str] = []
+    if "jammed" in bits:
+        faults.append(JAMMED)
+    if "doorOpen" in bits:
+        faults.append(DOOR_OPEN)
+    if toner_empty:
+        faults.append(TONER_EMPTY)
+    if "noPaper" in bits or all_trays_empty:
+        faults.append(PAPER_EMPTY)
+    if "offline" in bits:
+        faults.append(OFFLINE)
+    if "serviceRequested" in bits and down:
+        faults.append(SERVICE_REQUESTED)
+    if down and not faults:
+        faults.append(DEVICE_DOWN)
+
+    warnings: list[str] = []
+    if toner_low and not toner_empty:
+        _add(warnings, "toner_low")
+    if PAPER_EMPTY not in faults and ({"lowPaper", "inputTrayEmpty"} & bits or some_tray_empty):
+        _add(warnings, "paper_low")
+    for flag, word in (
+        (levels.supply_low, "supply_low"),
+        (levels.waste_full, "waste_full"),
+        ("serviceRequested" in bits and not down, "service_requested"),
+        ("outputFull" in bits, "output_full"),
+        ("outputNearFull" in bits and "outputFull" not in bits, "output_near_full"),
+        (bool({"inputTrayMissing", "outputTrayMissing"} & bits), "tray_missing"),
+        ("markerSupplyMissing" in bits, "supply_missing"),
+        ("overduePreventMaint" in bits, "maintenance_overdue"),
+        (snap.device_status == DEVICE_TESTING, "testing"),
+    ):
+        if flag:
+            _add(warnings, word)
+
+    info = {"error_state": ",".join(error_names(snap.error_state)) or "none"}
+    if snap.sys_descr:
+        info["sys_descr"] = snap.sys_descr[:MAX_TEXT]
+    if snap.supplies:
+        info["supplies"] = describe_supplies(snap.supplies)
+    if snap.trays:
+        info["inputs"] = describe_trays(snap.trays)
+    if faults:
+        info["faults"] = ",".join(faults)
+    if warnings:
+        info["warnings"] = ",".join(warnings)
+    return Judgement(faults, warnings, metrics, info)
+
+
+def _clip(text: str, limit: int = 1000) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bytes):
+        return value.replace(b"\0", b"").decode("utf-8", "replace").strip()
+    return "" if value is None else str(value).strip()
+
+
+def _int(value: Any) -> int | None:
+    return value if isinstance(value, int) else None
+
+
+# ---- the SNMP exchange (pysnmp, imported only here) -----------------------------------------
+
+
+class _Session:
+    """A few GET/GETBULK helpers over one pysnmp engine, raising SnmpFailure."""
+
+    def __init__(self, hl: Any, engine: Any, auth: Any, transport: Any, context: Any) -> None:
+        self.hl = hl
+        self.engine = engine
+        self.auth = auth
+        self.transport = transport
+        self.context = context
+        self.bulk = BULK_VARBINDS
+        self.absent = (hl.NoSuchInstance, hl.NoSuchObject, hl.EndOfMibView)
+
+    def _plain(self, value: Any) -> Any:
+        if isinstance(value, self.absent):
+            return None
+        if hasattr(value, "asOctets"):
+            return bytes(value.asOctets())
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            return None
+
+    def _check(self, indication: Any, status: Any) -> None:
+        if indication:
+            raise _failure(indication)
+        if status and int(status) == AUTHORIZATION_ERROR:
+            raise SnmpFailure(AUTH_FAILED, "the agent refused access (authorizationError)")
+        if status and int(status) != TOO_BIG:
+            raise SnmpFailure(ERROR, f"agent error: {status.prettyPrint()}")
+
+    def _vars(self, oids: Sequence[tuple[int, ...]]) -> list[Any]:
+        hl = self.hl
+        return [hl.ObjectType(hl.ObjectIdentity(".".join(map(str, o)))) for o in oids]
+
+    async def get(self, oids: Sequence[tuple[int, ...]]) -> dict[tuple[int, ...], Any]:
+        indication, status, _, binds = await self.hl.get_cmd(
+            self.engine, self.auth, self.transport, self.context, *self._vars(oids),
+            lookupMib=False,
+        )  # fmt: skip
+        self._check(indication, status)
+        return {tuple(name): self._plain(value) for name, value in binds}
+
+    async def columns(
+        self, columns: Sequence[tuple[int, ...]], max_rows: int
+    ) -> dict[tuple[int, ...], dict[tuple[int, ...], Any]]:
+        """Walk table columns side by side with GETBULK: ``{column: {row index: value}}``."""
+        out: dict[tuple[int, ...], dict[tuple[int, ...], Any]] = {c: {} for c in columns}
+        cursor: dict[tuple[int, ...], tuple[int, ...]] = {c: c for c in columns}
+        for _ in range(max_rows * len(columns) + 8):  # bounded even if the agent never ends
+            active = [c for c in columns if c in cursor]
+            if not active:
+                break
+            reps = max(1, min(max_rows, self.bulk // len(active)))
+            indication, status, _, binds = await self.hl.bulk_cmd(
+                self.engine, self.auth, self.transport, self.context, 0, reps,
+                *self._vars([cursor[c] for c in active]), lookupMib=False,
+            )  # fmt: skip
+            self._check(indication, status)
+            if status and int(status) == TOO_BIG:
+                if self.bulk <= len(active):
+                    raise SnmpFailure(ERROR, "agent error: tooBig even for one row per column")
+                self.bulk = max(len(active), self.bulk // 2)
+                continue
+            if not binds:
+                break
+            for i, (name, value) in enumerate(binds):
+                column = active[i % len(active)]
+                if column not in cursor:
+                    continue
+                oid = tuple(name)
+                ended = isinstance(value, self.hl.EndOfMibView)
+                if ended or oid[: len(column)] != column or oid <= cursor[column]:
+                    del cursor[column]
+                    continue
+                rows = out[column]
+                rows[oid[len(column) :]] = self._plain(value)
+                cursor[column] = oid
+                if len(rows) >= max_rows:
+                    del cursor[column]
+        return out
+
+
+def _failure(indication: Any) -> SnmpFailure:
+    from pysnmp.proto import errind  # type: ignore[import-untyped]
+
+    text = str(indication)
+    if isinstance(indication, errind.RequestTimedOut):
+        return SnmpFailure(TIMEOUT, text)
+    auth_errors = (
+        errind.UnknownUserName,
+        errind.WrongDigest,
+        errind.DecryptionError,
+        errind.UnknownSecurityName,
+        errind.UnsupportedSecurityLevel,
+        errind.AuthenticationError,
+        errind.AuthenticationFailure,
+    )
+    if isinstance(indication, auth_errors):
+        return SnmpFailure(AUTH_FAILED, f"the agent reported: {text}")
+    return SnmpFailure(ERROR, text)
+
+
+def _auth(hl: Any, params: Params) -> Any:
+    if params.version == "2c":
+        return hl.CommunityData(params.community.get_secret_value(), mpModel=1)
+    auth = {
+        "MD5": hl.usmHMACMD5AuthProtocol,
+        "SHA": hl.usmHMACSHAAuthProtocol,
+        "SHA224": hl.usmHMAC128SHA224AuthProtocol,
+        "SHA256": hl.usmHMAC192SHA256AuthProtocol,
+        "SHA384": hl.usmHMAC256SHA384AuthProtocol,
+        "SHA512": hl.usmHMAC384SHA512AuthProtocol,
+    }[params.auth_protocol]
+    priv = {
+        "AES": hl.usmAesCfb128Protocol,
+        "AES192": hl.usmAesCfb192Protocol,
+        "AES256": hl.usmAesCfb256Protocol,
+    }[params.priv_protocol]
+    assert params.auth_key is not None and params.priv_key is not None  # checked by Params
+    return hl.UsmUserData(
+        params.user,
+        params.auth_key.get_secret_value(),
+        params.priv_key.get_secret_value(),
+        authProtocol=auth,
+        privProtocol=priv,
+    )
+
+
+def _pick_printer(
+    table: Mapping[tuple[int, ...], Mapping[tuple[int, ...], Any]], wanted: int | None
+) -> int:
+    indexes = sorted({row[0] for rows in table.values() for row in rows if len(row) == 1})
+    if not indexes:
+        raise SnmpFailure(NOT_PRINTER, "the agent answers but has no hrPrinterTable row")
+    if wanted is None:
+        return indexes[0]
+    if wanted not in indexes:
+        known = ", ".join(map(str, indexes))
+        raise SnmpFailure(NOT_PRINTER, f"no printer at hrDeviceIndex {wanted} (printers: {known})")
+    return wanted
+
+
+async def _collect(ip: str, port: int, family: int, params: Params) -> Snapshot:
+    from pysnmp.hlapi.v3arch import asyncio as hl  # type: ignore[import-untyped]
+
+    engine = hl.SnmpEngine()
+    try:
+        kind = hl.Udp6TransportTarget if family == socket.AF_INET6 else hl.UdpTransportTarget
+        transport = await kind.create(
+            (ip, port), timeout=params.request_timeout_seconds, retries=params.retries
+        )
+        context = hl.ContextData(contextName=params.context.encode())
+        snmp = _Session(hl, engine, _auth(hl, params), transport, context)
+
+        printers = await snmp.columns([HR_PRINTER_STATUS, HR_PRINTER_ERRORS], MAX_PRINTERS)
+        index = _pick_printer(printers, params.device_index)
+        scalars = await snmp.get([SYS_DESCR, (*HR_DEVICE_STATUS, index)])
+        supplies = await snmp.columns(
+            [SUPPLY_CLASS, SUPPLY_TYPE, SUPPLY_DESCR, SUPPLY_MAX, SUPPLY_LEVEL], MAX_SUPPLIES
+        )
+        inputs = await snmp.columns([INPUT_MAX, INPUT_LEVEL, INPUT_NAME], MAX_INPUTS)
+    finally:
+        engine.close_dispatcher()
+
+    def mine(rows: Mapping[tuple[int, ...], Any]) -> dict[int, Any]:
+        # Tables are indexed (hrDeviceIndex, row): keep this printer's rows.
+        return {r[1]: v for r, v in rows.items() if len(r) == 2 and r[0] == index}
+
+    errors = printers[HR_PRINTER_ERRORS].get((index,))
+    snap = Snapshot(
+        sys_descr=_text(scalars.get(SYS_DESCR)),
+        device_status=_int(scalars.get((*HR_DEVICE_STATUS, index))),
+        printer_status=_int(printers[HR_PRINTER_STATUS].get((index,))),
+        error_state=errors if isinstance(errors, bytes) else b"",
+    )
+    s = {column: mine(rows) for column, rows in supplies.items()}
+    for i in sorted({i for rows in s.values() for i in rows}):
+        snap.supplies.append(
+            Supply(
+                i,
+                klass=_int(s[SUPPLY_CLASS].get(i)),
+                kind=_int(s[SUPPLY_TYPE].get(i)),
+                description=_text(s[SUPPLY_DESCR].get(i)),
+                max_capacity=_int(s[SUPPLY_MAX].get(i)),
+                level=_int(s[SUPPLY_LEVEL].get(i)),
+            )
+        )
+    t = {column: mine(rows) for column, rows in inputs.items()}
+    for i in sorted({i for rows in t.values() for i in rows}):
+        snap.trays.append(
+            Tray(
+                i,
+                name=_text(t[INPUT_NAME].get(i)),
+                max_capacity=_int(t[INPUT_MAX].get(i)),
+                level=_int(t[INPUT_LEVEL].get(i)),
+            )
+        )
+    return snap
+
+
+async def _bounded(ip: str, port: int, family: int, params: Params, budget: float) -> Snapshot:
+    async with asyncio.timeout(budget):
+        return await _collect(ip, port, family, params)
+
+
+def probe(target: Target, params: Params, timeout: float) -> Outcome:
+    deadline = time.monotonic() + timeout
+    try:
+        host, port = parse_address(target.address, 161)
+    except ValueError as exc:
+        return Outcome(False, ERROR, info={"error": str(exc)})
+    try:
+        addrs = resolve(host, port, params.family, timeout, socket.SOCK_DGRAM)
+    except ResolveError as exc:
+        return Outcome(False, RESOLVE_FAILED, info={"error": str(exc)})
+    family, sockaddr = addrs[0]
+    hint = V2C_HINT if params.version == "2c" else V3_HINT
+    budget = deadline - time.monotonic()
+    t0 = time.perf_counter()
+    try:
+        if budget <= 0:
+            raise TimeoutError
+        snap = asyncio.run(_bounded(sockaddr[0], port, family, params, budget))
+    except TimeoutError:
+        return Outcome(
+            False, TIMEOUT, info={"error": f"no complete answer within {timeout:g} s", "hint": hint}
+        )
+    except SnmpFailure as exc:
+        info = {"error": str(exc)}
+        if exc.reason == TIMEOUT:
+            info["hint"] = hint
+        return Outcome(False, exc.reason, info=info)
+    elapsed = time.perf_counter() - t0
+
+    verdict = judge(snap, params.toner_low_ratio)
+    verdict.metrics["query_seconds"] = elapsed
+    if verdict.faults:
+        return Outcome(False, verdict.faults[0], verdict.metrics, verdict.info)
+    return Outcome(True, metrics=verdict.metrics, info=verdict.info)
