@@ -220,18 +220,9 @@ def probe(target: Target, params: Params, timeout: float) -> Outcome:
     except ValueError as exc:
         return Outcome(False, ERROR, info={"error": str(exc)})
     try:
-        addrs = resolve(host, port, params.family, timeout, socket.SOCK_STREAM)
+        addrs = resolve(host, port, params.family, timeout, socket.SOCK_STREAM, params.source)
     except ResolveError as exc:
         return Outcome(False, RESOLVE_FAILED, info={"error": str(exc)})
-    if params.source is not None:
-        want = socket.AF_INET if params.source.version == 4 else socket.AF_INET6
-        addrs = [a for a in addrs if a[0] == want]
-        if not addrs:
-            return Outcome(
-                False,
-                RESOLVE_FAILED,
-                info={"error": f"{host}: no IPv{params.source.version} address for the source"},
-            )
     address = str(addrs[0][1][0])
     metrics: dict[str, float] = {}
     info = {"address": address}

@@ -271,18 +271,9 @@ def probe(target: Target, params: Params, timeout: float) -> Outcome:
     deadline = time.monotonic() + timeout
     host = target.address.strip().removeprefix("[").removesuffix("]")
     try:
-        addrs = resolve(host, 0, params.family, timeout, socket.SOCK_DGRAM)
+        addrs = resolve(host, 0, params.family, timeout, socket.SOCK_DGRAM, params.source)
     except ResolveError as exc:
         return Outcome(False, RESOLVE_FAILED, info={"error": str(exc)})
-    if params.source is not None:
-        want = socket.AF_INET if params.source.version == 4 else socket.AF_INET6
-        addrs = [a for a in addrs if a[0] == want]
-        if not addrs:
-            return Outcome(
-                False,
-                RESOLVE_FAILED,
-                info={"error": f"{host}: no IPv{params.source.version} address for the source"},
-            )
     family, sockaddr = addrs[0]
     info = {"address": str(sockaddr[0])}
     try:

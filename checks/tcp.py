@@ -138,14 +138,30 @@ def parse_address(address: str, default_port: int | None = None) -> tuple[str, i
 
 
 def resolve(
-    host: str, port: int, family: Family, timeout: float, socktype: int
+    host: str,
+    port: int,
+    family: Family,
+    timeout: float,
+    socktype: int,
+    source: ipaddress.IPv4Address | ipaddress.IPv6Address | None = None,
 ) -> list[tuple[int, Any]]:
-    """``getaddrinfo`` with a time limit, as ``[(family, sockaddr), ...]``.
+    """``getaddrinfo`` with a time limit, as ``[(family, sockaddr), ...]``; with ``source``,
+    only the addresses of the source's family (a probe bound to it can reach no other).
 
     getaddrinfo itself cannot be cancelled, so a name lookup runs in a daemon thread that is
     abandoned when the time is up.
     """
-    fam = _FAMILIES[family]
+    addrs = _lookup(host, port, _FAMILIES[family], timeout, socktype)
+    if source is None:
+        return addrs
+    want = socket.AF_INET if source.version == 4 else socket.AF_INET6
+    addrs = [a for a in addrs if a[0] == want]
+    if not addrs:
+        raise ResolveError(f"{host}: no IPv{source.version} address for the source")
+    return addrs
+
+
+def _lookup(host: str, port: int, fam: int, timeout: float, socktype: int) -> list[tuple[int, Any]]:
     try:
         ipaddress.ip_address(host.partition("%")[0])
     except ValueError:
@@ -274,14 +290,9 @@ def probe(target: Target, params: Params, timeout: float) -> Outcome:
     except ValueError as exc:
         return _fail(ERROR, str(exc))
     try:
-        addrs = resolve(host, port, params.family, timeout, socket.SOCK_STREAM)
+        addrs = resolve(host, port, params.family, timeout, socket.SOCK_STREAM, params.source)
     except ResolveError as exc:
         return _fail(RESOLVE_FAILED, str(exc))
-    if params.source is not None:
-        want = socket.AF_INET if params.source.version == 4 else socket.AF_INET6
-        addrs = [a for a in addrs if a[0] == want]
-        if not addrs:
-            return _fail(RESOLVE_FAILED, f"{host}: no IPv{params.source.version} address")
 
     failure = _fail(TIMEOUT, f"no address of {host} tried within {timeout:g} s")
     for fam, sockaddr in addrs:
