@@ -80,20 +80,38 @@ def stop(process: subprocess.Popen[bytes]) -> None:
 # ---- a shaped line ----------------------------------------------------------------------------
 
 
-def shape(ns: str, dev: str) -> None:
+def shape(ns: str, dev: str, rate: str = "10mbit") -> None:
     sh("ip", "netns", "exec", ns, "tc", "qdisc", "add", "dev", dev, "root",
-       "tbf", "rate", "10mbit", "burst", "32kbit", "latency", "50ms")  # fmt: skip
+       "tbf", "rate", rate, "burst", "32kbit", "latency", "50ms")  # fmt: skip
 
 
-def test_a_10_mbit_line_measures_10_mbit_both_ways(tmp_path: Path) -> None:
-    need_root()
-    need_program("iperf3")
-    need_program("tc")
+def failing_bandwidth_criteria(result: dict[str, Any]) -> set[str]:
+    """The shipped profile's bandwidth criteria that this run, as the ward's latest, fails."""
+    from checks.wire import ResultRecord
+    from collector.profile import default_profile_path, load_profile
+    from collector.readiness import evaluate
+    from collector.state import State
+
+    now = time.time()
+    record = ResultRecord(
+        seq=1, check="bandwidth", name="bw", target="city", address="city",
+        labels={"role": "wan", "line": "fibre"}, interval_seconds=3600, started=now - 5,
+        duration_seconds=5, success=result["success"], reason=result["reason"],
+        metrics=result["metrics"],
+    )  # fmt: skip
+    state = State(3600)
+    state.add("ward-phu-tho", "pc-01", [record])
+    state.heard("ward-phu-tho", "pc-01", now)
+    verdict = evaluate(load_profile(default_profile_path()), state.ward("ward-phu-tho"), now)
+    return {c.id for c in verdict.criteria if c.id.startswith("wan_bandwidth") and c.status != "ok"}
+
+
+def measure_shaped(tmp_path: Path, up: str, down: str) -> dict[str, Any]:
     with lab() as net:
         ward, city = net.netns("ward"), net.netns("city")
         _, city_addr = net.link(ward, city)
-        shape(ward, f"wa{net.tag}1")  # upload leaves through the ward's end
-        shape(city, f"wb{net.tag}1")  # download leaves through the city's end
+        shape(ward, f"wa{net.tag}1", up)  # upload leaves through the ward's end
+        shape(city, f"wb{net.tag}1", down)  # download leaves through the city's end
         server = start_in(
             city,
             ["iperf3", "-s", "-B", city_addr, "-p", "5201", "--forceflush"],
@@ -104,13 +122,31 @@ def test_a_10_mbit_line_measures_10_mbit_both_ways(tmp_path: Path) -> None:
             results = run_in(ward, [("bw", "bandwidth", city_addr, {"duration_seconds": 2}, 15.0)])
         finally:
             stop(server)
-    r = results["bw"]
+    return results["bw"]
+
+
+def test_a_10_mbit_line_measures_10_mbit_both_ways(tmp_path: Path) -> None:
+    need_root()
+    need_program("iperf3")
+    need_program("tc")
+    r = measure_shaped(tmp_path, "10mbit", "10mbit")
     assert (r["success"], r["reason"]) == (True, "ok"), r
     for direction in ("upload", "download"):
         measured = r["metrics"][f"{direction}_bits_per_second"]
         # TCP over Ethernet carries ~95.7% of the line rate as payload (1448 of 1514 bytes).
         assert 8e6 <= measured <= 10.5e6, (direction, measured)
         assert r["metrics"][f"{direction}_retransmits"] >= 0
+    assert failing_bandwidth_criteria(r) == set()
+
+
+def test_a_2_mbit_upload_fails_the_upload_criterion_only(tmp_path: Path) -> None:
+    need_root()
+    need_program("iperf3")
+    need_program("tc")
+    r = measure_shaped(tmp_path, "2mbit", "10mbit")
+    assert r["metrics"]["upload_bits_per_second"] < 2.1e6, r
+    assert r["metrics"]["download_bits_per_second"] > 8e6, r
+    assert failing_bandwidth_criteria(r) == {"wan_bandwidth_up"}
 
 
 def test_a_city_that_drops_the_connection_is_a_timeout() -> None:
