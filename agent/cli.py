@@ -250,6 +250,66 @@ def _result_json(result: Result) -> dict[str, Any]:
     }
 
 
+def cmd_discover(args: argparse.Namespace) -> int:
+    import httpx
+
+    from agent import discover as disc
+
+    config: Config | None = None
+    if args.report:
+        if not args.config:
+            print("--report: needs -c CONFIG (the collector URL and token)", file=sys.stderr)
+            return 2
+        try:
+            config = load_config(args.config)
+        except ConfigError as exc:
+            print("\n".join(exc.messages), file=sys.stderr)
+            return 2
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(message)s")
+    opts = disc.Options(
+        subnet=args.subnet,
+        interface=args.interface,
+        force=args.force,
+        rate=args.rate,
+        browse_seconds=args.browse_seconds,
+        community=args.community,
+        snmp_port=args.snmp_port,
+        snmp_timeout=args.snmp_timeout,
+        arp=not args.no_arp,
+        mdns=not args.no_mdns,
+        snmp=not args.no_snmp,
+    )
+    try:
+        found = disc.discover(opts)
+    except disc.DiscoverError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    for warning in found.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(disc.as_json(found.hosts, found.subnet), ensure_ascii=False, indent=2))
+    else:
+        print(disc.render_table(found.hosts))
+    if args.out:
+        checks = disc.checks_snippet(found.hosts, args.community, args.snmp_port)
+        try:
+            disc.write_private(args.out, disc.snippet_yaml(checks))
+        except OSError as exc:
+            print(f"--out {args.out}: {exc.strerror or exc}", file=sys.stderr)
+            return 1
+        print(f"{args.out}: {len(checks)} checks written", file=sys.stderr)
+    if config is not None:
+        inv = disc.inventory(found.hosts, config.ward, config.agent)
+        c = config.collector
+        try:
+            disc.post_inventory(c.url, c.token, inv, c.timeout)
+        except httpx.HTTPError as exc:
+            print(f"--report: {exc}", file=sys.stderr)
+            return 1
+        print(f"inventory of {len(inv.devices)} devices reported to {c.url}", file=sys.stderr)
+    return 0
+
+
 # -- the on-site table -----------------------------------------------------------------------
 
 
@@ -346,6 +406,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", default="10s", help="deadline of the check (default 10s)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("discover", help="find printers, scanners, VC endpoints on the LAN")
+    p.add_argument("--subnet", metavar="CIDR", help="default: the default route's subnet")
+    p.add_argument("--interface", metavar="NIC", help="the NIC to sweep from")
+    p.add_argument("--force", action="store_true", help="allow a subnet larger than /22")
+    p.add_argument("--rate", type=float, default=50.0, help="ARP and SNMP probes per second")
+    p.add_argument("--browse-seconds", type=float, default=3.0, help="mDNS browse time")
+    p.add_argument("--community", default="public", help="SNMP v2c community")
+    p.add_argument("--snmp-port", type=int, default=161, help=argparse.SUPPRESS)
+    p.add_argument("--snmp-timeout", type=float, default=1.0, help="seconds per SNMP request")
+    p.add_argument("--no-arp", action="store_true", help="skip the ARP sweep")
+    p.add_argument("--no-mdns", action="store_true", help="skip the mDNS browse")
+    p.add_argument("--no-snmp", action="store_true", help="skip the SNMP probes")
+    p.add_argument("--json", action="store_true", help="print the devices as JSON")
+    p.add_argument("--out", metavar="FILE", help="write a checks snippet for the agent config")
+    p.add_argument("--report", action="store_true", help="send the inventory to the collector")
+    p.add_argument("-c", "--config", metavar="FILE", help="agent config, for --report")
+    p.set_defaults(func=cmd_discover)
     return parser
 
 

@@ -12,7 +12,7 @@ keep label values bounded for Prometheus.
 from __future__ import annotations
 
 import math
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
@@ -98,3 +98,32 @@ def time_errors(batch: Batch, now: float) -> list[str]:
         elif r.started > now + MAX_FUTURE_SECONDS:
             problems.append(f"results.{i}.started: more than {MAX_FUTURE_SECONDS} s in the future")
     return problems
+
+
+# ---- device inventory (``POST /api/v1/inventory``, from ``wardready-agent discover``) ----------
+
+MAX_DEVICES = 1024
+MAX_SERVICES = 16
+DeviceKind = Literal["printer", "scanner", "multifunction", "vc", "router", "unknown"]
+Text255 = Annotated[str, StringConstraints(max_length=255)]
+
+
+class Device(_Strict):
+    address: Annotated[str, StringConstraints(min_length=1, max_length=64)]
+    mac: Annotated[str, StringConstraints(pattern=r"^([0-9a-f]{2}(:[0-9a-f]{2}){5})?$")] = ""
+    name: Text255 = ""
+    kind: DeviceKind
+    services: list[Annotated[str, StringConstraints(max_length=64)]] = Field(
+        default_factory=list, max_length=MAX_SERVICES
+    )
+    sys_descr: Annotated[str, StringConstraints(max_length=1024)] = ""
+
+
+class Inventory(_Strict):
+    """What one agent found on its ward's LAN at ``taken_at``; the newest replaces the last."""
+
+    wire_version: int = WIRE_VERSION
+    ward: Ident
+    agent: Ident
+    taken_at: Finite = Field(gt=0)
+    devices: list[Device] = Field(default_factory=list, max_length=MAX_DEVICES)

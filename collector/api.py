@@ -24,8 +24,9 @@ from fastapi.security import HTTPBearer
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
-from checks.wire import MAX_BATCH_BYTES, Ack, Batch
+from checks.wire import MAX_BATCH_BYTES, Ack, Batch, Device, Inventory
 from collector import exposition
+from collector import inventory as inventory_store
 from collector.ingest import IngestError
 from collector.readiness import Verdict
 from collector.service import AgentInfo, Service
@@ -82,9 +83,24 @@ class AgentOut(BaseModel):
     resident_memory_bytes: int
 
 
+class InventoryOut(BaseModel):
+    agent: str
+    taken_at: float
+    received_at: float
+    devices: list[Device]
+
+
+class InventoryAck(BaseModel):
+    stored: bool = Field(description="false when a newer inventory of this agent is held")
+    devices: int
+
+
 class WardDetail(WardSummary):
     criteria: list[CriterionOut]
     agents: list[AgentOut]
+    inventory: list[InventoryOut] = Field(
+        default_factory=list, description="each agent's newest device inventory"
+    )
     last_seen: float | None = Field(description="the latest contact of any of its agents")
     evaluated_at: float
 
@@ -155,6 +171,9 @@ def _with_batch_schema(app: FastAPI) -> Callable[[], dict[str, Any]]:
         schemas = spec.setdefault("components", {}).setdefault("schemas", {})
         schemas.update(batch.pop("$defs", {}))
         schemas["Batch"] = batch
+        inv = Inventory.model_json_schema(ref_template="#/components/schemas/{model}")
+        schemas.update(inv.pop("$defs", {}))
+        schemas["Inventory"] = inv
         app.openapi_schema = spec
         return spec
 
@@ -236,6 +255,7 @@ def create_app(service: Service) -> FastAPI:
         out["agents"] = [_agent(a) for a in agents]
         out["last_seen"] = max((a.last_seen for a in agents), default=None)
         out["evaluated_at"] = verdict.evaluated_at if verdict else service.clock()
+        out["inventory"] = inventory_store.latest(service.engine, ward_id)
         return out
 
     @app.post(
@@ -256,6 +276,34 @@ def create_app(service: Service) -> FastAPI:
         grant = await run_in_threadpool(service.authorize, request.headers.get("authorization"))
         body = await _read_body(request, MAX_BATCH_BYTES)
         return await run_in_threadpool(service.accept, grant, body)
+
+    @app.post(
+        "/api/v1/inventory",
+        response_model=InventoryAck,
+        responses=_ERRORS,
+        dependencies=[Security(bearer)],
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {"schema": {"$ref": "#/components/schemas/Inventory"}}
+                },
+            }
+        },
+    )
+    async def post_inventory(request: Request) -> InventoryAck:
+        grant = await run_in_threadpool(service.authorize, request.headers.get("authorization"))
+        body = await _read_body(request, inventory_store.MAX_INVENTORY_BYTES)
+
+        def accept() -> InventoryAck:
+            inv = inventory_store.parse(body)
+            now = service.clock()
+            inventory_store.check(inv, grant, now)
+            return InventoryAck(
+                stored=inventory_store.store(service.engine, inv, now), devices=len(inv.devices)
+            )
+
+        return await run_in_threadpool(accept)
 
     @app.get(
         "/metrics",

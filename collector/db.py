@@ -102,6 +102,18 @@ results = sa.Table(
     sa.Index("ix_results_ward_started", "ward_id", "started"),
 )
 
+# The newest device inventory each agent reported (``wardready-agent discover --report``);
+# devices are a JSON list, only ever read back whole.
+inventory = sa.Table(
+    "inventory",
+    metadata,
+    sa.Column("ward_id", sa.String(64), sa.ForeignKey("wards.id"), primary_key=True),
+    sa.Column("agent", sa.String(64), primary_key=True),
+    sa.Column("taken_at", sa.Double, nullable=False),
+    sa.Column("received_at", sa.Double, nullable=False),
+    sa.Column("devices", sa.UnicodeText, nullable=False),
+)
+
 
 def database_url(explicit: str | None = None) -> str:
     return explicit or os.environ.get("WARDREADY_DB") or DEFAULT_URL

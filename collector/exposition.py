@@ -41,10 +41,10 @@ Choices:
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING
 
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import Metric
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from prometheus_client.registry import Collector, CollectorRegistry
 from prometheus_client.samples import Sample as PromSample
@@ -130,12 +130,52 @@ FIXED = {
 }
 
 
-# Where one check metric goes: its family and its item label (None: no item label).
-_Target = tuple[GaugeMetricFamily, str | None] | None
-_UNSEEN: _Target = (GaugeMetricFamily("wardready_unseen", "placeholder, never exported"), None)
+class _Family(Metric):
+    """A gauge family held as ready-made exposition lines.
+
+    Every family of one check series (success, duration, start time, each metric) shares
+    that series' label set: formatting it once per series and each value straight into its
+    line, instead of keeping a Sample object per value and formatting its labels again at
+    render time, is what keeps a national scrape (hundreds of thousands of values) quick.
+    ``samples`` is built on demand for prometheus_client's own exposition, which the tests
+    compare with :func:`render`.
+    """
+
+    def __init__(self, name: str, documentation: str) -> None:
+        self.lines: list[str] = []
+        self.label_sets: list[Mapping[str, str]] = []
+        self.values: list[float] = []
+        super().__init__(name, documentation, "gauge")
+
+    @property
+    def samples(self) -> list[PromSample]:
+        name = self.name
+        return [
+            PromSample(name, dict(lb), v)
+            for lb, v in zip(self.label_sets, self.values, strict=True)
+        ]
+
+    @samples.setter
+    def samples(self, value: list[PromSample]) -> None:
+        # Metric.__init__ starts every family with an empty list; nothing else sets it.
+        if value:
+            raise TypeError(f"{self.name}: add samples with add(), not through .samples")
+
+    def add(self, labels: Mapping[str, str], value: float, text: str | None = None) -> None:
+        """One sample; ``text`` is ``labels`` already formatted, when the caller has it."""
+        value = float(value)
+        if text is None:
+            text = _label_text(labels)
+        self.lines.append(f"{self.name}{text} {_number(value)}\n")
+        self.label_sets.append(labels)
+        self.values.append(value)
 
 
-def _metric_target(families: dict[str, GaugeMetricFamily], check: str, metric: str) -> _Target:
+# Where one check metric goes: its family and the label text its item adds ("" for none).
+_Target = tuple[_Family, str | None, str] | None
+
+
+def _metric_target(families: dict[str, _Family], check: str, metric: str) -> _Target:
     """The family re-exporting one check metric, and its item; None if the family's name is
     taken by a fixed one.
 
@@ -153,36 +193,38 @@ def _metric_target(families: dict[str, GaugeMetricFamily], check: str, metric: s
         doc = f"{base} of the newest {check} check result, as measured."
         if sep:
             doc += " item: the mount, interface, supply or tray it is about."
-        family = families[name] = GaugeMetricFamily(name, doc, labels=SERIES_LABELS)
-    return family, ((item or "/") if sep else None)
+        family = families[name] = _Family(name, doc)
+    if not sep:
+        return family, None, ""
+    item = item or "/"
+    return family, item, f',item="{_label_value(item)}"'
 
 
-def _family(name: str) -> GaugeMetricFamily:
-    doc, labels = FIXED[name]
-    return GaugeMetricFamily(name, doc, labels=labels)
+def _family(name: str) -> _Family:
+    return _Family(name, FIXED[name][0])
 
 
-def _reasons(v: Verdict) -> list[PromSample]:
-    """The verdict's reasons as ``wardready_ward_reason`` samples, in the verdict's order.
+def _reasons(v: Verdict) -> list[dict[str, str]]:
+    """The verdict's reasons as ``wardready_ward_reason`` label sets, in the verdict's order.
 
     The verdict lists a criterion when it failed or is unknown; silence is only in its
     text, so it is recognised by the prefix readiness gives it.
     """
-    name = "wardready_ward_reason"
     ward = v.ward
     if v.reasons and v.reasons[0].startswith(f"{NO_DATA}:"):
-        labels = {"ward": ward, "criterion": NO_DATA, "severity": "blocker", "status": FAILED}
-        return [PromSample(name, labels, 1.0)]
+        return [{"ward": ward, "criterion": NO_DATA, "severity": "blocker", "status": FAILED}]
     out = []
     for text in v.reasons:
         if text.startswith(f"{AGENT_SILENT}:") or text.startswith(f"warning: {AGENT_SILENT}:"):
             severity = "blocker" if text.startswith(AGENT_SILENT) else "warning"
-            labels = {"ward": ward, "criterion": AGENT_SILENT, "severity": severity}
-            out.append(PromSample(name, {**labels, "status": FAILED}, 1.0))
+            out.append(
+                {"ward": ward, "criterion": AGENT_SILENT, "severity": severity, "status": FAILED}
+            )
     for c in v.criteria:
         if c.status in (FAILED, UNKNOWN):
-            labels = {"ward": ward, "criterion": c.id, "severity": c.severity, "status": c.status}
-            out.append(PromSample(name, labels, 1.0))
+            out.append(
+                {"ward": ward, "criterion": c.id, "severity": c.severity, "status": c.status}
+            )
     return out
 
 
@@ -195,118 +237,118 @@ class ReadinessCollector(Collector):
         verdicts: dict[str, Verdict] = service.verdicts()
         wards = service.wards()
         fam = {name: _family(name) for name in FIXED if not name.startswith(CHECK_PREFIX)}
-        # Samples are appended directly with shared label dicts: at national scale a scrape
-        # holds hundreds of thousands of samples, and add_metric would build a dict for each.
-        ready = fam["wardready_ward_ready"].samples
-        info = fam["wardready_ward_info"].samples
-        verdict_s = fam["wardready_ward_verdict"].samples
-        crit = fam["wardready_ward_criterion_ok"].samples
-        reason = fam["wardready_ward_reason"].samples
+        ready = fam["wardready_ward_ready"]
+        info = fam["wardready_ward_info"]
+        verdict_s = fam["wardready_ward_verdict"]
+        crit = fam["wardready_ward_criterion_ok"]
+        reason = fam["wardready_ward_reason"]
         counts = dict.fromkeys(VERDICTS, 0)
         evaluated = 0.0
+        # Every ward has the same criteria: their part of the label text is formatted once.
+        crit_tails: dict[tuple[str, str], str] = {}
         for ward_id, ward in wards.items():
             labels = {"ward": ward_id, "ward_name": ward.name, "working_group": ward.working_group}
-            info.append(PromSample("wardready_ward_info", {**labels, "kind": ward.kind}, 1.0))
+            info.add({**labels, "kind": ward.kind}, 1.0)
             v = verdicts.get(ward_id)
             if v is None:
                 continue
             counts[v.verdict] = counts.get(v.verdict, 0) + 1
             evaluated = max(evaluated, v.evaluated_at)
-            ready.append(
-                PromSample("wardready_ward_ready", labels, 1.0 if v.verdict == "ready" else 0.0)
-            )
-            reason.extend(_reasons(v))
-            verdict_s.append(
-                PromSample("wardready_ward_verdict", {"ward": ward_id, "verdict": v.verdict}, 1.0)
-            )
+            ready.add(labels, 1.0 if v.verdict == "ready" else 0.0)
+            for reason_labels in _reasons(v):
+                reason.add(reason_labels, 1.0)
+            verdict_s.add({"ward": ward_id, "verdict": v.verdict}, 1.0)
+            ward_text = f'{{ward="{_label_value(ward_id)}"'
             for c in v.criteria:
                 if c.status in ("ok", "failed"):
-                    crit.append(
-                        PromSample(
-                            "wardready_ward_criterion_ok",
-                            {"ward": ward_id, "criterion": c.id, "severity": c.severity},
-                            1.0 if c.status == "ok" else 0.0,
+                    tail = crit_tails.get((c.id, c.severity))
+                    if tail is None:
+                        tail = crit_tails[c.id, c.severity] = (
+                            f',criterion="{_label_value(c.id)}",'
+                            f'severity="{_label_value(c.severity)}"}}'
                         )
+                    crit.add(
+                        {"ward": ward_id, "criterion": c.id, "severity": c.severity},
+                        1.0 if c.status == "ok" else 0.0,
+                        ward_text + tail,
                     )
         for verdict, n in counts.items():
-            fam["wardready_wards"].add_metric([verdict], n)
+            fam["wardready_wards"].add({"verdict": verdict}, n)
         if evaluated:
-            fam["wardready_verdicts_evaluated_timestamp_seconds"].add_metric([], evaluated)
+            fam["wardready_verdicts_evaluated_timestamp_seconds"].add({}, evaluated)
 
         for a in service.agents():
             if a.ward not in wards:
                 continue
             labels = {"ward": a.ward, "agent": a.agent}
-            fam["wardready_agent_last_seen_timestamp_seconds"].samples.append(
-                PromSample("wardready_agent_last_seen_timestamp_seconds", labels, a.last_seen)
-            )
-            fam["wardready_agent_spool_depth"].samples.append(
-                PromSample("wardready_agent_spool_depth", labels, float(a.spool_depth))
-            )
-            fam["wardready_agent_spool_dropped_results"].samples.append(
-                PromSample(
-                    "wardready_agent_spool_dropped_results", labels, float(a.spool_dropped_total)
-                )
-            )
-            fam["wardready_agent_resident_memory_bytes"].samples.append(
-                PromSample(
-                    "wardready_agent_resident_memory_bytes",
-                    labels,
-                    float(a.resident_memory_bytes),
-                )
-            )
-            fam["wardready_agent_info"].samples.append(
-                PromSample("wardready_agent_info", {**labels, "version": a.version}, 1.0)
-            )
+            text = _label_text(labels)
+            fam["wardready_agent_last_seen_timestamp_seconds"].add(labels, a.last_seen, text)
+            fam["wardready_agent_spool_depth"].add(labels, a.spool_depth, text)
+            fam["wardready_agent_spool_dropped_results"].add(labels, a.spool_dropped_total, text)
+            fam["wardready_agent_resident_memory_bytes"].add(labels, a.resident_memory_bytes, text)
+            fam["wardready_agent_info"].add({**labels, "version": a.version}, 1.0)
 
         yield from fam.values()
         yield from self._checks(wards)
 
     def _checks(self, wards: Iterable[str]) -> Iterator[Metric]:
-        state = self._service.state
+        newest_of = self._service.state.newest
         success = _family("wardready_check_success")
         duration = _family("wardready_check_duration_seconds")
         started = _family("wardready_check_started_timestamp_seconds")
         failure = _family("wardready_check_failure_reason")
-        families: dict[str, GaugeMetricFamily] = {}
-        per_metric: dict[tuple[str, str], _Target] = {}
+        families: dict[str, _Family] = {}
+        # check -> metric -> where it goes; looked up once per value, so nested rather than
+        # keyed by a (check, metric) tuple built for every value.
+        targets: dict[str, dict[str, _Target]] = {}
+        number = _number
         for ward in wards:
             newest: dict[tuple[str, ...], tuple[Sample, dict[str, str], str]] = {}
-            for series, sample in state.latest(ward):
-                labels = series.labels
+            for n in newest_of(ward):
+                sample, labels = n.sample, n.labels
                 base = {
                     "ward": ward,
-                    "agent": series.agent,
-                    "name": series.name,
-                    "target": series.target,
+                    "agent": n.agent,
+                    "name": n.name,
+                    "target": n.target,
                     "role": labels.get("role", ""),
                     "line": labels.get("line", ""),
                 }
-                key = (series.check, *base.values())
+                key = (n.check, *base.values())
                 held = newest.get(key)
                 if held is None or held[0].started < sample.started:
-                    newest[key] = (sample, base, series.check)
+                    newest[key] = (sample, base, n.check)
             for sample, base, check in newest.values():
+                # The series' label text, built once and shared by every family below.
+                text = _label_text(base)
                 with_check = {**base, "check": check}
-                success.samples.append(
-                    PromSample(success.name, with_check, 1.0 if sample.success else 0.0)
-                )
-                duration.samples.append(
-                    PromSample(duration.name, with_check, sample.duration_seconds)
-                )
-                started.samples.append(PromSample(started.name, with_check, sample.started))
+                check_text = f'{text[:-1]},check="{_label_value(check)}"}}'
+                success.add(with_check, 1.0 if sample.success else 0.0, check_text)
+                duration.add(with_check, sample.duration_seconds, check_text)
+                started.add(with_check, sample.started, check_text)
                 if not sample.success:
-                    failure.samples.append(
-                        PromSample(failure.name, {**with_check, "reason": sample.reason}, 1.0)
-                    )
-                for metric, value in sample.metrics.items():
-                    where = per_metric.get((check, metric), _UNSEEN)
-                    if where is _UNSEEN:
-                        where = per_metric[check, metric] = _metric_target(families, check, metric)
-                    if where is not None:
-                        family, item = where
-                        labels = base if item is None else {**base, "item": item}
-                        family.samples.append(PromSample(family.name, labels, float(value)))
+                    failure.add({**with_check, "reason": sample.reason}, 1.0)
+                per_check = targets.get(check)
+                if per_check is None:
+                    per_check = targets[check] = {}
+                for metric, raw in sample.metrics.items():
+                    try:
+                        where = per_check[metric]
+                    except KeyError:
+                        where = per_check[metric] = _metric_target(families, check, metric)
+                    if where is None:
+                        continue
+                    family, item, item_text = where
+                    value = float(raw)
+                    if item is None:
+                        family.lines.append(f"{family.name}{text} {number(value)}\n")
+                        family.label_sets.append(base)
+                    else:
+                        family.lines.append(
+                            f"{family.name}{text[:-1]}{item_text}}} {number(value)}\n"
+                        )
+                        family.label_sets.append({**base, "item": item})
+                    family.values.append(value)
         yield success
         yield duration
         yield started
@@ -326,9 +368,15 @@ def _label_value(value: str) -> str:
     return value
 
 
+def _label_text(labels: Mapping[str, str]) -> str:
+    """``{k="v",...}`` with the values escaped; "" for no labels."""
+    if not labels:
+        return ""
+    return "{" + ",".join([f'{k}="{_label_value(v)}"' for k, v in labels.items()]) + "}"
+
+
 def _number(value: float) -> str:
-    value = float(value)
-    if math.isfinite(value):
+    if value - value == 0.0:  # finite: inf - inf and nan - nan are nan
         return repr(value)
     if math.isnan(value):
         return "NaN"
@@ -339,28 +387,23 @@ def render(registry: CollectorRegistry) -> bytes:
     """The registry in the Prometheus text format (0.0.4), for gauge families.
 
     Equivalent to ``generate_latest`` for what this module collects, but several times
-    faster at national scale (hundreds of thousands of samples): it formats each distinct
-    label set once (samples of one series share their label dict) and does not re-validate
-    label names that are fixed here. tests/collector/test_exposition.py checks that both
-    give the same families.
+    faster at national scale (hundreds of thousands of samples): this module's families
+    arrive already formatted (see :class:`_Family`), and label names fixed here are not
+    re-validated. tests/collector/test_exposition.py checks that both give the same families.
     """
     out: list[str] = []
-    # id(labels) -> (labels, text): the dict is kept alive here so its id is not reused.
-    formatted: dict[int, tuple[dict[str, str], str]] = {}
-
-    def label_text(labels: dict[str, str]) -> str:
-        if not labels:
-            return ""
-        hit = formatted.get(id(labels))
-        if hit is None:
-            text = ",".join(f'{k}="{_label_value(v)}"' for k, v in labels.items())
-            hit = formatted[id(labels)] = (labels, "{" + text + "}")
-        return hit[1]
-
     for family in registry.collect():
         if family.type != "gauge":
             raise ValueError(f"{family.name}: only gauges are rendered here, not {family.type}")
         doc = family.documentation.replace("\\", "\\\\").replace("\n", "\\n")
         out.append(f"# HELP {family.name} {doc}\n# TYPE {family.name} gauge\n")
-        out.extend([f"{s[0]}{label_text(s[1])} {_number(s[2])}\n" for s in family.samples])
+        if isinstance(family, _Family):
+            out.extend(family.lines)
+        else:
+            out.extend(
+                [
+                    f"{s.name}{_label_text(s.labels)} {_number(float(s.value))}\n"
+                    for s in family.samples
+                ]
+            )
     return "".join(out).encode("utf-8")

@@ -18,7 +18,7 @@ from collections import deque
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from checks.wire import ResultRecord
 
@@ -68,6 +68,17 @@ class Series:
         if self.target == self.name:
             return f"{self.agent}/{self.name}"
         return f"{self.agent}/{self.name}→{self.target}"
+
+
+class Newest(NamedTuple):
+    """The newest result of one series, with the identity it was exported under."""
+
+    agent: str
+    check: str
+    name: str
+    target: str
+    labels: Mapping[str, str]
+    sample: Sample
 
 
 @dataclass
@@ -226,6 +237,23 @@ class State:
     def wards(self) -> Iterable[str]:
         with self._lock:
             return list(self._wards)
+
+    def newest(self, ward: str) -> list[Newest]:
+        """The newest result of each series of ``ward`` with its series' identity.
+
+        What :meth:`latest` tells, without copying series: a /metrics scrape reads this for
+        every ward, and a Series copy per series cost more than the rest of the scrape.
+        Safe to keep: a series' labels mapping is replaced, never changed in place.
+        """
+        with self._lock:
+            w = self._wards.get(ward)
+            if w is None:
+                return []
+            latest = w.latest
+            return [
+                Newest(s.agent, s.check, s.name, s.target, s.labels, latest[key])
+                for key, s in w.series.items()
+            ]
 
     def latest(self, ward: str) -> list[tuple[Series, Sample]]:
         """The newest result of each series of ``ward`` with all its metrics.
