@@ -13,6 +13,7 @@ apt_packages=(
   iperf3                            # bandwidth
   sip-tester kamailio kamailio-tls-modules coturn   # sip, stun, turn
   snmpsim snmpd snmp cups-ipp-utils dbus sane-utils # printers and scanners
+  avahi-daemon                      # discovery: mDNS on a test LAN
   openssh-server                    # ssh
   prometheus prometheus-alertmanager                # rules, routes and dashboards
 )
