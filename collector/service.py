@@ -121,6 +121,8 @@ class Service:
         # SQLite has one writer anyway; taking turns here instead of in SQLite's busy loop
         # keeps latency even, and keeps State updates in commit order.
         self._write_lock = threading.Lock()
+        # Made once: deriving the engine's options for every batch costs as much as a query.
+        self._writer = db.writer(engine)
         self._verdict_lock = threading.Lock()
         self._wards_lock = threading.Lock()
         self._verdicts: tuple[float, dict[str, Verdict]] | None = None
@@ -238,7 +240,7 @@ class Service:
         now = self.clock() if now is None else now
         ingest.check(batch, grant, now, ingest.known_checks())
         with self._write_lock:
-            with db.writer(self.engine).begin() as conn:
+            with self._writer.begin() as conn:
                 stored = ingest.store(conn, batch, now)
             # Only after the commit: State must never hold what the database may not.
             if stored.inserted:

@@ -128,6 +128,8 @@ class State:
         self._wards: dict[str, _Ward] = {}
         # One str object per metric name across all samples, instead of one per result.
         self._names: dict[str, str] = {}
+        # A result's metric names -> those history keeps (see add); bounded like _names.
+        self._kept_of: dict[tuple[str, ...], tuple[str, ...]] = {}
 
     @classmethod
     def for_profile(cls, profile: Profile, max_samples_per_series: int = 512) -> State:
@@ -143,6 +145,14 @@ class State:
         names = self._names
         return names.setdefault(word, word) if len(names) < _MAX_NAMES else names.get(word, word)
 
+    def _kept_names(self, names: tuple[str, ...]) -> tuple[str, ...]:
+        """Of a result's metric names, those history keeps, as the shared name objects."""
+        keep = self.keep_metrics
+        kept = tuple(self._name(k) for k in names if keep is None or k in keep)
+        if len(self._kept_of) < _MAX_NAMES:
+            self._kept_of[names] = kept
+        return kept
+
     def _interned(self, metrics: Mapping[str, float]) -> Mapping[str, float]:
         return {self._name(k): v for k, v in metrics.items()} if metrics else _EMPTY
 
@@ -156,7 +166,7 @@ class State:
             # Only the newest result of a series is exported whole, so only it keeps every
             # metric; building that for each result of a long replay would be wasted work.
             newest: dict[tuple[str, str, str], ResultRecord] = {}
-            keep = self.keep_metrics
+            names, kept_of = self._names, self._kept_of
             for r in records:
                 key = (agent, r.name, r.target)
                 s = w.series.get(key)
@@ -164,11 +174,18 @@ class State:
                     s = w.series[key] = Series(
                         ward, agent, r.check, r.name, r.target, dict(r.labels), r.interval_seconds
                     )
-                if keep is None:
-                    kept = self._interned(r.metrics)
+                metrics = r.metrics
+                if metrics:
+                    # A check reports the same metric names every time: which of them history
+                    # keeps is worked out once per set of names, not once per result.
+                    names_of = tuple(metrics)
+                    kept_names = kept_of.get(names_of)
+                    if kept_names is None:
+                        kept_names = self._kept_names(names_of)
+                    kept = {k: metrics[k] for k in kept_names} if kept_names else _EMPTY
                 else:
-                    kept = {self._name(k): v for k, v in r.metrics.items() if k in keep} or _EMPTY
-                reason = self._name(r.reason)
+                    kept = _EMPTY
+                reason = names.get(r.reason) or self._name(r.reason)
                 sample = Sample(r.started, r.success, reason, kept, r.duration_seconds)
                 samples = s.samples
                 if not samples or r.started > samples[-1].started:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
+import pytest
 from fastapi.testclient import TestClient
 from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
@@ -359,3 +361,81 @@ def test_item_metrics_become_one_family_with_an_item_label(
         s for s in families["wardready_host_disk_free_ratio"].samples if s.labels["item"] == "/"
     ]
     assert set(sample.labels) == {*exposition.SERIES_LABELS, "item"}
+
+
+def test_check_series_with_odd_labels_render_as_generate_latest(
+    client: TestClient, service: Service
+) -> None:
+    # Check families are formatted once per series and shared across families: escaping,
+    # the check label and the item label must still come out as prometheus_client writes them.
+    token = tokens.create(service.engine, READY)
+    odd = result(
+        1,
+        name="dms",
+        target="dms.city:443",
+        labels={"role": 'Máy "chủ" \\ số 1', "line": "cáp\nquang"},
+        success=False,
+        reason="timeout",
+    )
+    host = result(
+        2,
+        check="host",
+        name="host",
+        target="localhost",
+        address="localhost",
+        labels={},
+        metrics={"disk_free_ratio__": 0.4, "disk_free_ratio__var_lib": 0.2, "cpu_ratio": 0.1},
+    )
+    doc = batch(READY, results=[odd, host])
+    assert client.post("/api/v1/ingest", content=body(doc), headers=auth(token)).status_code == 200
+    registry = exposition.registry_for(service)
+    ours = exposition.render(registry).decode("utf-8")
+    theirs = generate_latest(registry).decode("utf-8")
+
+    def checks(text: str) -> set[tuple[str, tuple[tuple[str, str], ...], float]]:
+        return {
+            (s.name, tuple(sorted(s.labels.items())), s.value)
+            for f in text_string_to_metric_families(text)
+            if f.name.startswith(("wardready_check_", "wardready_icmp_", "wardready_host_"))
+            for s in f.samples
+        }
+
+    got = checks(ours)
+    assert got == checks(theirs)
+    series = {
+        "ward": READY,
+        "agent": "pc-01",
+        "name": "dms",
+        "target": "dms.city:443",
+        "role": 'Máy "chủ" \\ số 1',
+        "line": "cáp\nquang",
+    }
+    with_check = {**series, "check": "icmp"}
+    assert ("wardready_check_success", tuple(sorted(with_check.items())), 0.0) in got
+    reason = {**with_check, "reason": "timeout"}
+    assert ("wardready_check_failure_reason", tuple(sorted(reason.items())), 1.0) in got
+    rtt = [s for s in got if s[0] == "wardready_icmp_loss_ratio" and ("name", "dms") in s[1]]
+    assert [dict(s[1]) for s in rtt] == [series]
+    items = {dict(s[1])["item"] for s in got if s[0] == "wardready_host_disk_free_ratio"}
+    assert items == {"/", "var_lib"}
+
+
+def test_family_samples_follow_what_was_added() -> None:
+    family = exposition._Family("wardready_test_value", "A test family.")
+    labels = {"ward": "w-1", "agent": "pc-01"}
+    family.add(labels, 2)
+    family.add({}, float("nan"))
+    family.add(labels, float("-inf"), '{ward="w-1",agent="pc-01"}')
+    assert family.lines == [
+        'wardready_test_value{ward="w-1",agent="pc-01"} 2.0\n',
+        "wardready_test_value NaN\n",
+        'wardready_test_value{ward="w-1",agent="pc-01"} -Inf\n',
+    ]
+    assert [(s.name, s.labels) for s in family.samples] == [
+        ("wardready_test_value", labels),
+        ("wardready_test_value", {}),
+        ("wardready_test_value", labels),
+    ]
+    assert family.samples[0].value == 2.0 and math.isnan(family.samples[1].value)
+    with pytest.raises(TypeError, match="wardready_test_value"):
+        family.samples = family.samples

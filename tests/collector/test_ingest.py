@@ -221,3 +221,61 @@ def test_rebuild_keeps_last_n_of_slow_checks_beyond_the_window(
     fresh = Service(service.engine, load_profile(profile_path))
     assert fresh.rebuild() == 2
     assert dms_samples(fresh) == 2
+
+
+def test_every_column_is_stored_as_sent(client: TestClient, service: Service, token: str) -> None:
+    # The results insert bypasses SQLAlchemy's per-row processing; what it stores must
+    # read back through Core exactly as the agent sent it.
+    metrics = {"loss_ratio": 0.25, "rtt_avg_seconds": 1e-05, "packets_sent": 5.0}
+    odd = result(
+        1,
+        name="wan-backup",
+        target="gw.city:80",
+        address="10.0.0.1",
+        labels={"role": "wan", "site": "Phường Bến Thành \\ 1"},
+        success=False,
+        reason="timeout",
+        metrics=metrics,
+        info={"note": "cáp đứt"},
+    )
+    doc = batch(results=[odd, result(2)])
+    assert post(client, token, doc).json() == {"accepted": 2, "duplicates": 0, "last_seq": 2}
+    with service.engine.connect() as conn:
+        row = conn.execute(sa.select(db.results).where(db.results.c.seq == 1)).one()
+    sent = doc["results"][0]
+    assert (row.ward_id, row.agent, row.stream) == (READY, "pc-01", doc["stream"])
+    for name in ("check", "name", "target", "address", "reason", "started"):
+        assert getattr(row, name) == sent[name], name
+    assert row.success is False and row.interval_seconds == 30.0
+    assert row.duration_seconds == sent["duration_seconds"]
+    assert json.loads(row.labels) == sent["labels"]
+    assert json.loads(row.metrics) == metrics
+    assert json.loads(row.info) == {"note": "cáp đứt"}
+    assert abs(row.received_at - time.time()) < 600
+    # A replay with one new result: only that one reaches the database and the state.
+    again = clone(doc)
+    again["results"].append(result(3))
+    assert post(client, token, again).json() == {"accepted": 1, "duplicates": 2, "last_seq": 3}
+    assert count(service.engine) == 3 and samples(service) == 3
+
+
+@pytest.mark.parametrize("dialect", ["sqlite", "postgresql"])
+def test_results_insert_is_compiled_for_each_dialect(dialect: str) -> None:
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    from collector.ingest import _COLUMNS, _insert
+
+    class Conn:  # all _insert reads of a connection
+        def __init__(self, d: sa.Dialect) -> None:
+            self.dialect = d
+
+    made = (postgresql.psycopg if dialect == "postgresql" else sqlite.pysqlite).dialect()
+    compiled = _insert(Conn(made))  # type: ignore[arg-type]
+    assert "ON CONFLICT (ward_id, agent, stream, seq) DO NOTHING" in compiled.sql
+    assert "RETURNING" not in compiled.sql
+    if dialect == "sqlite":
+        assert compiled.order is not None and sorted(compiled.order) == list(range(len(_COLUMNS)))
+        assert compiled.sql.count("?") == len(_COLUMNS)
+    else:
+        assert compiled.order is None
+        assert all(f"%({c})s" in compiled.sql for c in _COLUMNS)

@@ -212,3 +212,49 @@ def test_concurrent_adds_while_evaluating() -> None:
         assert len(series.samples) == batches * per_batch
         starts = [s.started for s in series.samples]
         assert starts == sorted(starts) and len(set(starts)) == len(starts)
+
+
+def test_newest_tells_the_newest_result_of_each_series_with_its_identity() -> None:
+    profile = make_profile()
+    state = State.for_profile(profile)
+    assert state.newest("ward-nowhere") == []
+    full = {"loss_ratio": 0.1, "rtt_avg_seconds": 0.02}
+    state.add(WARD, "pc-01", [rec(2, T0 + 10, metrics=full), rec(1, T0, metrics={})])
+    state.add(WARD, "pc-01", [rec(3, T0 + 5, name="dms", check="http", labels={"role": "x"})])
+    state.add(WARD, "pc-01", [rec(4, T0 + 20, labels={"role": "wan", "line": "fibre"})])
+    got = {n.name: n for n in state.newest(WARD)}
+    assert set(got) == {"wan-city", "dms"}
+    wan = got["wan-city"]
+    # The newest result came last, and its labels are what the series now carries.
+    assert (wan.agent, wan.check, wan.target) == ("pc-01", "icmp", "10.0.0.1")
+    assert dict(wan.labels) == {"role": "wan", "line": "fibre"}
+    assert wan.sample.started == T0 + 20 and dict(wan.sample.metrics) == {"loss_ratio": 0.0}
+    assert (got["dms"].check, dict(got["dms"].labels)) == ("http", {"role": "x"})
+    # The same results latest() tells, series by series.
+    assert sorted((s.name, smp) for s, smp in state.latest(WARD)) == sorted(
+        (n.name, n.sample) for n in got.values()
+    )
+
+
+def test_history_keeps_the_profiles_metrics_whatever_the_set_of_names() -> None:
+    state = State(1000, keep_metrics={"loss_ratio", "jitter_seconds"})
+    a = {"loss_ratio": 0.1, "rtt_avg_seconds": 0.02}
+    b = {"rtt_avg_seconds": 0.03, "jitter_seconds": 0.004, "loss_ratio": 0.2}
+    c = {"rtt_avg_seconds": 0.04}
+    state.add(
+        WARD,
+        "pc-01",
+        [rec(1, T0, metrics=a), rec(2, T0 + 10, metrics=b), rec(3, T0 + 20, metrics=c)],
+    )
+    state.add(WARD, "pc-01", [rec(4, T0 + 30, metrics=dict(a, loss_ratio=0.5))])
+    (series,) = state.ward(WARD).series
+    assert [dict(s.metrics) for s in series.samples] == [
+        {"loss_ratio": 0.1},
+        {"jitter_seconds": 0.004, "loss_ratio": 0.2},
+        {},
+        {"loss_ratio": 0.5},
+    ]
+    everything = State(1000)
+    everything.add(WARD, "pc-01", [rec(1, T0, metrics=b), rec(2, T0 + 10, metrics=b)])
+    (series,) = everything.ward(WARD).series
+    assert [dict(s.metrics) for s in series.samples] == [b, b]
