@@ -355,6 +355,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     )
     server = uvicorn.Server(config)
     stop = threading.Event()
+    threading.Thread(target=service.judge_forever, args=(stop,), name="judge", daemon=True).start()
     if args.retention_days > 0:
         threading.Thread(
             target=_pruner,
