@@ -102,6 +102,7 @@ class Collector:
     profile: Path
     port: int = 0
     wards_csv: Path = ROOT / "data" / "hcmc_pilot_units.csv"
+    serve_args: Sequence[str] = ()
     proc: Proc | None = None
 
     def __post_init__(self) -> None:
@@ -134,7 +135,7 @@ class Collector:
             *_cli("collector"),
             "--db", self.db,
             "--profile", str(self.profile),
-            "serve", "--listen", f"127.0.0.1:{self.port}",
+            "serve", "--listen", f"127.0.0.1:{self.port}", *self.serve_args,
         ]  # fmt: skip
         self.proc = Proc("collector", argv, self.workdir / "collector.log").start()
         wait_until(self.healthy, 30, what="collector /healthz")
