@@ -218,6 +218,9 @@ def main() -> None:
         t0 = time.perf_counter()
         done = [queue.get(timeout=1200) for _ in procs]
         wall = time.perf_counter() - t0
+        # Judge as of the end of ingest: no agent keeps heartbeating here, so later every
+        # commune would read as silent, which is not the case being measured.
+        judged_at = time.time()
         for p in procs:
             p.join(30)
         accepted = sum(n for n, _ in done)
@@ -230,9 +233,9 @@ def main() -> None:
 
     service = Service.open(collector.db, ROOT / "collector" / "profiles" / "default.yaml")
     ward_ids = list(service.wards())
-    verdicts = evaluate_all(service.profile, service.state, ward_ids, time.time())
+    verdicts = evaluate_all(service.profile, service.state, ward_ids, judged_at)
     ready = sum(v.verdict == "ready" for v in verdicts.values())
-    t_eval = timed(lambda: evaluate_all(service.profile, service.state, ward_ids, time.time()))
+    t_eval = timed(lambda: evaluate_all(service.profile, service.state, ward_ids, judged_at))
     registry = registry_for(service)
     t_render = timed(lambda: render(registry))
 
