@@ -71,8 +71,8 @@ from checks.tcp import (
     Family,
     Interface,
     ResolveError,
-    bind_device,
     family_from_number,
+    pin,
     resolve,
 )
 
@@ -408,24 +408,9 @@ def probe(target: Target, params: Params, timeout: float) -> Outcome:
     with sock:
         info["socket"] = "raw" if raw else "dgram"
         _configure(sock, family, raw)
-        if params.interface is not None:
-            try:
-                bind_device(sock, params.interface)
-            except OSError as exc:
-                reason = {
-                    errno.ENODEV: SOURCE_UNAVAILABLE,
-                    errno.EPERM: PERMISSION_DENIED,
-                    errno.EACCES: PERMISSION_DENIED,
-                }.get(exc.errno or 0, ERROR)
-                return Outcome(False, reason, info={**info, "error": str(exc.strerror)})
-        if params.source is not None:
-            try:
-                sock.bind((str(params.source), 0))
-            except OSError as exc:
-                reason = SOURCE_UNAVAILABLE if exc.errno == errno.EADDRNOTAVAIL else ERROR
-                return Outcome(
-                    False, reason, info={**info, "error": f"bind {params.source}: {exc}"}
-                )
+        failed = pin(sock, params.interface, params.source)
+        if failed is not None:
+            return Outcome(False, failed[0], info={**info, "error": failed[1]})
         return _ping(sock, raw, family, sockaddr, params, deadline, timeout, info)
 
 

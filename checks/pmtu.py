@@ -47,7 +47,7 @@ from typing import Any, Literal
 from pydantic import Field, IPvAnyAddress, field_validator, model_validator
 
 from checks import core
-from checks.core import ERROR, TIMEOUT, Outcome, Target
+from checks.core import TIMEOUT, Outcome, Target
 from checks.icmp import (
     ERROR_NAMES,
     IP_RECVERR,
@@ -68,8 +68,8 @@ from checks.tcp import (
     Family,
     Interface,
     ResolveError,
-    bind_device,
     family_from_number,
+    pin,
     resolve,
 )
 
@@ -287,19 +287,9 @@ def probe(target: Target, params: Params, timeout: float) -> Outcome:
             sock.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, PMTUDISC_PROBE)
         else:
             sock.setsockopt(socket.IPPROTO_IPV6, IPV6_MTU_DISCOVER, PMTUDISC_PROBE)
-        try:
-            if params.interface is not None:
-                bind_device(sock, params.interface)
-            if params.source is not None:
-                sock.bind((str(params.source), 0))
-        except OSError as exc:
-            reason = {
-                errno.ENODEV: SOURCE_UNAVAILABLE,
-                errno.EADDRNOTAVAIL: SOURCE_UNAVAILABLE,
-                errno.EPERM: PERMISSION_DENIED,
-                errno.EACCES: PERMISSION_DENIED,
-            }.get(exc.errno or 0, ERROR)
-            return Outcome(False, reason, info={**info, "error": str(exc.strerror or exc)})
+        failed = pin(sock, params.interface, params.source)
+        if failed is not None:
+            return Outcome(False, failed[0], info={**info, "error": failed[1]})
         prober = _Prober(sock, raw, family, sockaddr, params, deadline)
         return _search(prober, params, family, info)
 

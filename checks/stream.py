@@ -95,9 +95,9 @@ from checks.tcp import (
     Family,
     Interface,
     ResolveError,
-    bind_device,
     family_from_number,
     parse_address,
+    pin,
     resolve,
 )
 
@@ -274,22 +274,9 @@ def _send(sock: socket.socket, run: _Run, seq: int, error_estimate: int) -> None
 def _open(family: int, sockaddr: Any, params: Params) -> socket.socket | Outcome:
     sock = socket.socket(family, socket.SOCK_DGRAM)
     try:
-        if params.interface is not None:
-            try:
-                bind_device(sock, params.interface)
-            except OSError as exc:
-                reason = {
-                    errno.ENODEV: SOURCE_UNAVAILABLE,
-                    errno.EPERM: PERMISSION_DENIED,
-                    errno.EACCES: PERMISSION_DENIED,
-                }.get(exc.errno or 0, ERROR)
-                return Outcome(False, reason, info={"error": str(exc.strerror)})
-        if params.source is not None:
-            try:
-                sock.bind((str(params.source), 0))
-            except OSError as exc:
-                reason = SOURCE_UNAVAILABLE if exc.errno == errno.EADDRNOTAVAIL else ERROR
-                return Outcome(False, reason, info={"error": f"bind {params.source}: {exc}"})
+        failed = pin(sock, params.interface, params.source)
+        if failed is not None:
+            return Outcome(False, failed[0], info={"error": failed[1]})
         if family == socket.AF_INET:
             sock.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, twamp.SENDER_TTL)
             sock.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, params.dscp << 2)

@@ -53,6 +53,8 @@ REFUSED = "refused"
 UNREACHABLE = "unreachable"
 RESOLVE_FAILED = "resolve_failed"
 SOURCE_UNAVAILABLE = "source_unavailable"
+# Not a tcp reason: the raw-socket line checks that pin() a socket may need it.
+PERMISSION_DENIED = "permission_denied"
 TLS_ERROR = "tls_error"
 TLS_EXPIRED = "tls_expired"
 
@@ -231,6 +233,34 @@ def bind_device(sock: socket.socket, interface: str) -> None:
         else:
             why = exc.strerror or str(exc)
         raise OSError(exc.errno, f"interface {interface}: {why}") from exc
+
+
+def pin(
+    sock: socket.socket,
+    interface: str | None,
+    source: ipaddress.IPv4Address | ipaddress.IPv6Address | None,
+) -> tuple[str, str] | None:
+    """Pin ``sock`` to a line (interface, then source address) before it sends anything.
+
+    Returns None, or the failure as (reason, message) for the check's Outcome.
+    """
+    if interface is not None:
+        try:
+            bind_device(sock, interface)
+        except OSError as exc:
+            reason = {
+                errno.ENODEV: SOURCE_UNAVAILABLE,
+                errno.EPERM: PERMISSION_DENIED,
+                errno.EACCES: PERMISSION_DENIED,
+            }.get(exc.errno or 0, ERROR)
+            return reason, str(exc.strerror)
+    if source is not None:
+        try:
+            sock.bind((str(source), 0))
+        except OSError as exc:
+            reason = SOURCE_UNAVAILABLE if exc.errno == errno.EADDRNOTAVAIL else ERROR
+            return reason, f"bind {source}: {exc}"
+    return None
 
 
 def ssl_reason(exc: ssl.SSLError) -> str:
