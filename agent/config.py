@@ -2,14 +2,14 @@
 
 Layout (all keys; unknown keys are errors everywhere)::
 
-    ward: ward-minh-phung          # required, checks.wire Ident
+    ward: ward-minh-phung          # required, shared.wire Ident
     agent: pc-01                   # optional, default: the host name, sanitized
     collector:
       url: http://127.0.0.1:8080   # http:// or https://
       token_file: /etc/wardready/token   # or `token:` inline; exactly one of the two
       push_interval: 5s
       timeout: 5s                  # per HTTP request
-      batch_size: 500              # results per push, at most checks.wire.MAX_RESULTS_PER_BATCH
+      batch_size: 500              # results per push, at most shared.wire.MAX_RESULTS_PER_BATCH
     spool:
       path: /var/lib/wardready/spool.db
       max_results: 100000
@@ -20,7 +20,7 @@ Layout (all keys; unknown keys are errors everywhere)::
       timeout: 10s
       workers: 8                   # checks running at once (scheduler thread pool size)
     checks:                        # at least one
-      - name: wan-city             # unique, checks.wire Name
+      - name: wan-city             # unique, shared.wire Name
         type: icmp                 # a key of checks.registry.REGISTRY
         target: 10.0.0.1
         target_name: city-gw       # optional, default: name
@@ -58,7 +58,8 @@ from pydantic import (
 )
 
 from agent.scheduler import CheckSpec
-from checks.confload import (
+from checks.core import CheckType, Params, Target
+from shared.confload import (
     LoadError,
     Loc,
     field_errors,
@@ -68,9 +69,8 @@ from checks.confload import (
     model_at,
     yaml_error_line,
 )
-from checks.confload import parse_duration as parse_duration  # agent.cli reads durations too
-from checks.core import CheckType, Params, Target
-from checks.wire import MAX_LABELS, MAX_RESULTS_PER_BATCH, Ident, LabelValue, Name, Word
+from shared.confload import parse_duration as parse_duration  # agent.cli reads durations too
+from shared.wire import MAX_LABELS, MAX_RESULTS_PER_BATCH, Ident, LabelValue, Name, Word
 
 MAX_SECONDS = 86400.0
 # Label names the agent sets itself on exported series.

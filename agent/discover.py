@@ -25,7 +25,7 @@ from typing import Any
 import yaml
 
 from agent.discover_net import Announced, SnmpAnswer
-from checks.wire import Device, Inventory
+from shared.wire import Device, Inventory
 
 MAX_PREFIX_UNFORCED = 22
 KINDS = ("printer", "scanner", "multifunction", "vc", "router", "unknown")

@@ -1,6 +1,6 @@
 """Pushes spooled results to the collector, oldest first, and deletes them once acknowledged.
 
-Every ``push_interval`` the shipper POSTs one ``checks.wire.Batch`` (up to ``batch_size``
+Every ``push_interval`` the shipper POSTs one ``shared.wire.Batch`` (up to ``batch_size``
 results; none makes it a heartbeat) to ``{url}/api/v1/ingest``, and at once when the spool
 holds a full batch. Results leave the spool only after a 200 with an ``Ack``: a collector that
 is down, overloaded or refusing the agent never loses data, the spool's bound aside.
@@ -26,7 +26,7 @@ from pydantic import ValidationError
 from agent import __version__
 from agent.metrics import process_usage
 from agent.spool import Spool
-from checks.wire import MAX_BATCH_BYTES, Ack, AgentStatus, Batch, ResultRecord
+from shared.wire import MAX_BATCH_BYTES, Ack, AgentStatus, Batch, ResultRecord
 
 log = logging.getLogger(__name__)
 

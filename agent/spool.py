@@ -27,7 +27,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from checks.core import Result
-from checks.wire import MAX_INFO, MAX_METRICS, ResultRecord
+from shared.wire import MAX_INFO, MAX_METRICS, ResultRecord
 
 log = logging.getLogger(__name__)
 

@@ -29,11 +29,11 @@ sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
 
 from fleet import Collector, stopping  # noqa: E402
 
-from checks.wire import AgentStatus, Batch, ResultRecord  # noqa: E402
 from collector import db, tokens, wards  # noqa: E402
 from collector.exposition import registry_for, render  # noqa: E402
 from collector.readiness import evaluate_all  # noqa: E402
 from collector.service import Service  # noqa: E402
+from shared.wire import AgentStatus, Batch, ResultRecord  # noqa: E402
 
 INTERVAL = 30.0
 HISTORY = 15 * 60

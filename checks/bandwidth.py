@@ -50,8 +50,7 @@ from typing import Any, Literal
 from pydantic import Field, IPvAnyAddress, field_validator
 
 from checks import core
-from checks.core import ERROR, TIMEOUT, Outcome, Target
-from checks.tcp import (
+from checks._net import (
     REFUSED,
     RESOLVE_FAILED,
     SOURCE_UNAVAILABLE,
@@ -63,6 +62,7 @@ from checks.tcp import (
     parse_address,
     resolve,
 )
+from checks.core import ERROR, TIMEOUT, Outcome, Target
 
 IPERF3_MISSING = "iperf3_missing"
 SERVER_BUSY = "server_busy"

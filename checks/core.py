@@ -1,25 +1,34 @@
-"""The model every check shares: targets, outcomes, results and the one runner.
+"""The model every check shares: targets, outcomes, results, declarations and the one runner.
 
-A check module exposes three names that the registry picks up:
+A check module declares itself once, as ``CHECK = CheckType(...)``:
 
-- ``Params``: a pydantic model of its parameters (``extra="forbid"``);
-- ``REASONS``: the bounded set of failure reasons it may return;
+- ``params``: a pydantic model of its parameters (``extra="forbid"``);
 - ``probe(target, params, timeout) -> Outcome``: does the work, honours ``timeout`` on every
-  network operation, and returns success, a reason, numeric metrics and string info.
+  network operation, and returns success, a reason, numeric metrics and string info;
+- ``reasons``: the bounded set of failure reasons it may return;
+- ``metrics``: every metric it may report, each a :class:`Metric` with its type, help text
+  and plausible range. A metric reported once per configured item (a mount, an interface, a
+  toner) is declared once by its base name with ``per_item=True`` and reported as
+  ``<base>__<item>``.
 
 The runner owns what every check has in common: the deadline, timing, and turning exceptions
-into a failed result. A check that overruns its deadline is reported as ``timeout`` and its
-thread is abandoned, so one stuck check never holds a scheduler worker.
+into a failed result (:class:`CheckFailed` into its reason, anything else into ``error``). A
+check that overruns its deadline is reported as ``timeout`` and its thread is abandoned, so
+one stuck check never holds a scheduler worker. A result that names an undeclared reason or
+metric, or a value outside its metric's range, is a bug in the probe: the runner turns it
+into a failed result with reason ``error`` rather than ship a number nobody can interpret.
 """
 
 from __future__ import annotations
 
 import logging
+import math
+import re
 import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
+from typing import Any, Literal, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
@@ -34,6 +43,85 @@ COMMON_REASONS = frozenset({OK, TIMEOUT, ERROR})
 # A check gets this long past its own timeout to return before it is abandoned: its own
 # socket timeouts should fire first and give a more precise reason.
 GRACE_SECONDS = 1.0
+
+
+class CheckFailed(Exception):
+    """A probe's way out with a failure: ``raise CheckFailed(reason, message, address=...)``.
+
+    The runner turns it into a failed result with that reason, ``info.error`` set to the
+    message and the keyword arguments as further info. Metrics measured before the failure
+    travel along in ``metrics``.
+    """
+
+    def __init__(
+        self, reason: str, message: str, metrics: Mapping[str, float] | None = None, **info: str
+    ) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+        self.metrics = dict(metrics or {})
+        self.info = info
+
+    def outcome(self) -> Outcome:
+        return Outcome(False, self.reason, self.metrics, {**self.info, "error": self.message})
+
+
+MetricKind = Literal["gauge", "counter"]
+
+# Prometheus's metric-name grammar less the colon, which is reserved for recording rules.
+_METRIC_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+# Base units only (Prometheus naming conventions): a duration is never _ms, a size never _kb.
+_FORBIDDEN_UNITS = ("_ms", "_milliseconds", "_kb", "_mb", "_percent", "_kbps", "_mbps")
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One metric a check may report: what it is, and which values are plausible.
+
+    ``kind="counter"`` names end in ``_total`` and only ever grow (since boot, say); every
+    other name is a gauge and must not end in ``_total``. ``low``/``high`` bound what the
+    measurement can physically be (a ratio is 0..1, a duration is >= 0): a value outside is a
+    bug in the probe, or a hostile sender at the collector.
+    """
+
+    help: str
+    kind: MetricKind = "gauge"
+    low: float = -math.inf
+    high: float = math.inf
+    per_item: bool = False
+
+    def admits(self, value: float) -> bool:
+        return math.isfinite(value) and self.low <= value <= self.high
+
+
+def gauge(help: str, low: float = -math.inf, high: float = math.inf) -> Metric:
+    return Metric(help, "gauge", low, high)
+
+
+def seconds(help: str) -> Metric:
+    """A duration: never negative."""
+    return Metric(help, "gauge", 0.0)
+
+
+def ratio(help: str) -> Metric:
+    """A share, 0..1."""
+    return Metric(help, "gauge", 0.0, 1.0)
+
+
+def counter(help: str) -> Metric:
+    """A cumulative count: never negative, never falls (except when its source restarts)."""
+    return Metric(help, "counter", 0.0)
+
+
+def per_item(metric: Metric) -> Metric:
+    """The same metric reported once per configured item, as ``<base>__<item>``."""
+    return Metric(metric.help, metric.kind, metric.low, metric.high, per_item=True)
+
+
+def split_item(name: str) -> tuple[str, str]:
+    """``"disk_free_ratio__var_lib"`` -> ``("disk_free_ratio", "var_lib")``; no item -> ``""``."""
+    base, _, item = name.partition("__")
+    return base, item
 
 
 class Params(BaseModel):
@@ -94,16 +182,50 @@ class ProbeFn(Protocol[P_contra]):
 
 @dataclass(frozen=True)
 class CheckType:
-    """One registry entry: the config model, the probe, and the reasons it may return."""
+    """A check's one declaration: its config model, its probe, its reasons and its metrics."""
 
     params: type[Params]
     probe: ProbeFn[Any]
     reasons: frozenset[str]
+    metrics: Mapping[str, Metric]
     doc: str = ""
+    # TRANSITIONAL (issue 8): False only for modules not yet converted to CHECK; removed after.
+    strict: bool = True
+
+    def __post_init__(self) -> None:
+        for name, metric in self.metrics.items():
+            if not _METRIC_NAME.match(name) or "__" in name:
+                raise ValueError(f"metric {name!r}: not a metric base name")
+            if name.endswith(_FORBIDDEN_UNITS):
+                raise ValueError(f"metric {name!r}: use base units (_seconds, _bytes, _ratio)")
+            if (metric.kind == "counter") != name.endswith("_total"):
+                raise ValueError(f"metric {name!r}: counters, and only counters, end in _total")
+            if not metric.help.strip():
+                raise ValueError(f"metric {name!r}: help text is required")
 
     @property
     def all_reasons(self) -> frozenset[str]:
         return self.reasons | COMMON_REASONS
+
+    def metric(self, name: str) -> Metric | None:
+        """The declaration behind a reported metric name (``base`` or ``base__item``)."""
+        base, item = split_item(name)
+        declared = self.metrics.get(base)
+        if declared is None or declared.per_item != bool(item):
+            return None
+        return declared
+
+    def refusal(self, metrics: Mapping[str, float]) -> str | None:
+        """Why these metrics cannot be shipped; None when each is declared and plausible."""
+        if not self.strict:
+            return None
+        for name, value in metrics.items():
+            declared = self.metric(name)
+            if declared is None:
+                return f"undeclared metric {name!r}"
+            if not declared.admits(value):
+                return f"metric {name!r} = {value!r} outside {declared.low:g}..{declared.high:g}"
+        return None
 
 
 def run_check(
@@ -120,6 +242,8 @@ def run_check(
     def work() -> None:
         try:
             box["outcome"] = kind.probe(target, params, timeout)
+        except CheckFailed as failed:
+            box["outcome"] = failed.outcome()
         except Exception as exc:  # the runner is the one place that turns crashes into results
             box["error"] = exc
 
@@ -138,7 +262,11 @@ def run_check(
         outcome = Outcome(False, ERROR, info={"error": f"{type(exc).__name__}: {exc}"})
     else:
         outcome = box["outcome"]
-        if outcome.reason not in kind.all_reasons:
+        refusal = kind.refusal(outcome.metrics)
+        if refusal is not None:
+            log.error("check %s on %s: %s", check, target.name, refusal)
+            outcome = Outcome(False, ERROR, {}, {**outcome.info, "error": refusal})
+        elif outcome.reason not in kind.all_reasons:
             outcome = Outcome(
                 False,
                 ERROR,

@@ -37,8 +37,13 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from checks import core
+from checks._net import (
+    REFUSED,
+    UNREACHABLE,
+    oserror_reason,
+    parse_address,
+)
 from checks.core import ERROR, TIMEOUT, Outcome, Target
-from checks.tcp import REFUSED, UNREACHABLE, oserror_reason, parse_address
 
 NXDOMAIN = "nxdomain"
 RCODE_MISMATCH = "rcode_mismatch"

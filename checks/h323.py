@@ -22,9 +22,7 @@ from __future__ import annotations
 from pydantic import IPvAnyAddress, field_validator
 
 from checks import core, tcp
-from checks.core import ERROR, TIMEOUT, Outcome, Target
-from checks.sip import host_port
-from checks.tcp import (
+from checks._net import (
     REFUSED,
     RESOLVE_FAILED,
     SOURCE_UNAVAILABLE,
@@ -33,6 +31,8 @@ from checks.tcp import (
     family_from_number,
     parse_address,
 )
+from checks.core import ERROR, TIMEOUT, Outcome, Target
+from checks.sip import host_port
 
 REASONS = frozenset({REFUSED, TIMEOUT, UNREACHABLE, RESOLVE_FAILED, SOURCE_UNAVAILABLE})
 

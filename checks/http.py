@@ -53,8 +53,7 @@ from httpcore._backends.sync import SyncStream
 from pydantic import Field, IPvAnyAddress, field_validator
 
 from checks import core
-from checks.core import ERROR, TIMEOUT, Outcome, Target
-from checks.tcp import (
+from checks._net import (
     REFUSED,
     RESOLVE_FAILED,
     SOURCE_UNAVAILABLE,
@@ -69,6 +68,7 @@ from checks.tcp import (
     ssl_reason,
     tls_context,
 )
+from checks.core import ERROR, TIMEOUT, Outcome, Target
 
 STATUS_MISMATCH = "status_mismatch"
 BODY_MISMATCH = "body_mismatch"

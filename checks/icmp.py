@@ -63,8 +63,7 @@ from typing import Literal
 from pydantic import Field, IPvAnyAddress, field_validator
 
 from checks import core
-from checks.core import ERROR, TIMEOUT, Outcome, Target
-from checks.tcp import (
+from checks._net import (
     RESOLVE_FAILED,
     SOURCE_UNAVAILABLE,
     UNREACHABLE,
@@ -75,6 +74,7 @@ from checks.tcp import (
     pin,
     resolve,
 )
+from checks.core import ERROR, TIMEOUT, Outcome, Target
 
 NO_REPLY = "no_reply"
 PERMISSION_DENIED = "permission_denied"

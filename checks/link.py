@@ -42,7 +42,9 @@ from checks.core import Outcome, Target
 from checks.host import MAX_ITEMS, _unique_suffixes, suffix
 
 __all__ = ["MAX_ITEMS", "REASONS", "Params", "probe"]
-from checks.tcp import Interface
+from checks._net import (
+    Interface,
+)
 
 INTERFACE_MISSING = "interface_missing"
 LINK_DOWN = "link_down"

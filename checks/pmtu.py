@@ -47,6 +47,17 @@ from typing import Any, Literal
 from pydantic import Field, IPvAnyAddress, field_validator, model_validator
 
 from checks import core
+from checks._net import (
+    RESOLVE_FAILED,
+    SOURCE_UNAVAILABLE,
+    UNREACHABLE,
+    Family,
+    Interface,
+    ResolveError,
+    family_from_number,
+    pin,
+    resolve,
+)
 from checks.core import TIMEOUT, Outcome, Target
 from checks.icmp import (
     ERROR_NAMES,
@@ -60,17 +71,6 @@ from checks.icmp import (
     _open,
     echo_request,
     parse,
-)
-from checks.tcp import (
-    RESOLVE_FAILED,
-    SOURCE_UNAVAILABLE,
-    UNREACHABLE,
-    Family,
-    Interface,
-    ResolveError,
-    family_from_number,
-    pin,
-    resolve,
 )
 
 MTU_LOW = "mtu_low"

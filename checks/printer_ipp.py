@@ -65,17 +65,7 @@ from urllib.parse import urlsplit
 from pydantic import Field
 
 from checks import core
-from checks.core import ERROR, TIMEOUT, Outcome, Target
-from checks.printer_snmp import (
-    RECEPTACLE,
-    SUPPLY_TYPE_NAMES,
-    Supply,
-    Tray,
-    assess_levels,
-    describe_supplies,
-    describe_trays,
-)
-from checks.tcp import (
+from checks._net import (
     REFUSED,
     RESOLVE_FAILED,
     TLS_ERROR,
@@ -85,6 +75,16 @@ from checks.tcp import (
     parse_address,
     resolve,
     tls_context,
+)
+from checks.core import ERROR, TIMEOUT, Outcome, Target
+from checks.printer_snmp import (
+    RECEPTACLE,
+    SUPPLY_TYPE_NAMES,
+    Supply,
+    Tray,
+    assess_levels,
+    describe_supplies,
+    describe_trays,
 )
 
 MEDIA_JAM = "media_jam"

@@ -72,8 +72,7 @@ from typing import Any, Literal
 from pydantic import ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from checks import core
-from checks.core import ERROR, TIMEOUT, Outcome, Target
-from checks.tcp import (
+from checks._net import (
     RESOLVE_FAILED,
     Family,
     ResolveError,
@@ -81,6 +80,7 @@ from checks.tcp import (
     parse_address,
     resolve,
 )
+from checks.core import ERROR, TIMEOUT, Outcome, Target
 
 JAMMED = "jammed"
 DOOR_OPEN = "door_open"

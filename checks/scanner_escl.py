@@ -43,8 +43,7 @@ from urllib.parse import urlsplit, urlunsplit
 from pydantic import Field
 
 from checks import core
-from checks.core import ERROR, TIMEOUT, Outcome, Target
-from checks.tcp import (
+from checks._net import (
     REFUSED,
     RESOLVE_FAILED,
     TLS_ERROR,
@@ -52,6 +51,7 @@ from checks.tcp import (
     UNREACHABLE,
     tls_context,
 )
+from checks.core import ERROR, TIMEOUT, Outcome, Target
 
 DOWN = "down"
 STOPPED = "stopped"

@@ -56,8 +56,7 @@ from typing import Literal
 from pydantic import Field, IPvAnyAddress, field_validator, model_validator
 
 from checks import core
-from checks.core import ERROR, TIMEOUT, Outcome, Target
-from checks.tcp import (
+from checks._net import (
     REFUSED,
     RESOLVE_FAILED,
     SOURCE_UNAVAILABLE,
@@ -75,6 +74,7 @@ from checks.tcp import (
     ssl_reason,
     tls_context,
 )
+from checks.core import ERROR, TIMEOUT, Outcome, Target
 
 BAD_RESPONSE = "bad_response"
 UNEXPECTED_STATUS = "unexpected_status"

@@ -60,8 +60,7 @@ from typing import Any
 from pydantic import ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from checks import core
-from checks.core import ERROR, TIMEOUT, Outcome, Target
-from checks.tcp import (
+from checks._net import (
     REFUSED,
     RESOLVE_FAILED,
     UNREACHABLE,
@@ -72,6 +71,7 @@ from checks.tcp import (
     parse_address,
     resolve,
 )
+from checks.core import ERROR, TIMEOUT, Outcome, Target
 
 AUTH_FAILED = "auth_failed"
 HOST_KEY_MISMATCH = "host_key_mismatch"

@@ -86,8 +86,7 @@ from typing import Any, Literal
 from pydantic import Field, IPvAnyAddress, field_validator
 
 from checks import core, emodel, twamp
-from checks.core import ERROR, TIMEOUT, Outcome, Target
-from checks.tcp import (
+from checks._net import (
     REFUSED,
     RESOLVE_FAILED,
     SOURCE_UNAVAILABLE,
@@ -100,6 +99,7 @@ from checks.tcp import (
     pin,
     resolve,
 )
+from checks.core import ERROR, TIMEOUT, Outcome, Target
 
 NO_REPLY = "no_reply"
 BAD_REPLY = "bad_reply"

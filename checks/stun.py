@@ -43,9 +43,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 from pydantic import Field, IPvAnyAddress, field_validator, model_validator
 
 from checks import core
-from checks.core import ERROR, TIMEOUT, Outcome, Target
-from checks.sip import DialError, Link, context_for, dial, host_port, peer_text
-from checks.tcp import (
+from checks._net import (
     REFUSED,
     RESOLVE_FAILED,
     SOURCE_UNAVAILABLE,
@@ -57,6 +55,8 @@ from checks.tcp import (
     oserror_reason,
     parse_address,
 )
+from checks.core import ERROR, TIMEOUT, Outcome, Target
+from checks.sip import DialError, Link, context_for, dial, host_port, peer_text
 
 if TYPE_CHECKING:
     from aioice.stun import Message

@@ -73,8 +73,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from checks import core
-from checks.core import ERROR, TIMEOUT, Outcome, Target
-from checks.tcp import (
+from checks._net import (
     RESOLVE_FAILED,
     SOURCE_UNAVAILABLE,
     UNREACHABLE,
@@ -84,6 +83,7 @@ from checks.tcp import (
     oserror_reason,
     resolve,
 )
+from checks.core import ERROR, TIMEOUT, Outcome, Target
 
 NOT_REACHED = "not_reached"
 PERMISSION_DENIED = "permission_denied"

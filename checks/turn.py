@@ -56,6 +56,16 @@ from typing import TYPE_CHECKING
 from pydantic import Field, IPvAnyAddress, SecretStr, field_validator, model_validator
 
 from checks import core
+from checks._net import (
+    REFUSED,
+    RESOLVE_FAILED,
+    SOURCE_UNAVAILABLE,
+    TLS_ERROR,
+    TLS_EXPIRED,
+    UNREACHABLE,
+    Family,
+    family_from_number,
+)
 from checks.core import ERROR, TIMEOUT, Outcome, Target
 from checks.sip import DialError, peer_text
 from checks.stun import (
@@ -68,16 +78,6 @@ from checks.stun import (
     check_tls_options,
     error_of,
     fail,
-)
-from checks.tcp import (
-    REFUSED,
-    RESOLVE_FAILED,
-    SOURCE_UNAVAILABLE,
-    TLS_ERROR,
-    TLS_EXPIRED,
-    UNREACHABLE,
-    Family,
-    family_from_number,
 )
 
 if TYPE_CHECKING:

@@ -24,13 +24,13 @@ from fastapi.security import HTTPBearer
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
-from checks.wire import MAX_BATCH_BYTES, Ack, Batch, Device, Inventory
 from collector import exposition
 from collector import inventory as inventory_store
 from collector.ingest import IngestError
 from collector.readiness import Verdict
 from collector.service import AgentInfo, Service
 from collector.wards import Ward
+from shared.wire import MAX_BATCH_BYTES, Ack, Batch, Device, Inventory
 
 log = logging.getLogger(__name__)
 

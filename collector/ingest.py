@@ -22,9 +22,9 @@ from typing import Any
 import sqlalchemy as sa
 from pydantic import ValidationError
 
-from checks.wire import MAX_BATCH_BYTES, WIRE_VERSION, Batch, ResultRecord, time_errors
 from collector import db
 from collector.tokens import Grant, TokenCache, bearer
+from shared.wire import MAX_BATCH_BYTES, WIRE_VERSION, Batch, ResultRecord, time_errors
 
 log = logging.getLogger(__name__)
 

@@ -13,10 +13,10 @@ import sqlalchemy as sa
 from pydantic import ValidationError
 from sqlalchemy.engine import Engine
 
-from checks.wire import MAX_FUTURE_SECONDS, WIRE_VERSION, Inventory
 from collector import db
 from collector.ingest import IngestError
 from collector.tokens import Grant
+from shared.wire import MAX_FUTURE_SECONDS, WIRE_VERSION, Inventory
 
 MAX_INVENTORY_BYTES = 1024 * 1024
 

@@ -27,7 +27,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from checks.confload import (
+from shared.confload import (
     UNITS,
     DuplicateKeyError,
     LoadError,
@@ -39,7 +39,7 @@ from checks.confload import (
     model_at,
     parse_duration,
 )
-from checks.wire import LabelValue, Name, Word
+from shared.wire import LabelValue, Name, Word
 
 Severity = Literal["blocker", "warning"]
 Require = Literal["all", "any"]

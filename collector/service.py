@@ -26,13 +26,13 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from checks.wire import Ack, ResultRecord
 from collector import db, ingest
 from collector import wards as wardlist
 from collector.profile import Profile, default_profile_path, load_profile
 from collector.readiness import Verdict, evaluate_all
 from collector.state import State
 from collector.tokens import CACHE_SECONDS, Grant, TokenCache
+from shared.wire import Ack, ResultRecord
 
 log = logging.getLogger(__name__)
 

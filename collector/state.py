@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, NamedTuple
 
-from checks.wire import ResultRecord
+from shared.wire import ResultRecord
 
 if TYPE_CHECKING:
     from collector.profile import Profile

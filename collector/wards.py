@@ -19,8 +19,8 @@ import sqlalchemy as sa
 from pydantic import TypeAdapter, ValidationError
 from sqlalchemy.engine import Engine
 
-from checks.wire import Ident
 from collector import db
+from shared.wire import Ident
 
 COLUMNS = ("id", "name", "kind", "former_district", "working_group")
 REQUIRED = ("id", "name", "working_group")

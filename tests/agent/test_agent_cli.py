@@ -23,7 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from agent.cli import _param_pairs, humanize, main
 from checks.registry import REGISTRY
-from checks.wire import Batch
+from shared.wire import Batch
 
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "agent-token-7c1d0e"

@@ -18,7 +18,7 @@ from agent import __version__
 from agent.shipper import Shipper
 from agent.spool import Spool
 from checks.core import Result, Target
-from checks.wire import Batch
+from shared.wire import Batch
 
 TOKEN = "tok-5ecret-98f1"
 TARGET = Target("gw", "127.0.0.1", {"ward": "ward-minh-phung"})

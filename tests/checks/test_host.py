@@ -12,7 +12,7 @@ from pydantic import ValidationError
 
 from checks import host
 from checks.core import Result
-from checks.wire import MAX_METRICS
+from shared.wire import MAX_METRICS
 from tests.helpers import need
 
 RunCheck = Callable[..., Result]

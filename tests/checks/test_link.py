@@ -22,7 +22,7 @@ from pydantic import ValidationError
 
 from checks import link
 from checks.core import Result
-from checks.wire import MAX_INFO, MAX_METRICS
+from shared.wire import MAX_INFO, MAX_METRICS
 from tests.helpers import need, need_root
 
 RunCheck = Callable[..., Result]

@@ -21,10 +21,10 @@ import pytest
 
 from checks.core import Result
 from checks.printer_ipp import as_list, judge, parse_uri, split_reason
-from checks.wire import ResultRecord
 from collector.profile import Profile, default_profile_path, load_profile
 from collector.readiness import Verdict, evaluate
 from collector.state import State
+from shared.wire import ResultRecord
 from tests.checks.conftest import Certs, RunCheck
 from tests.devices import Printer, ippeveprinter, private_bus
 

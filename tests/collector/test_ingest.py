@@ -11,10 +11,10 @@ import pytest
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
-from checks.wire import MAX_BATCH_BYTES, MAX_RESULTS_PER_BATCH
 from collector import db
 from collector.profile import load_profile
 from collector.service import Service
+from shared.wire import MAX_BATCH_BYTES, MAX_RESULTS_PER_BATCH
 
 from .conftest import READY, auth, batch, body, clone, healthy_results, result
 

@@ -8,7 +8,6 @@ from typing import Any
 import pytest
 import yaml
 
-from checks.wire import ResultRecord
 from collector.profile import Profile, default_profile_path, load_profile
 from collector.readiness import (
     Evidence,
@@ -19,6 +18,7 @@ from collector.readiness import (
     format_age,
 )
 from collector.state import State
+from shared.wire import ResultRecord
 
 NOW = 1_750_000_000.0
 WARD = "ward-minh-phung"

@@ -8,10 +8,10 @@ import time
 
 import pytest
 
-from checks.wire import ResultRecord
 from collector.profile import load_profile
 from collector.readiness import evaluate
 from collector.state import State
+from shared.wire import ResultRecord
 from tests.collector.test_readiness import PROFILE, make_profile
 
 WARD = "ward-ben-thanh"

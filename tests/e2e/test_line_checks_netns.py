@@ -87,10 +87,10 @@ def shape(ns: str, dev: str, rate: str = "10mbit") -> None:
 
 def failing_bandwidth_criteria(result: dict[str, Any]) -> set[str]:
     """The shipped profile's bandwidth criteria that this run, as the ward's latest, fails."""
-    from checks.wire import ResultRecord
     from collector.profile import default_profile_path, load_profile
     from collector.readiness import evaluate
     from collector.state import State
+    from shared.wire import ResultRecord
 
     now = time.time()
     record = ResultRecord(

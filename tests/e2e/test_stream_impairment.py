@@ -35,10 +35,10 @@ from typing import Any
 
 import pytest
 
-from checks.wire import ResultRecord
 from collector.profile import Profile, default_profile_path, load_profile
 from collector.readiness import Verdict, evaluate
 from collector.state import State
+from shared.wire import ResultRecord
 from tests.helpers import ROOT, need, need_program, need_root
 from tests.impair import expected_jitter
 from tests.netlab import Lab, drop_table, lab, nsexec, remove_table, sh

@@ -30,7 +30,7 @@ import pytest
 import yaml
 
 from checks.registry import REGISTRY
-from checks.wire import AgentStatus, Batch, ResultRecord
+from shared.wire import AgentStatus, Batch, ResultRecord
 from tests.helpers import ROOT, need_program
 from tests.monitoring import (
     DASHBOARDS,

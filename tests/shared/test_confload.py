@@ -8,7 +8,7 @@ import pytest
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from checks.confload import (
+from shared.confload import (
     DuplicateKeyError,
     dotted,
     field_errors,
