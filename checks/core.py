@@ -26,7 +26,7 @@ import math
 import re
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, TypeVar
 
@@ -189,6 +189,9 @@ class CheckType:
     reasons: frozenset[str]
     metrics: Mapping[str, Metric]
     doc: str = ""
+    # Checks a configured target before any run (raises ValueError saying what is wrong), so a
+    # tcp target without a port fails at config load, not at every run.
+    parse_target: Callable[[str], object] | None = None
     # TRANSITIONAL (issue 8): False only for modules not yet converted to CHECK; removed after.
     strict: bool = True
 
