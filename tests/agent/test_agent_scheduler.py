@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import pytest
 
 from agent.scheduler import CheckSpec, Scheduler
-from checks.core import CheckType, Outcome, Params, Result, Target
+from checks.core import CheckType, Outcome, Params, Result, Target, seconds
 from checks.registry import REGISTRY
 
 
@@ -61,7 +61,12 @@ class SlowProbe:
 
 
 def slow_spec(probe: SlowProbe, name: str, interval: float, timeout: float) -> CheckSpec:
-    kind = CheckType(params=Params, probe=probe, reasons=frozenset())
+    kind = CheckType(
+        params=Params,
+        probe=probe,
+        reasons=frozenset(),
+        metrics={"slept_seconds": seconds("How long the probe slept.")},
+    )
     return CheckSpec(
         name=name,
         check="slow",
