@@ -4,11 +4,8 @@ and WardSilent holds back the other alerts of its ward in a running Alertmanager
 from __future__ import annotations
 
 import csv
-import json
-import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +14,8 @@ import pytest
 import yaml
 
 from tests.helpers import ROOT, need_program
-from tests.monitoring import ALERTMANAGER_YML, ROUTE_CASES, free_port, process, run, tail, wait_for
+from tests.monitoring import ALERTMANAGER_YML, ROUTE_CASES, run, wait_for
+from tests.monitoring.alertmanager_peer import Hooks, absolute_templates, running, serving
 
 PILOT_UNITS = ROOT / "data" / "hcmc_pilot_units.csv"
 
@@ -39,6 +37,8 @@ def test_amtool_check_config() -> None:
     done = run([amtool, "check-config", str(ALERTMANAGER_YML)])
     assert done.returncode == 0, done.stdout + done.stderr
     assert "1 inhibit rules" in done.stdout
+    # templates/wardready.tmpl, found relative to the config file as Alertmanager finds it.
+    assert "1 templates" in done.stdout
 
 
 @pytest.mark.parametrize(
@@ -76,57 +76,17 @@ def test_every_pilot_working_group_has_its_own_route() -> None:
 # --- inhibition, in a running Alertmanager -------------------------------------------------
 
 
-class Hooks:
-    """A local webhook receiver standing in for every on-call system."""
-
-    def __init__(self) -> None:
-        self.received: list[tuple[str, dict[str, Any]]] = []
-        self.lock = threading.Lock()
-        hooks = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                size = int(self.headers.get("content-length", "0"))
-                body = json.loads(self.rfile.read(size))
-                with hooks.lock:
-                    hooks.received.append((self.path.strip("/"), body))
-                self.send_response(200)
-                self.end_headers()
-
-            def log_message(self, *_args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = self.server.server_address[1]
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def alerts(self, receiver: str) -> list[dict[str, str]]:
-        """Labels of every firing alert notified to ``receiver`` so far."""
-        with self.lock:
-            return [
-                a["labels"]
-                for path, body in self.received
-                if path == receiver
-                for a in body["alerts"]
-                if a["status"] == "firing"
-            ]
-
-
 @pytest.fixture
 def hooks() -> Iterator[Hooks]:
-    h = Hooks()
-    h.thread.start()
-    try:
+    with serving() as h:
         yield h
-    finally:
-        h.server.shutdown()
-        h.server.server_close()
 
 
 def local_copy(tmp_path: Path, hooks_port: int) -> Path:
     """alertmanager.yml with every receiver turned into a webhook to this test: the routes and
     inhibit rules under test are kept as they are; only notification timing is shortened."""
     config = yaml.safe_load(ALERTMANAGER_YML.read_text(encoding="utf-8"))
+    absolute_templates(config, ALERTMANAGER_YML)
     config["receivers"] = [
         {
             "name": r["name"],
@@ -158,23 +118,10 @@ def key(labels: dict[str, str]) -> tuple[str, str]:
 
 @pytest.mark.peer
 def test_ward_silent_inhibits_the_wards_other_alerts(tmp_path: Path, hooks: Hooks) -> None:
-    need_program("amtool")
-    binary = need_program("prometheus-alertmanager")
     config = local_copy(tmp_path, hooks.port)
     check = run([need_program("amtool"), "check-config", str(config)])
     assert check.returncode == 0, check.stdout + check.stderr
-    port = free_port()
-    api = f"http://127.0.0.1:{port}/api/v2"
-    argv = [
-        binary,
-        f"--config.file={config}",
-        f"--storage.path={tmp_path / 'data'}",
-        f"--web.listen-address=127.0.0.1:{port}",
-        "--cluster.listen-address=",  # no gossip port on every interface
-    ]
-    log = tmp_path / "alertmanager.log"
-    with process(argv, log), httpx.Client(timeout=5) as http:
-        wait_for(lambda: http.get(f"{api}/status").status_code == 200, 30, "alertmanager up")
+    with running(config, tmp_path) as api, httpx.Client(timeout=5) as http:
 
         def post(alerts: list[dict[str, Any]]) -> None:
             assert http.post(f"{api}/alerts", json=alerts).status_code == 200
@@ -254,4 +201,3 @@ def test_ward_silent_inhibits_the_wards_other_alerts(tmp_path: Path, hooks: Hook
             )
 
         wait_for(released, 20, "inhibition lifted")
-    assert "level=error" not in tail(log, 200), tail(log)
