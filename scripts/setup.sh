@@ -15,6 +15,7 @@ apt_packages=(
   snmpsim snmpd snmp cups-ipp-utils dbus sane-utils # printers and scanners
   avahi-daemon                      # discovery: mDNS on a test LAN
   openssh-server                    # ssh
+  faketime                          # ward PCs whose clock is wrong
   prometheus prometheus-alertmanager                # rules, routes and dashboards
 )
 
