@@ -52,6 +52,8 @@ class SpoolStats(Protocol):
     @property
     def dropped_total(self) -> int: ...
 
+    def counts(self, kind: str) -> dict[str, int]: ...
+
 
 class PushStats(Protocol):
     @property
@@ -59,6 +61,9 @@ class PushStats(Protocol):
 
     @property
     def push_failures_total(self) -> int: ...
+
+    @property
+    def clock_offset(self) -> float | None: ...
 
 
 @dataclass
@@ -206,6 +211,21 @@ class AgentCollector(Collector):
                 "Results dropped because the spool was full (kept across restarts)",
                 value=self.spool.dropped_total,
             )
+            dropped = CounterMetricFamily(
+                "wardready_agent_spool_dropped_by_reason",
+                "Results lost, by reason: spool_full (its bound), unreadable (a damaged row), "
+                "disk_full (the file system refused the write)",
+                labels=["reason"],
+            )
+            rejected = CounterMetricFamily(
+                "wardready_agent_results_rejected",
+                "Results the collector refused for good and the spool set aside, by HTTP status",
+                labels=["reason"],
+            )
+            for family, kind in ((dropped, "dropped"), (rejected, "rejected")):
+                for reason, n in sorted(self.spool.counts(kind).items()):
+                    family.add_metric([reason], n)
+                yield family
         if self.pushes is not None:
             yield GaugeMetricFamily(
                 "wardready_agent_last_push_success_timestamp_seconds",
@@ -217,6 +237,13 @@ class AgentCollector(Collector):
                 "Pushes to the collector that failed since the agent started",
                 value=self.pushes.push_failures_total,
             )
+            if self.pushes.clock_offset is not None:
+                yield GaugeMetricFamily(
+                    "wardready_agent_clock_offset_seconds",
+                    "The collector's clock minus this PC's, from the last answer; results are "
+                    "corrected by it when it exceeds 2 s",
+                    value=self.pushes.clock_offset,
+                )
         info = InfoMetricFamily("wardready_agent", "The agent's version, ward and name")
         info.add_metric([], {"version": self.version, "ward": self.ward, "agent": self.agent})
         yield info

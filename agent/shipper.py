@@ -6,16 +6,27 @@ holds a full batch. Results leave the spool only after a 200 with an ``Ack``: a 
 is down, overloaded or refusing the agent never loses data, the spool's bound aside.
 
 Failures back off exponentially with full jitter (base 1 s, cap 60 s, reset on success), so
-168 agents that lost the collector together do not return in lock-step. A 4xx other than 429
-(bad token, ward unknown, a batch refused) also backs off and keeps the data: the fix is on the
-collector's side, and the results are still good once it is made.
+168 agents that lost the collector together do not return in lock-step. 401 and 403 (a bad or
+revoked token, the wrong ward), 404 and 405 (a wrong URL), 408, 413 and 429 back off too and
+keep the data: the fix is elsewhere, and the results are still good once it is made. Any other
+4xx refuses the batch itself, for good: the results it names (``results.3...`` in the
+collector's message; all of them when it names none) are set aside in the spool, counted by
+reason and logged once a minute at most, and the rest keeps flowing.
+
+The ward PC's clock is often wrong (no NTP, a flat CMOS battery). Every collector answer says
+the collector's time (``X-Wardready-Time``, else the HTTP ``Date``), so the shipper knows the
+offset between the two clocks; past ``CLOCK_TOLERANCE_SECONDS`` it corrects each result's
+``started`` and the batch's ``sent_at`` as it sends them, and reports the offset in the
+batch's status. The spool keeps the times as measured.
 """
 
 from __future__ import annotations
 
+import email.utils
 import json
 import logging
 import random
+import re
 import threading
 import time
 from dataclasses import dataclass
@@ -33,7 +44,16 @@ log = logging.getLogger(__name__)
 INGEST_PATH = "/api/v1/ingest"
 BACKOFF_BASE_SECONDS = 1.0
 BACKOFF_CAP_SECONDS = 60.0
+# Offsets under this are left alone: the HTTP Date header alone is good to about a second.
+CLOCK_TOLERANCE_SECONDS = 2.0
+# An answer that took longer than this says too little about when the collector wrote it.
+CLOCK_MAX_RTT_SECONDS = 2.0
+REJECT_LOG_EVERY_SECONDS = 60.0
+# Refusals that are about the agent, its token or the URL, not about this batch: keep the data.
+KEEP_ON = frozenset({401, 403, 404, 405, 408, 413, 429})
+SERVER_TIME_HEADER = "x-wardready-time"
 _MESSAGE_MAX = 300
+_RESULT_INDEX = re.compile(r"\bresults\.(\d+)\b")
 
 
 @dataclass(frozen=True)
@@ -43,6 +63,11 @@ class PushOutcome:
     problem: str = ""
     transient: bool = False  # unreachable, 5xx, 429: expected to pass by itself
     retry_after: float | None = None
+    set_aside: int = 0  # results refused for good and moved out of the queue
+
+    @property
+    def progress(self) -> bool:
+        return self.ok or self.set_aside > 0
 
 
 class Shipper:
@@ -92,6 +117,9 @@ class Shipper:
         self.last_push_success: float | None = None
         self.push_failures_total = 0
         self.failures_in_a_row = 0
+        # Collector clock minus ours, from the last answer that told it; None before one did.
+        self.clock_offset: float | None = None
+        self._last_reject_log: dict[str, float] = {}
 
     # -- one push ---------------------------------------------------------------------------
 
@@ -104,19 +132,28 @@ class Shipper:
             resident_memory_bytes=rss,
             cpu_seconds_total=cpu,
             checks=self.checks,
+            clock_offset_seconds=self.clock_offset,
         )
+
+    def correction(self) -> float:
+        """Seconds added to our timestamps so that they read in the collector's time."""
+        offset = self.clock_offset
+        return offset if offset is not None and abs(offset) > CLOCK_TOLERANCE_SECONDS else 0.0
 
     def _batch_body(self) -> tuple[bytes, list[ResultRecord]]:
         records = self.spool.peek(self.batch_size)
         status = self.status()
+        shift = self.correction()
         while True:
             batch = Batch(
                 ward=self.ward,
                 agent=self.agent,
                 stream=self.spool.stream,
-                sent_at=time.time(),
+                sent_at=time.time() + shift,
                 status=status,
-                results=records,
+                results=[r.model_copy(update={"started": r.started + shift}) for r in records]
+                if shift
+                else records,
             )
             body = batch.model_dump_json().encode()
             if len(body) <= MAX_BATCH_BYTES or len(records) <= 1:
@@ -139,6 +176,8 @@ class Shipper:
 
     def _push(self, timeout: float | None) -> PushOutcome:
         body, records = self._batch_body()
+        shift = self.correction()
+        t0 = time.time()
         try:
             response = self._client.post(
                 self.endpoint,
@@ -148,6 +187,7 @@ class Shipper:
         except httpx.HTTPError as exc:
             problem = f"collector unreachable: {type(exc).__name__}: {exc}"
             return PushOutcome(False, problem=problem, transient=True)
+        self._learn_clock(response, t0, time.time())
         code = response.status_code
         if code == 200:
             try:
@@ -170,8 +210,41 @@ class Shipper:
             return PushOutcome(
                 False, problem=problem, transient=True, retry_after=_retry_after(response)
             )
-        # The collector refuses this agent or this batch: data stays, someone must act.
-        return PushOutcome(False, problem=f"{problem} (results kept in the spool)")
+        if code in KEEP_ON or not records:
+            # The collector refuses this agent, not this batch: data stays, someone must act.
+            return PushOutcome(False, problem=f"{problem} (results kept in the spool)")
+        if self.correction() != shift:
+            # Refused for times our clock got wrong, now that we know better: send again.
+            return PushOutcome(False, problem=f"{problem} (clock corrected)", transient=True)
+        return self._set_aside(code, message, records)
+
+    def _set_aside(self, code: int, message: str, records: list[ResultRecord]) -> PushOutcome:
+        named = {int(i) for i in _RESULT_INDEX.findall(message)}
+        refused = [r for i, r in enumerate(records) if i in named] or records
+        reason = f"http_{code}"
+        moved = self.spool.set_aside(refused, reason, message)
+        now = time.monotonic()
+        if now - self._last_reject_log.get(reason, -REJECT_LOG_EVERY_SECONDS) >= (
+            REJECT_LOG_EVERY_SECONDS
+        ):
+            self._last_reject_log[reason] = now
+            log.error(
+                "collector refused %d result(s) for good (%d): %s; set aside, %d so far",
+                moved,
+                code,
+                message,
+                self.spool.counts("rejected").get(reason, 0),
+            )
+        return PushOutcome(
+            False, problem=f"{moved} result(s) refused by the collector", set_aside=moved
+        )
+
+    def _learn_clock(self, response: httpx.Response, sent: float, received: float) -> None:
+        if received - sent > CLOCK_MAX_RTT_SECONDS:
+            return
+        server = _server_time(response)
+        if server is not None:
+            self.clock_offset = server - (sent + received) / 2
 
     def _redact(self, text: str) -> str:
         return text.replace(self._token, "[token]") if self._token else text
@@ -200,6 +273,9 @@ class Shipper:
         attempt = 0
         while not self._stopping.is_set():
             outcome = self.push_once()
+            if outcome.set_aside:
+                attempt = 0
+                continue  # the rest of the queue goes at once
             if outcome.ok:
                 attempt = 0
                 if self.spool.depth() >= self.batch_size:
@@ -240,7 +316,7 @@ class Shipper:
             if remaining <= 0:
                 break
             outcome = self.push_once(timeout=min(self.timeout, remaining))
-            if not outcome.ok:
+            if not outcome.progress:
                 log.warning("final push failed: %s", outcome.problem)
                 break
             if self.spool.depth() == 0:
@@ -252,6 +328,20 @@ class Shipper:
 
     def close(self) -> None:
         self._client.close()
+
+
+def _server_time(response: httpx.Response) -> float | None:
+    """The collector's clock when it answered: its own header, else the HTTP Date."""
+    try:
+        return float(response.headers[SERVER_TIME_HEADER])
+    except (KeyError, ValueError):
+        pass
+    try:
+        date = email.utils.parsedate_to_datetime(response.headers["date"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    # Date is truncated to the second: its middle is the better guess.
+    return date.timestamp() + 0.5
 
 
 def _retry_after(response: httpx.Response) -> float | None:

@@ -26,6 +26,7 @@ from starlette.concurrency import run_in_threadpool
 
 from collector import exposition
 from collector import inventory as inventory_store
+from collector.clock import ServerTime
 from collector.ingest import IngestError
 from collector.readiness import Verdict
 from collector.service import AgentInfo, Service
@@ -198,6 +199,7 @@ def create_app(service: Service) -> FastAPI:
     # /metrics for thousands of wards is tens of MB of repetitive text; Prometheus asks for
     # gzip, and level 1 shrinks it ~30 times for a small fraction of the time to build it.
     app.add_middleware(GZipMiddleware, minimum_size=64 * 1024, compresslevel=1)
+    app.add_middleware(ServerTime)
     registry = exposition.registry_for(service)
     bearer = HTTPBearer(auto_error=False, description="a token from `token create`")
 

@@ -169,6 +169,8 @@ class Agent:
     timeout: str = "4s"
     push_interval: str = "1s"
     metrics_port: int = 0
+    # Put before the agent's command line, e.g. ["faketime", "-f", "+600s"] for a wrong clock.
+    wrapper: Sequence[str] = ()
     proc: Proc | None = None
 
     def __post_init__(self) -> None:
@@ -203,7 +205,7 @@ class Agent:
     def start(self, token: str | None = None) -> Agent:
         if token is not None or not self.config_path.exists():
             self.write_config(token or self.collector.token(self.ward, self.name))
-        argv = [*_cli("agent"), "run", "-c", str(self.config_path)]
+        argv = [*self.wrapper, *_cli("agent"), "run", "-c", str(self.config_path)]
         log = self.workdir / f"{self.ward}.{self.name}.log"
         self.proc = Proc(f"agent {self.ward}", argv, log).start()
         return self

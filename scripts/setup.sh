@@ -15,6 +15,7 @@ apt_packages=(
   snmpsim snmpd snmp cups-ipp-utils dbus sane-utils # printers and scanners
   avahi-daemon                      # discovery: mDNS on a test LAN
   openssh-server                    # ssh
+  faketime                          # ward PCs whose clock is wrong
   prometheus prometheus-alertmanager                # rules, routes and dashboards
 )
 
@@ -44,4 +45,14 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   "$venv/bin/python" -m pip install -q -e "$root[dev]"
   echo "$want" > "$stamp"
 fi
+# The light agent's dependencies as wheels, for the test that installs the agent alone into a
+# clean venv without reaching any package index.
+wheelhouse="$root/.cache/agent-wheelhouse"
+if [ ! -f "$wheelhouse/.stamp" ] || [ "$(cat "$wheelhouse/.stamp")" != "$want" ]; then
+  echo "setup: fetching the agent's wheels into $wheelhouse" >&2
+  rm -rf "$wheelhouse"
+  "$venv/bin/python" -m pip download -q -d "$wheelhouse" "$root" 2>&1 | grep -v '^WARNING: Location' >&2 || true
+  echo "$want" > "$wheelhouse/.stamp"
+fi
+export WARDREADY_AGENT_WHEELHOUSE="$wheelhouse"
 export PATH="$venv/bin:$PATH"

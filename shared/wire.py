@@ -71,6 +71,10 @@ class AgentStatus(_Strict):
     resident_memory_bytes: int = Field(ge=0)
     cpu_seconds_total: Finite = Field(ge=0)
     checks: int = Field(ge=0)
+    # The collector's clock minus the agent's, as the agent last measured it; None when unknown.
+    clock_offset_seconds: Finite | None = Field(
+        default=None, ge=-MAX_AGE_SECONDS, le=MAX_AGE_SECONDS
+    )
 
 
 class Batch(_Strict):
