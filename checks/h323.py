@@ -19,38 +19,48 @@ Privileges: none.
 
 from __future__ import annotations
 
-from pydantic import IPvAnyAddress, field_validator
+import functools
+import time
 
-from checks import core, tcp
+from checks import core
+from checks._dial import CONNECT_METRICS, SourceParams, dial, target_address
 from checks._net import (
     REFUSED,
     RESOLVE_FAILED,
     SOURCE_UNAVAILABLE,
     UNREACHABLE,
-    Family,
-    family_from_number,
     parse_address,
 )
-from checks.core import ERROR, TIMEOUT, Outcome, Target
-from checks.sip import host_port
+from checks.core import TIMEOUT, Outcome, Target
 
 REASONS = frozenset({REFUSED, TIMEOUT, UNREACHABLE, RESOLVE_FAILED, SOURCE_UNAVAILABLE})
 
 DEFAULT_PORT = 1720
 
 
-class Params(core.Params):
-    source: IPvAnyAddress | None = None
-    family: Family = "auto"
-
-    _family_number = field_validator("family", mode="before")(family_from_number)
+class Params(SourceParams):
+    pass
 
 
 def probe(target: Target, params: Params, timeout: float) -> Outcome:
-    try:
-        host, port = parse_address(target.address, DEFAULT_PORT)
-    except ValueError as exc:
-        return Outcome(False, ERROR, info={"error": str(exc)})
-    address = host_port(host, port)
-    connect = tcp.Params(source=params.source, family=params.family)
-    return tcp.probe(Target(target.name, address, target.labels), connect, timeout)
+    host, port = target_address(target.address, DEFAULT_PORT)
+    link = dial(
+        host,
+        port,
+        stream=True,
+        family=params.family,
+        source=params.source,
+        deadline=time.monotonic() + timeout,
+    )
+    link.close()
+    return Outcome(True, metrics=link.metrics, info=link.info)
+
+
+CHECK = core.CheckType(
+    params=Params,
+    probe=probe,
+    reasons=REASONS,
+    metrics=CONNECT_METRICS,
+    doc=__doc__ or "",
+    parse_target=functools.partial(parse_address, default_port=DEFAULT_PORT),
+)
