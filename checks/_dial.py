@@ -24,8 +24,12 @@ from pydantic import Field, IPvAnyAddress, field_validator, model_validator
 
 from checks import core
 from checks._net import (
+    REFUSED,
     RESOLVE_FAILED,
+    SOURCE_UNAVAILABLE,
     TLS_ERROR,
+    TLS_EXPIRED,
+    UNREACHABLE,
     Family,
     ResolveError,
     bind_device,
@@ -44,6 +48,10 @@ MAX_PEER_TEXT = 128
 _UNPRINTABLE = re.compile(r"[^\x20-\x7e\u00a0-\uffff]")
 
 Transport = Literal["udp", "tcp", "tls"]
+
+# What a dial can end with: without TLS, and with it.
+CONNECT_REASONS = frozenset({REFUSED, TIMEOUT, UNREACHABLE, RESOLVE_FAILED, SOURCE_UNAVAILABLE})
+DIAL_REASONS = CONNECT_REASONS | {TLS_ERROR, TLS_EXPIRED}
 
 
 # ---- params --------------------------------------------------------------------------------
@@ -214,6 +222,50 @@ def dial(
             if not keep:
                 sock.close()
     raise failure
+
+
+def open_link(
+    address: str, params: TransportParams, default_ports: Mapping[str, int], deadline: float
+) -> Link:
+    """Dial a target over the check's ``transport``, with its port defaulting per transport."""
+    host, port = target_address(address, default_ports[params.transport])
+    tls = params.transport == "tls"
+    return dial(
+        host,
+        port,
+        stream=params.transport != "udp",
+        family=params.family,
+        source=params.source,
+        deadline=deadline,
+        tls=context_for(params.verify, params.ca_file) if tls else None,
+        server_name=params.server_name,
+    )
+
+
+def reach(
+    host: str,
+    port: int,
+    params: SourceParams,
+    deadline: float,
+    *,
+    interface: str | None = None,
+    tls: ssl.SSLContext | None = None,
+    server_name: str | None = None,
+) -> core.Outcome:
+    """Connect (and handshake), then close: the whole work of a reachability check."""
+    link = dial(
+        host,
+        port,
+        stream=True,
+        family=params.family,
+        source=params.source,
+        deadline=deadline,
+        interface=interface,
+        tls=tls,
+        server_name=server_name,
+    )
+    link.close()
+    return core.Outcome(True, metrics=link.metrics, info=link.info)
 
 
 def _pin(sock: socket.socket, interface: str | None, source: IPvAnyAddress | None) -> None:

@@ -18,13 +18,12 @@ from pydantic import Field
 from checks import core
 from checks._dial import (
     DIAL_METRICS,
+    DIAL_REASONS,
     Link,
     TransportParams,
-    context_for,
-    dial,
     host_port,
+    open_link,
     peer_text,
-    target_address,
 )
 from checks._net import oserror_reason
 from checks.core import ERROR, TIMEOUT, CheckFailed
@@ -34,6 +33,8 @@ if TYPE_CHECKING:
 
 BAD_RESPONSE = "bad_response"
 ERROR_RESPONSE = "error_response"
+# Reasons both checks may end with.
+STUN_REASONS = DIAL_REASONS | {BAD_RESPONSE, ERROR_RESPONSE}
 
 DEFAULT_PORTS: dict[str, int] = {"udp": 3478, "tcp": 3478, "tls": 5349}
 MAGIC_COOKIE = b"\x21\x12\xa4\x42"
@@ -94,26 +95,9 @@ class Session:
     metrics: dict[str, float] = field(default_factory=dict)
 
     @classmethod
-    def open(
-        cls,
-        address: str,
-        transport: str,
-        params: StunParams,
-        deadline: float,
-    ) -> Session:
+    def open(cls, address: str, params: StunParams, deadline: float) -> Session:
         """Connect per the check's params; raise CheckFailed."""
-        host, port = target_address(address, DEFAULT_PORTS[transport])
-        ctx = context_for(params.verify, params.ca_file) if transport == "tls" else None
-        link = dial(
-            host,
-            port,
-            stream=transport != "udp",
-            family=params.family,
-            source=params.source,
-            deadline=deadline,
-            tls=ctx,
-            server_name=params.server_name,
-        )
+        link = open_link(address, params, DEFAULT_PORTS, deadline)
         return cls(link, params.rto_seconds, deadline)
 
     def close(self) -> None:

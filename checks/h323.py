@@ -23,17 +23,11 @@ import functools
 import time
 
 from checks import core
-from checks._dial import CONNECT_METRICS, SourceParams, dial, target_address
-from checks._net import (
-    REFUSED,
-    RESOLVE_FAILED,
-    SOURCE_UNAVAILABLE,
-    UNREACHABLE,
-    parse_address,
-)
-from checks.core import TIMEOUT, Outcome, Target
+from checks._dial import CONNECT_METRICS, CONNECT_REASONS, SourceParams, reach, target_address
+from checks._net import parse_address
+from checks.core import Outcome, Target
 
-REASONS = frozenset({REFUSED, TIMEOUT, UNREACHABLE, RESOLVE_FAILED, SOURCE_UNAVAILABLE})
+REASONS = CONNECT_REASONS
 
 DEFAULT_PORT = 1720
 
@@ -44,16 +38,7 @@ class Params(SourceParams):
 
 def probe(target: Target, params: Params, timeout: float) -> Outcome:
     host, port = target_address(target.address, DEFAULT_PORT)
-    link = dial(
-        host,
-        port,
-        stream=True,
-        family=params.family,
-        source=params.source,
-        deadline=time.monotonic() + timeout,
-    )
-    link.close()
-    return Outcome(True, metrics=link.metrics, info=link.info)
+    return reach(host, port, params, time.monotonic() + timeout)
 
 
 CHECK = core.CheckType(

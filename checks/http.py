@@ -53,18 +53,8 @@ from httpcore._backends.sync import SyncStream
 from pydantic import Field, IPvAnyAddress, field_validator
 
 from checks import core
-from checks._dial import CERT_METRICS, cause_reason, context_for, dial, parse_url
-from checks._net import (
-    REFUSED,
-    RESOLVE_FAILED,
-    SOURCE_UNAVAILABLE,
-    TLS_ERROR,
-    TLS_EXPIRED,
-    UNREACHABLE,
-    Interface,
-    cert_not_after,
-    expiry_metrics,
-)
+from checks._dial import CERT_METRICS, DIAL_REASONS, cause_reason, context_for, dial, parse_url
+from checks._net import Interface, cert_not_after, expiry_metrics
 from checks.core import ERROR, TIMEOUT, CheckFailed, Outcome, Target
 
 STATUS_MISMATCH = "status_mismatch"
@@ -72,21 +62,7 @@ BODY_MISMATCH = "body_mismatch"
 TOO_MANY_REDIRECTS = "too_many_redirects"
 PROTOCOL_ERROR = "protocol_error"
 
-REASONS = frozenset(
-    {
-        TIMEOUT,
-        REFUSED,
-        UNREACHABLE,
-        RESOLVE_FAILED,
-        SOURCE_UNAVAILABLE,
-        TLS_ERROR,
-        TLS_EXPIRED,
-        STATUS_MISMATCH,
-        BODY_MISMATCH,
-        TOO_MANY_REDIRECTS,
-        PROTOCOL_ERROR,
-    }
-)
+REASONS = DIAL_REASONS | {STATUS_MISMATCH, BODY_MISMATCH, TOO_MANY_REDIRECTS, PROTOCOL_ERROR}
 
 USER_AGENT = "wardready-probe/1"
 # httpx always hands the pinned backend its connect timeout; this only bounds a caller that

@@ -54,44 +54,21 @@ from pydantic import Field, field_validator
 from checks import core
 from checks._dial import (
     DIAL_METRICS,
+    DIAL_REASONS,
     Link,
     TransportParams,
-    context_for,
-    dial,
     host_port,
+    open_link,
     peer_text,
-    target_address,
 )
-from checks._net import (
-    REFUSED,
-    RESOLVE_FAILED,
-    SOURCE_UNAVAILABLE,
-    TLS_ERROR,
-    TLS_EXPIRED,
-    UNREACHABLE,
-    oserror_reason,
-    parse_address,
-)
+from checks._net import oserror_reason, parse_address
 from checks.core import ERROR, TIMEOUT, Outcome, Target
 
 BAD_RESPONSE = "bad_response"
 UNEXPECTED_STATUS = "unexpected_status"
 STATUS_REASONS = {3: "status_3xx", 4: "status_4xx", 5: "status_5xx", 6: "status_6xx"}
 
-REASONS = frozenset(
-    {
-        TIMEOUT,
-        REFUSED,
-        UNREACHABLE,
-        RESOLVE_FAILED,
-        SOURCE_UNAVAILABLE,
-        TLS_ERROR,
-        TLS_EXPIRED,
-        BAD_RESPONSE,
-        UNEXPECTED_STATUS,
-        *STATUS_REASONS.values(),
-    }
-)
+REASONS = DIAL_REASONS | {BAD_RESPONSE, UNEXPECTED_STATUS, *STATUS_REASONS.values()}
 
 DEFAULT_PORTS: dict[str, int] = {"udp": 5060, "tcp": 5060, "tls": 5061}
 T2_SECONDS = 4.0
@@ -352,19 +329,7 @@ def _exchange_stream(link: Link, request: Request, deadline: float) -> _Exchange
 
 def probe(target: Target, params: Params, timeout: float) -> Outcome:
     deadline = time.monotonic() + timeout
-    host, port = target_address(target.address, DEFAULT_PORTS[params.transport])
-    ctx = context_for(params.verify, params.ca_file) if params.transport == "tls" else None
-    link = dial(
-        host,
-        port,
-        stream=params.transport != "udp",
-        family=params.family,
-        source=params.source,
-        deadline=deadline,
-        tls=ctx,
-        server_name=params.server_name,
-    )
-
+    link = open_link(target.address, params, DEFAULT_PORTS, deadline)
     metrics, info = link.metrics, dict(link.info)
     try:
         request = build_options(params, link)

@@ -37,40 +37,21 @@ import time
 
 from checks import core
 from checks._dial import carrying, peer_text
-from checks._net import (
-    REFUSED,
-    RESOLVE_FAILED,
-    SOURCE_UNAVAILABLE,
-    TLS_ERROR,
-    TLS_EXPIRED,
-    UNREACHABLE,
-    parse_address,
-)
+from checks._net import parse_address
 from checks._stun import (
     BAD_RESPONSE,
     DEFAULT_PORTS,
     ERROR_RESPONSE,
     STUN_METRICS,
+    STUN_REASONS,
     Session,
     StunParams,
     address_text,
     error_of,
 )
-from checks.core import TIMEOUT, CheckFailed, Outcome, Target
+from checks.core import CheckFailed, Outcome, Target
 
-REASONS = frozenset(
-    {
-        TIMEOUT,
-        BAD_RESPONSE,
-        ERROR_RESPONSE,
-        REFUSED,
-        UNREACHABLE,
-        RESOLVE_FAILED,
-        SOURCE_UNAVAILABLE,
-        TLS_ERROR,
-        TLS_EXPIRED,
-    }
-)
+REASONS = STUN_REASONS
 
 
 class Params(StunParams):
@@ -81,7 +62,7 @@ def probe(target: Target, params: Params, timeout: float) -> Outcome:
     from aioice import stun
 
     deadline = time.monotonic() + timeout
-    session = Session.open(target.address, params.transport, params, deadline)
+    session = Session.open(target.address, params, deadline)
     metrics = dict(session.link.metrics)
     info = dict(session.link.info)
     request = stun.Message(stun.Method.BINDING, stun.Class.REQUEST)

@@ -37,26 +37,16 @@ import time
 from checks import core
 from checks._dial import (
     DIAL_METRICS,
+    DIAL_REASONS,
     TlsParams,
     context_for,
-    dial,
+    reach,
     target_address,
 )
-from checks._net import (
-    REFUSED,
-    RESOLVE_FAILED,
-    SOURCE_UNAVAILABLE,
-    TLS_ERROR,
-    TLS_EXPIRED,
-    UNREACHABLE,
-    Interface,
-    parse_address,
-)
-from checks.core import TIMEOUT, Outcome, Target
+from checks._net import Interface, parse_address
+from checks.core import Outcome, Target
 
-REASONS = frozenset(
-    {REFUSED, TIMEOUT, UNREACHABLE, RESOLVE_FAILED, SOURCE_UNAVAILABLE, TLS_ERROR, TLS_EXPIRED}
-)
+REASONS = DIAL_REASONS
 
 
 class Params(TlsParams):
@@ -67,19 +57,15 @@ class Params(TlsParams):
 def probe(target: Target, params: Params, timeout: float) -> Outcome:
     deadline = time.monotonic() + timeout
     host, port = target_address(target.address)
-    link = dial(
+    return reach(
         host,
         port,
-        stream=True,
-        family=params.family,
-        source=params.source,
-        deadline=deadline,
+        params,
+        deadline,
         interface=params.interface,
         tls=context_for(params.verify, params.ca_file) if params.tls else None,
         server_name=params.server_name,
     )
-    link.close()
-    return Outcome(True, metrics=link.metrics, info=link.info)
 
 
 CHECK = core.CheckType(

@@ -58,26 +58,19 @@ from pydantic import Field, SecretStr, model_validator
 
 from checks import core
 from checks._dial import carrying, peer_text
-from checks._net import (
-    REFUSED,
-    RESOLVE_FAILED,
-    SOURCE_UNAVAILABLE,
-    TLS_ERROR,
-    TLS_EXPIRED,
-    UNREACHABLE,
-    parse_address,
-)
+from checks._net import parse_address
 from checks._stun import (
     BAD_RESPONSE,
     DEFAULT_PORTS,
     ERROR_RESPONSE,
     STUN_METRICS,
+    STUN_REASONS,
     Session,
     StunParams,
     address_text,
     error_of,
 )
-from checks.core import ERROR, TIMEOUT, CheckFailed, Outcome, Target
+from checks.core import ERROR, CheckFailed, Outcome, Target
 
 if TYPE_CHECKING:
     from aioice.stun import Message
@@ -85,21 +78,7 @@ if TYPE_CHECKING:
 AUTH_FAILED = "auth_failed"
 ALLOCATION_FAILED = "allocation_failed"
 
-REASONS = frozenset(
-    {
-        AUTH_FAILED,
-        ALLOCATION_FAILED,
-        ERROR_RESPONSE,
-        BAD_RESPONSE,
-        TIMEOUT,
-        REFUSED,
-        UNREACHABLE,
-        RESOLVE_FAILED,
-        SOURCE_UNAVAILABLE,
-        TLS_ERROR,
-        TLS_EXPIRED,
-    }
-)
+REASONS = STUN_REASONS | {AUTH_FAILED, ALLOCATION_FAILED}
 
 AUTH_CODES = frozenset({401, 431, 441})
 ALLOCATION_CODES = frozenset({403, 437, 440, 442, 486, 508})
@@ -205,7 +184,7 @@ def probe(target: Target, params: Params, timeout: float) -> Outcome:
     creds = _Credentials(
         unicodedata.normalize("NFC", params.username), unicodedata.normalize("NFC", password)
     )
-    session = Session.open(target.address, params.transport, params, deadline)
+    session = Session.open(target.address, params, deadline)
     metrics = dict(session.link.metrics)
     info = dict(session.link.info)
     with carrying(metrics, info):
