@@ -152,9 +152,11 @@ def parse_url(address: str) -> SplitResult:
     if not parts.hostname:
         raise ValueError(f"address {address!r}: no host")
     try:
-        parts.port  # noqa: B018 (it raises on a bad port)
-    except ValueError as exc:
-        raise ValueError(f"address {address!r}: {exc}") from None
+        port = parts.port
+    except ValueError:
+        port = 0
+    if port == 0:
+        raise ValueError(f"address {address!r}: port must be 1..65535")
     return parts
 
 
