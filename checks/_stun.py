@@ -49,8 +49,11 @@ STUN_METRICS: Mapping[str, core.Metric] = {
         "First transmission of the first request to its response, UDP retransmissions included."
     ),
     "retransmissions": core.gauge("Requests resent over UDP in this run.", 0),
-    # ERROR-CODE is a class (3 bits) times 100 plus a number (8 bits); 0 when it is missing.
-    "error_code": core.gauge("STUN error code of the error response that ended the run.", 0, 999),
+    "error_code": core.gauge(
+        "STUN error code of the error response that ended the run; 0 when it carried none.",
+        0,
+        699,
+    ),
     **DIAL_METRICS,
 }
 
@@ -193,5 +196,9 @@ class Session:
 
 
 def error_of(message: Message) -> tuple[int, str]:
+    """An error response's code and reason phrase; code 0 when it has no valid ERROR-CODE."""
     code, text = message.attributes.get("ERROR-CODE", (0, ""))
+    # RFC 8489 section 14.8: class 3 to 6. aioice decodes whatever bytes came (up to 25755).
+    if not 300 <= int(code) <= 699:
+        return 0, peer_text(f"(code {int(code)}) {text}" if code else str(text))
     return int(code), peer_text(str(text))
