@@ -124,10 +124,6 @@ class _Phases:
             self.totals[metric] = self.totals.get(metric, 0.0) + now - self.started.pop(prefix)
 
 
-class _Overrun(Exception):
-    pass
-
-
 def _read_body(response: httpx.Response, keep: int, deadline: float) -> tuple[int, bytes]:
     size, head = 0, bytearray()
     for chunk in response.iter_bytes():
@@ -135,7 +131,7 @@ def _read_body(response: httpx.Response, keep: int, deadline: float) -> tuple[in
         if len(head) < keep:
             head += chunk[: keep - len(head)]
         if time.perf_counter() > deadline:
-            raise _Overrun(f"body still arriving after {size} bytes at the deadline")
+            raise CheckFailed(TIMEOUT, f"body still arriving after {size} bytes at the deadline")
     return size, bytes(head)
 
 
@@ -260,8 +256,8 @@ def probe(target: Target, params: Params, timeout: float) -> Outcome:
             text = head.decode(response.encoding or "utf-8", errors="replace")
     except httpx.InvalidURL as exc:
         return Outcome(False, ERROR, info={"error": f"url {target.address!r}: {exc}"})
-    except _Overrun as exc:
-        return _failed(TIMEOUT, str(exc), metrics, info, phases)
+    except CheckFailed as exc:
+        return _failed(exc.reason, exc.message, metrics, info, phases)
     except httpx.TimeoutException as exc:
         return _failed(
             TIMEOUT, f"{type(exc).__name__}: no answer within {timeout:g} s", metrics, info, phases
