@@ -37,6 +37,7 @@ Privileges: none; ``interface`` needs CAP_NET_RAW on Linux before 5.7.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -47,22 +48,21 @@ import subprocess
 import time
 from typing import Any, Literal
 
-from pydantic import Field, IPvAnyAddress, field_validator
+from pydantic import Field, field_validator
 
 from checks import core
+from checks._dial import SourceParams, target_address
 from checks._net import (
     REFUSED,
     RESOLVE_FAILED,
     SOURCE_UNAVAILABLE,
     UNREACHABLE,
-    Family,
     Interface,
     ResolveError,
-    family_from_number,
     parse_address,
     resolve,
 )
-from checks.core import ERROR, TIMEOUT, Outcome, Target
+from checks.core import ERROR, TIMEOUT, CheckFailed, Outcome, Target
 
 IPERF3_MISSING = "iperf3_missing"
 SERVER_BUSY = "server_busy"
@@ -109,17 +109,13 @@ _ERROR_REASONS = (
 )
 
 
-class Params(core.Params):
+class Params(SourceParams):
     directions: list[Direction] = Field(default_factory=lambda: list(DIRECTIONS), min_length=1)
     duration_seconds: int = Field(default=5, ge=1, le=60)
     connect_timeout_seconds: float = Field(default=3.0, gt=0.0, le=60.0)
     streams: int = Field(default=1, ge=1, le=16, description="parallel TCP streams (-P)")
     busy_retries: int = Field(default=2, ge=0, le=10)
-    source: IPvAnyAddress | None = None
     interface: Interface | None = None
-    family: Family = "auto"
-
-    _family_number = field_validator("family", mode="before")(family_from_number)
 
     @field_validator("directions")
     @classmethod
@@ -127,12 +123,6 @@ class Params(core.Params):
         if len(set(value)) != len(value):
             raise ValueError("each direction may be given once")
         return value
-
-
-class _RunFailed(Exception):
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
 
 
 def _reason_of(message: str) -> str:
@@ -162,7 +152,7 @@ def _command(
 
 
 def _run(argv: list[str], limit: float) -> dict[str, Any]:
-    """One iperf3 run; its JSON report, or _RunFailed."""
+    """One iperf3 run; its JSON report, or CheckFailed."""
     try:
         done = subprocess.run(
             argv,
@@ -173,19 +163,19 @@ def _run(argv: list[str], limit: float) -> dict[str, Any]:
             env={**os.environ, "LC_ALL": "C"},  # error texts are matched in English
         )
     except subprocess.TimeoutExpired:
-        raise _RunFailed(TIMEOUT, f"iperf3 did not finish within {limit:.3g} s") from None
+        raise CheckFailed(TIMEOUT, f"iperf3 did not finish within {limit:.3g} s") from None
     try:
         report = json.loads(done.stdout)
     except ValueError:
         text = (done.stderr or done.stdout).strip() or f"exit status {done.returncode}"
-        raise _RunFailed(_reason_of(text), f"iperf3: {text[:500]}") from None
+        raise CheckFailed(_reason_of(text), f"iperf3: {text[:500]}") from None
     if not isinstance(report, dict):
-        raise _RunFailed(ERROR, "iperf3: its JSON report is not an object")
+        raise CheckFailed(ERROR, "iperf3: its JSON report is not an object")
     error = report.get("error")
     if error:
-        raise _RunFailed(_reason_of(str(error)), f"iperf3: {str(error)[:500]}")
+        raise CheckFailed(_reason_of(str(error)), f"iperf3: {str(error)[:500]}")
     if done.returncode != 0:
-        raise _RunFailed(ERROR, f"iperf3 exited with status {done.returncode}")
+        raise CheckFailed(ERROR, f"iperf3 exited with status {done.returncode}")
     return report
 
 
@@ -195,7 +185,7 @@ def _measure(report: dict[str, Any], word: str) -> dict[str, float]:
     sent = end.get("sum_sent") or {}
     bps = received.get("bits_per_second", sent.get("bits_per_second"))
     if not isinstance(bps, int | float):
-        raise _RunFailed(ERROR, "iperf3: no end.sum_received.bits_per_second in its report")
+        raise CheckFailed(ERROR, "iperf3: no end.sum_received.bits_per_second in its report")
     metrics = {f"{word}_bits_per_second": float(bps)}
     retransmits = sent.get("retransmits")
     if isinstance(retransmits, int | float):
@@ -215,10 +205,7 @@ def probe(target: Target, params: Params, timeout: float) -> Outcome:
                 "install the iperf3 package (apt-get install iperf3)"
             },
         )
-    try:
-        host, port = parse_address(target.address, DEFAULT_PORT)
-    except ValueError as exc:
-        return Outcome(False, ERROR, info={"error": str(exc)})
+    host, port = target_address(target.address, DEFAULT_PORT)
     try:
         addrs = resolve(host, port, params.family, timeout, socket.SOCK_STREAM, params.source)
     except ResolveError as exc:
@@ -236,10 +223,10 @@ def probe(target: Target, params: Params, timeout: float) -> Outcome:
                 len(params.directions) - i, clamped,
             )  # fmt: skip
             metrics.update(_measure(report, word))
-        except _RunFailed as exc:
+        except CheckFailed as exc:
             if clamped:
                 info["clamped"] = "; ".join(clamped)
-            return Outcome(False, exc.reason, metrics, {**info, "error": f"{word}: {exc}"})
+            return Outcome(False, exc.reason, metrics, {**info, "error": f"{word}: {exc.message}"})
     if clamped:
         info["clamped"] = "; ".join(clamped)
     return Outcome(True, metrics=metrics, info=info)
@@ -260,7 +247,7 @@ def _run_direction(
         share = (deadline - time.monotonic()) / runs_left
         duration = min(params.duration_seconds, math.floor(share - SETUP_SECONDS + 0.05))
         if duration < 1:
-            raise _RunFailed(
+            raise CheckFailed(
                 TIMEOUT,
                 f"{share:.3g} s left for this run: too little for a 1 s run "
                 f"(give the check a timeout of at least "
@@ -272,11 +259,32 @@ def _run_direction(
         argv = _command(program, address, port, direction, duration, params)
         try:
             return _run(argv, share)
-        except _RunFailed as exc:
+        except CheckFailed as exc:
             if exc.reason != SERVER_BUSY or attempt >= params.busy_retries:
                 raise
         attempt += 1
         pause = random.uniform(*BUSY_PAUSE_SECONDS)
         if deadline - time.monotonic() - pause < runs_left * (1 + SETUP_SECONDS):
-            raise _RunFailed(SERVER_BUSY, "the server is busy running a test")
+            raise CheckFailed(SERVER_BUSY, "the server is busy running a test")
         time.sleep(pause)
+
+
+CHECK = core.CheckType(
+    params=Params,
+    probe=probe,
+    reasons=REASONS,
+    metrics={
+        "upload_bits_per_second": core.gauge(
+            "Upload throughput, ward to server, as the server counted it received.", 0
+        ),
+        "download_bits_per_second": core.gauge(
+            "Download throughput, server to ward, as the ward counted it received.", 0
+        ),
+        "upload_retransmits": core.gauge("TCP retransmissions by the ward in the upload run.", 0),
+        "download_retransmits": core.gauge(
+            "TCP retransmissions by the server in the download run.", 0
+        ),
+    },
+    doc=__doc__ or "",
+    parse_target=functools.partial(parse_address, default_port=DEFAULT_PORT),
+)

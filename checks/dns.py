@@ -241,3 +241,21 @@ def _judge(params: Params, response: Any, elapsed: float, where: str, used: str)
             False, ANSWER_MISMATCH, metrics, {**info, "error": "expected answer missing"}
         )
     return Outcome(True, metrics=metrics, info=info)
+
+
+CHECK = core.CheckType(
+    params=Params,
+    probe=probe,
+    reasons=REASONS,
+    metrics={
+        "resolve_seconds": core.seconds(
+            "Query sent to answer received, a retry over TCP included."
+        ),
+        "answers": core.gauge("Records of the asked type in the answer section.", 0),
+        # 4 bits in the header, 12 with EDNS.
+        "rcode": core.gauge(
+            "DNS response code: 0 NOERROR, 2 SERVFAIL, 3 NXDOMAIN, 5 REFUSED.", 0, 4095
+        ),
+    },
+    doc=__doc__ or "",
+)

@@ -19,38 +19,33 @@ Privileges: none.
 
 from __future__ import annotations
 
-from pydantic import IPvAnyAddress, field_validator
+import functools
+import time
 
-from checks import core, tcp
-from checks._net import (
-    REFUSED,
-    RESOLVE_FAILED,
-    SOURCE_UNAVAILABLE,
-    UNREACHABLE,
-    Family,
-    family_from_number,
-    parse_address,
-)
-from checks.core import ERROR, TIMEOUT, Outcome, Target
-from checks.sip import host_port
+from checks import core
+from checks._dial import CONNECT_METRICS, CONNECT_REASONS, SourceParams, reach, target_address
+from checks._net import parse_address
+from checks.core import Outcome, Target
 
-REASONS = frozenset({REFUSED, TIMEOUT, UNREACHABLE, RESOLVE_FAILED, SOURCE_UNAVAILABLE})
+REASONS = CONNECT_REASONS
 
 DEFAULT_PORT = 1720
 
 
-class Params(core.Params):
-    source: IPvAnyAddress | None = None
-    family: Family = "auto"
-
-    _family_number = field_validator("family", mode="before")(family_from_number)
+class Params(SourceParams):
+    pass
 
 
 def probe(target: Target, params: Params, timeout: float) -> Outcome:
-    try:
-        host, port = parse_address(target.address, DEFAULT_PORT)
-    except ValueError as exc:
-        return Outcome(False, ERROR, info={"error": str(exc)})
-    address = host_port(host, port)
-    connect = tcp.Params(source=params.source, family=params.family)
-    return tcp.probe(Target(target.name, address, target.labels), connect, timeout)
+    host, port = target_address(target.address, DEFAULT_PORT)
+    return reach(host, port, params, time.monotonic() + timeout)
+
+
+CHECK = core.CheckType(
+    params=Params,
+    probe=probe,
+    reasons=REASONS,
+    metrics=CONNECT_METRICS,
+    doc=__doc__ or "",
+    parse_target=functools.partial(parse_address, default_port=DEFAULT_PORT),
+)

@@ -29,15 +29,15 @@ default 200-299), ``body_mismatch`` (``body_regex`` absent or ``body_regex_absen
 
 ``interface`` pins every connection of the request to one network interface
 (``SO_BINDTODEVICE``, Linux), so a ward's fibre and backup lines are probed separately: one
-check per line, told apart by a ``line`` label. The name is then resolved by the system
-resolver without a time limit of its own (the runner's deadline still applies).
+check per line, told apart by a ``line`` label. The connection is then opened by the checks'
+own dial, as in the tcp check (the name resolved within the timeout).
 
 Privileges: none; ``interface`` needs CAP_NET_RAW on Linux before 5.7.
 """
 
 from __future__ import annotations
 
-import errno
+import ipaddress
 import re
 import socket
 import ssl
@@ -53,45 +53,21 @@ from httpcore._backends.sync import SyncStream
 from pydantic import Field, IPvAnyAddress, field_validator
 
 from checks import core
-from checks._net import (
-    REFUSED,
-    RESOLVE_FAILED,
-    SOURCE_UNAVAILABLE,
-    TLS_ERROR,
-    TLS_EXPIRED,
-    UNREACHABLE,
-    Interface,
-    bind_device,
-    cert_not_after,
-    expiry_metrics,
-    oserror_reason,
-    ssl_reason,
-    tls_context,
-)
-from checks.core import ERROR, TIMEOUT, Outcome, Target
+from checks._dial import CERT_METRICS, DIAL_REASONS, cause_reason, context_for, dial, parse_url
+from checks._net import Interface, cert_not_after, expiry_metrics
+from checks.core import ERROR, TIMEOUT, CheckFailed, Outcome, Target
 
 STATUS_MISMATCH = "status_mismatch"
 BODY_MISMATCH = "body_mismatch"
 TOO_MANY_REDIRECTS = "too_many_redirects"
 PROTOCOL_ERROR = "protocol_error"
 
-REASONS = frozenset(
-    {
-        TIMEOUT,
-        REFUSED,
-        UNREACHABLE,
-        RESOLVE_FAILED,
-        SOURCE_UNAVAILABLE,
-        TLS_ERROR,
-        TLS_EXPIRED,
-        STATUS_MISMATCH,
-        BODY_MISMATCH,
-        TOO_MANY_REDIRECTS,
-        PROTOCOL_ERROR,
-    }
-)
+REASONS = DIAL_REASONS | {STATUS_MISMATCH, BODY_MISMATCH, TOO_MANY_REDIRECTS, PROTOCOL_ERROR}
 
 USER_AGENT = "wardready-probe/1"
+# httpx always hands the pinned backend its connect timeout; this only bounds a caller that
+# gives none.
+_CONNECT_SECONDS = 30.0
 
 Status = Annotated[int, Field(ge=100, le=599)]
 
@@ -148,28 +124,6 @@ class _Phases:
             self.totals[metric] = self.totals.get(metric, 0.0) + now - self.started.pop(prefix)
 
 
-class _Overrun(Exception):
-    pass
-
-
-def _cause_reason(exc: BaseException) -> tuple[str, str]:
-    """Walk the exception chain to the socket or TLS error under an httpx error."""
-    seen: BaseException | None = exc
-    for _ in range(10):
-        if seen is None:
-            break
-        if isinstance(seen, ssl.SSLError):
-            return ssl_reason(seen), f"tls: {seen}"
-        if isinstance(seen, socket.gaierror):
-            return RESOLVE_FAILED, str(seen.strerror or seen)
-        if isinstance(seen, OSError):
-            reason = oserror_reason(seen)
-            if reason != ERROR:
-                return reason, str(seen.strerror or seen)
-        seen = seen.__cause__ or seen.__context__
-    return ERROR, str(exc) or type(exc).__name__
-
-
 def _read_body(response: httpx.Response, keep: int, deadline: float) -> tuple[int, bytes]:
     size, head = 0, bytearray()
     for chunk in response.iter_bytes():
@@ -177,7 +131,7 @@ def _read_body(response: httpx.Response, keep: int, deadline: float) -> tuple[in
         if len(head) < keep:
             head += chunk[: keep - len(head)]
         if time.perf_counter() > deadline:
-            raise _Overrun(f"body still arriving after {size} bytes at the deadline")
+            raise CheckFailed(TIMEOUT, f"body still arriving after {size} bytes at the deadline")
     return size, bytes(head)
 
 
@@ -202,7 +156,7 @@ def _without_query(url: httpx.URL) -> str:
 
 
 class _PinnedBackend(httpcore.SyncBackend):
-    """Opens each TCP connection on one network interface."""
+    """Opens each TCP connection with the checks' own dial, on one network interface."""
 
     def __init__(self, interface: str) -> None:
         self.interface = interface
@@ -215,33 +169,27 @@ class _PinnedBackend(httpcore.SyncBackend):
         local_address: str | None = None,
         socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
     ) -> httpcore.NetworkStream:
+        source = ipaddress.ip_address(local_address) if local_address is not None else None
         try:
-            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        except OSError as exc:
-            raise httpcore.ConnectError(str(exc)) from exc
-        for i, (family, kind, proto, _, sockaddr) in enumerate(infos):
-            sock = socket.socket(family, kind, proto)
-            try:
-                bind_device(sock, self.interface)
-                if local_address is not None:
-                    sock.bind((local_address, 0))
-                sock.settimeout(timeout)
-                sock.connect(sockaddr)
-                for option in socket_options or ():
-                    sock.setsockopt(*option)
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except OSError as exc:
-                sock.close()
-                # The interface itself failing (missing, not allowed) fails every address.
-                if i == len(infos) - 1 or exc.errno in {errno.ENODEV, errno.EPERM, errno.EACCES}:
-                    # Raised inside the handler: httpcore drops __cause__ on the way up, and
-                    # the check finds the socket error through __context__.
-                    if isinstance(exc, TimeoutError):
-                        raise httpcore.ConnectTimeout(str(exc)) from exc
-                    raise httpcore.ConnectError(str(exc)) from exc
-            else:
-                return SyncStream(sock)
-        raise httpcore.ConnectError(f"{host}: no address")
+            link = dial(
+                host,
+                port,
+                stream=True,
+                family="auto",
+                source=source,
+                deadline=time.monotonic() + (timeout if timeout is not None else _CONNECT_SECONDS),
+                interface=self.interface,
+            )
+        except CheckFailed as exc:
+            # Raised inside the handler: httpcore drops __cause__ on the way up, and
+            # cause_reason finds the dial failure through __context__.
+            if exc.reason == TIMEOUT:
+                raise httpcore.ConnectTimeout(exc.message) from exc
+            raise httpcore.ConnectError(exc.message) from exc
+        for option in socket_options or ():
+            link.sock.setsockopt(*option)
+        link.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return SyncStream(link.sock)
 
 
 class _PinnedTransport(httpx.HTTPTransport):
@@ -288,10 +236,7 @@ def probe(target: Target, params: Params, timeout: float) -> Outcome:
     phases = _Phases()
     metrics: dict[str, float] = {}
     info: dict[str, str] = {}
-    try:
-        ctx = tls_context(params.verify, params.ca_file)
-    except (OSError, ssl.SSLError) as exc:
-        return Outcome(False, ERROR, info={"error": f"ca_file {params.ca_file}: {exc}"})
+    ctx = context_for(params.verify, params.ca_file)
     try:
         with (
             _client(params, ctx, timeout) as client,
@@ -311,8 +256,8 @@ def probe(target: Target, params: Params, timeout: float) -> Outcome:
             text = head.decode(response.encoding or "utf-8", errors="replace")
     except httpx.InvalidURL as exc:
         return Outcome(False, ERROR, info={"error": f"url {target.address!r}: {exc}"})
-    except _Overrun as exc:
-        return _failed(TIMEOUT, str(exc), metrics, info, phases)
+    except CheckFailed as exc:
+        return _failed(exc.reason, exc.message, metrics, info, phases)
     except httpx.TimeoutException as exc:
         return _failed(
             TIMEOUT, f"{type(exc).__name__}: no answer within {timeout:g} s", metrics, info, phases
@@ -320,12 +265,12 @@ def probe(target: Target, params: Params, timeout: float) -> Outcome:
     except httpx.TooManyRedirects as exc:
         return _failed(TOO_MANY_REDIRECTS, str(exc), metrics, info, phases)
     except httpx.ConnectError as exc:
-        reason, message = _cause_reason(exc)
+        reason, message = cause_reason(exc)
         return _failed(reason, message, metrics, info, phases)
     except (httpx.ProtocolError, httpx.DecodingError, httpx.ReadError, httpx.WriteError) as exc:
         return _failed(PROTOCOL_ERROR, f"{type(exc).__name__}: {exc}", metrics, info, phases)
     except httpx.HTTPError as exc:
-        reason, message = _cause_reason(exc)
+        reason, message = cause_reason(exc)
         return _failed(reason, f"{type(exc).__name__}: {message}", metrics, info, phases)
 
     metrics["duration_seconds"] = time.perf_counter() - t0
@@ -348,3 +293,33 @@ def _failed(
     reason: str, message: str, metrics: dict[str, float], info: dict[str, str], phases: _Phases
 ) -> Outcome:
     return Outcome(False, reason, {**metrics, **phases.totals}, {**info, "error": message[:1000]})
+
+
+CHECK = core.CheckType(
+    params=Params,
+    probe=probe,
+    reasons=REASONS,
+    metrics={
+        "duration_seconds": core.seconds(
+            "Request start to the last body byte, redirects included."
+        ),
+        # HTTP's grammar allows any three digits; servers do send codes past 599.
+        "status_code": core.gauge("HTTP status code of the final response.", 100, 999),
+        "content_length_bytes": core.gauge("Body bytes received, after content decoding.", 0),
+        "redirects": core.gauge("Redirects followed to reach the final response.", 0),
+        "connect_seconds": core.seconds(
+            "Name lookup and TCP connect, summed over the request's connections."
+        ),
+        "tls_seconds": core.seconds("TLS handshakes, summed over the request's connections."),
+        "processing_seconds": core.seconds(
+            "Request sent to response headers received, summed over redirects."
+        ),
+        "transfer_seconds": core.seconds("Reading response bodies, summed over redirects."),
+        "tls_verified": core.gauge(
+            "1 when the final server's chain and name were verified, 0 with verify: false.", 0, 1
+        ),
+        **CERT_METRICS,
+    },
+    doc=__doc__ or "",
+    parse_target=parse_url,
+)

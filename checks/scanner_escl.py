@@ -35,23 +35,22 @@ Privileges: none.
 
 from __future__ import annotations
 
-import ssl
 import time
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlunsplit
 
 from pydantic import Field
 
 from checks import core
+from checks._dial import cause_reason, context_for, parse_url
 from checks._net import (
     REFUSED,
     RESOLVE_FAILED,
     TLS_ERROR,
     TLS_EXPIRED,
     UNREACHABLE,
-    tls_context,
 )
-from checks.core import ERROR, TIMEOUT, Outcome, Target
+from checks.core import ERROR, TIMEOUT, CheckFailed, Outcome, Target
 
 DOWN = "down"
 STOPPED = "stopped"
@@ -104,19 +103,9 @@ class Params(core.Params):
     ca_file: str | None = Field(default=None, min_length=1)
 
 
-class EsclFailure(Exception):
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
-
-
 def escl_root(address: str) -> str:
     """The eSCL root URL from the target address; ValueError says what is wrong."""
-    parts = urlsplit(address.strip())
-    if parts.scheme not in ("http", "https"):
-        raise ValueError(f"address {address!r}: the scheme must be http or https")
-    if not parts.hostname:
-        raise ValueError(f"address {address!r}: no host")
+    parts = parse_url(address)
     path = parts.path.rstrip("/") or "/eSCL"
     return urlunsplit((parts.scheme, parts.netloc, path, "", ""))
 
@@ -145,11 +134,11 @@ def parse(document: bytes, expect: str) -> Any:
     try:
         root = safe_xml.fromstring(document, forbid_dtd=True)
     except DefusedXmlException as exc:
-        raise EsclFailure(BAD_RESPONSE, f"{expect}: refused: {type(exc).__name__}") from exc
+        raise CheckFailed(BAD_RESPONSE, f"{expect}: refused: {type(exc).__name__}") from exc
     except safe_xml.ParseError as exc:
-        raise EsclFailure(BAD_RESPONSE, f"{expect}: not XML: {exc}") from exc
+        raise CheckFailed(BAD_RESPONSE, f"{expect}: not XML: {exc}") from exc
     if _local(root.tag) != expect:
-        raise EsclFailure(BAD_RESPONSE, f"{expect}: the document is a {_local(root.tag)}")
+        raise CheckFailed(BAD_RESPONSE, f"{expect}: the document is a {_local(root.tag)}")
     return root
 
 
@@ -158,15 +147,15 @@ def _get(client: Any, url: str, deadline: float) -> bytes:
 
     remaining = deadline - time.monotonic()
     if remaining <= 0:
-        raise EsclFailure(TIMEOUT, f"no time left for {url}")
+        raise CheckFailed(TIMEOUT, f"no time left for {url}")
     with client.stream("GET", url, timeout=remaining) as response:
         if response.status_code != 200:
-            raise EsclFailure(BAD_RESPONSE, f"HTTP {response.status_code} from {url}")
+            raise CheckFailed(BAD_RESPONSE, f"HTTP {response.status_code} from {url}")
         body = bytearray()
         for chunk in response.iter_bytes():
             body += chunk
             if len(body) > MAX_BODY_BYTES:
-                raise EsclFailure(BAD_RESPONSE, f"{url}: more than {MAX_BODY_BYTES} bytes")
+                raise CheckFailed(BAD_RESPONSE, f"{url}: more than {MAX_BODY_BYTES} bytes")
             if time.monotonic() > deadline:
                 raise httpx.ReadTimeout("body still arriving at the deadline")
         return bytes(body)
@@ -174,9 +163,7 @@ def _get(client: Any, url: str, deadline: float) -> bytes:
 
 def _cause(exc: BaseException) -> tuple[str, str]:
     """The reason under an httpx error: the socket or TLS error it wraps."""
-    from checks.http import _cause_reason
-
-    reason, message = _cause_reason(exc)
+    reason, message = cause_reason(exc)
     # Anything that is not a socket or TLS failure is the scanner breaking HTTP.
     return (
         (BAD_RESPONSE, f"{type(exc).__name__}: {message}") if reason == ERROR else (reason, message)
@@ -218,10 +205,7 @@ def probe(target: Target, params: Params, timeout: float) -> Outcome:
         root = escl_root(target.address)
     except ValueError as exc:
         return Outcome(False, ERROR, info={"error": str(exc)})
-    try:
-        ctx = tls_context(params.verify, params.ca_file)
-    except (OSError, ssl.SSLError) as exc:
-        return Outcome(False, ERROR, info={"error": f"ca_file {params.ca_file}: {exc}"})
+    ctx = context_for(params.verify, params.ca_file)
     t0 = time.perf_counter()
     try:
         with httpx.Client(
@@ -233,8 +217,6 @@ def probe(target: Target, params: Params, timeout: float) -> Outcome:
             caps = parse(_get(client, f"{root}/ScannerCapabilities", deadline),
                          "ScannerCapabilities")  # fmt: skip
             status = parse(_get(client, f"{root}/ScannerStatus", deadline), "ScannerStatus")
-    except EsclFailure as exc:
-        return Outcome(False, exc.reason, info={"error": str(exc)[:1000]})
     except httpx.TimeoutException as exc:
         return Outcome(
             False, TIMEOUT, info={"error": f"{type(exc).__name__}: no answer within {timeout:g} s"}
@@ -245,3 +227,22 @@ def probe(target: Target, params: Params, timeout: float) -> Outcome:
     outcome = judge(caps, status)
     outcome.metrics["request_seconds"] = time.perf_counter() - t0
     return outcome
+
+
+CHECK = core.CheckType(
+    params=Params,
+    probe=probe,
+    reasons=REASONS,
+    metrics={
+        "scanner_state": core.gauge(
+            "pwg:State as a number: 3 Idle, 4 Processing, 5 Stopped, 6 Testing, 7 Down.", 3, 7
+        ),
+        "adf_present": core.gauge(
+            "1 when the capabilities list an automatic document feeder, else 0.", 0, 1
+        ),
+        "adf_loaded": core.gauge("1 when the feeder reports paper loaded, else 0.", 0, 1),
+        "request_seconds": core.seconds("Both eSCL requests, connections included."),
+    },
+    doc=__doc__ or "",
+    parse_target=escl_root,
+)

@@ -42,7 +42,7 @@ from pathlib import Path
 from pydantic import Field, field_validator
 
 from checks import core
-from checks.core import Outcome, Target
+from checks.core import CheckFailed, Outcome, Target
 
 MISSING = "missing"
 SCANIMAGE_ERROR = "scanimage_error"
@@ -146,7 +146,7 @@ def _scanimage(params: Params, seconds: float) -> tuple[list[str] | None, str]:
     if params.sane_config_dir is not None:
         env["SANE_CONFIG_DIR"] = params.sane_config_dir
     if seconds <= 0:
-        raise _ScanimageFailed("no time left to run scanimage -L")
+        raise CheckFailed(SCANIMAGE_ERROR, "no time left to run scanimage -L")
     try:
         done = subprocess.run(
             [program, "-L"],
@@ -157,19 +157,19 @@ def _scanimage(params: Params, seconds: float) -> tuple[list[str] | None, str]:
             check=False,
         )
     except subprocess.TimeoutExpired:
-        raise _ScanimageFailed(f"scanimage -L did not finish within {seconds:.3g} s") from None
+        raise CheckFailed(
+            SCANIMAGE_ERROR, f"scanimage -L did not finish within {seconds:.3g} s"
+        ) from None
     except OSError as exc:
-        raise _ScanimageFailed(f"cannot run {program}: {exc.strerror or exc}") from exc
+        raise CheckFailed(SCANIMAGE_ERROR, f"cannot run {program}: {exc.strerror or exc}") from exc
     out = done.stdout[:MAX_OUTPUT_BYTES].decode("utf-8", "replace")
     if done.returncode != 0:
         err = done.stderr[:MAX_OUTPUT_BYTES].decode("utf-8", "replace").strip()
         last = err.splitlines()[-1] if err else "no message"
-        raise _ScanimageFailed(f"scanimage -L exited with status {done.returncode}: {last}")
+        raise CheckFailed(
+            SCANIMAGE_ERROR, f"scanimage -L exited with status {done.returncode}: {last}"
+        )
     return sane_listing(out), ""
-
-
-class _ScanimageFailed(Exception):
-    pass
 
 
 def _suffix(usb_id: str) -> str:
@@ -193,9 +193,9 @@ def probe(target: Target, params: Params, timeout: float) -> Outcome:
         info["missing"] = ", ".join(missing)
     try:
         listing, note = _scanimage(params, deadline - time.monotonic())
-    except _ScanimageFailed as exc:
+    except CheckFailed as exc:
         listing, note = None, ""
-        info["error"] = str(exc)[:MAX_INFO]
+        info["error"] = exc.message[:MAX_INFO]
     if listing is not None:
         metrics["sane_devices"] = float(len(listing))
         info["sane"] = "; ".join(listing)[:MAX_INFO] or "no devices"
@@ -208,3 +208,19 @@ def probe(target: Target, params: Params, timeout: float) -> Outcome:
     if "error" in info:
         return Outcome(False, SCANIMAGE_ERROR, metrics, info)
     return Outcome(True, metrics=metrics, info=info)
+
+
+CHECK = core.CheckType(
+    params=Params,
+    probe=probe,
+    reasons=REASONS,
+    metrics={
+        "devices_expected": core.gauge("USB scanners the check was told to expect.", 0),
+        "devices_present": core.gauge("Expected USB scanners found on the bus.", 0),
+        "device_present": core.per_item(
+            core.gauge("1 when this expected USB scanner is on the bus, else 0.", 0, 1)
+        ),
+        "sane_devices": core.gauge("Devices SANE's scanimage -L listed.", 0),
+    },
+    doc=__doc__ or "",
+)

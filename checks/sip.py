@@ -38,69 +38,42 @@ not in ``expect_status``), ``unexpected_status`` (a 2xx not in ``expect_status``
 this is only reported when nothing valid arrived before the deadline).
 
 Privileges: none.
-
-``dial`` (resolve, bind, connect, TLS handshake with reasons) is shared with the stun and turn
-checks.
 """
 
 from __future__ import annotations
 
+import functools
 import re
 import secrets
 import socket
-import ssl
 import time
-from dataclasses import dataclass, field
-from typing import Literal
+from dataclasses import dataclass
 
-from pydantic import Field, IPvAnyAddress, field_validator, model_validator
+from pydantic import Field, field_validator
 
 from checks import core
-from checks._net import (
-    REFUSED,
-    RESOLVE_FAILED,
-    SOURCE_UNAVAILABLE,
-    TLS_ERROR,
-    TLS_EXPIRED,
-    UNREACHABLE,
-    Family,
-    ResolveError,
-    cert_not_after,
-    expiry_metrics,
-    family_from_number,
-    oserror_reason,
-    parse_address,
-    resolve,
-    ssl_reason,
-    tls_context,
+from checks._dial import (
+    DIAL_METRICS,
+    DIAL_REASONS,
+    Link,
+    TransportParams,
+    host_port,
+    open_link,
+    peer_text,
 )
+from checks._net import oserror_reason, parse_address
 from checks.core import ERROR, TIMEOUT, Outcome, Target
 
 BAD_RESPONSE = "bad_response"
 UNEXPECTED_STATUS = "unexpected_status"
 STATUS_REASONS = {3: "status_3xx", 4: "status_4xx", 5: "status_5xx", 6: "status_6xx"}
 
-REASONS = frozenset(
-    {
-        TIMEOUT,
-        REFUSED,
-        UNREACHABLE,
-        RESOLVE_FAILED,
-        SOURCE_UNAVAILABLE,
-        TLS_ERROR,
-        TLS_EXPIRED,
-        BAD_RESPONSE,
-        UNEXPECTED_STATUS,
-        *STATUS_REASONS.values(),
-    }
-)
+REASONS = DIAL_REASONS | {BAD_RESPONSE, UNEXPECTED_STATUS, *STATUS_REASONS.values()}
 
-Transport = Literal["udp", "tcp", "tls"]
 DEFAULT_PORTS: dict[str, int] = {"udp": 5060, "tcp": 5060, "tls": 5061}
 T2_SECONDS = 4.0
 # Far above any OPTIONS answer; a peer that streams more without a blank line is not SIP.
 MAX_MESSAGE_BYTES = 65536
-MAX_PEER_TEXT = 128
 
 # RFC 3261 section 7.3.3.
 _COMPACT = {
@@ -116,7 +89,6 @@ _STATUS_LINE = re.compile(rb"SIP/2\.0 ([1-6][0-9][0-9])(?: (.*))?")
 _BRANCH = re.compile(r";\s*branch\s*=\s*([^;,\s]+)", re.IGNORECASE)
 # Printable ASCII but space, quote and angle brackets: nothing that could end the header.
 _URI = re.compile(r"sips?:[\x21\x23-\x3b\x3d\x3f-\x7e]+", re.IGNORECASE)
-_UNPRINTABLE = re.compile(r"[^\x20-\x7e\u00a0-\uffff]")
 
 
 def _uri(value: str | None) -> str | None:
@@ -128,20 +100,13 @@ def _uri(value: str | None) -> str | None:
     return value
 
 
-class Params(core.Params):
-    transport: Transport = "udp"
+class Params(TransportParams):
     request_uri: str | None = Field(default=None, max_length=256)
     from_uri: str | None = Field(default=None, max_length=256)
     to_uri: str | None = Field(default=None, max_length=256)
     expect_status: list[int] = Field(default_factory=lambda: [200], min_length=1, max_length=20)
     t1_seconds: float = Field(default=0.5, ge=0.05, le=5.0)
-    source: IPvAnyAddress | None = None
-    family: Family = "auto"
-    verify: bool = True
-    ca_file: str | None = Field(default=None, min_length=1)
-    server_name: str | None = Field(default=None, min_length=1, max_length=253)
 
-    _family_number = field_validator("family", mode="before")(family_from_number)
     _uris = field_validator("request_uri", "from_uri", "to_uri")(_uri)
 
     @field_validator("expect_status")
@@ -151,144 +116,6 @@ class Params(core.Params):
             if not 200 <= code <= 699:
                 raise ValueError(f"{code} is not a final SIP status (200-699)")
         return value
-
-    @model_validator(mode="after")
-    def _tls_options(self) -> Params:
-        if self.transport != "tls" and (
-            self.ca_file is not None or self.server_name is not None or not self.verify
-        ):
-            raise ValueError("verify, ca_file and server_name apply to transport: tls only")
-        return self
-
-
-# ---- dialling, shared with stun and turn ---------------------------------------------------
-
-
-class DialError(Exception):
-    def __init__(self, reason: str, message: str, address: str | None = None) -> None:
-        super().__init__(message)
-        self.reason = reason
-        self.message = message
-        self.address = address
-
-
-@dataclass
-class Link:
-    """A connected socket (a datagram socket is connected too, to hear ICMP errors)."""
-
-    sock: socket.socket
-    host: str
-    port: int
-    address: str
-    stream: bool
-    metrics: dict[str, float] = field(default_factory=dict)
-    info: dict[str, str] = field(default_factory=dict)
-
-    def close(self) -> None:
-        self.sock.close()
-
-
-def dial(
-    host: str,
-    port: int,
-    *,
-    stream: bool,
-    family: Family,
-    source: IPvAnyAddress | None,
-    deadline: float,
-    tls: ssl.SSLContext | None = None,
-    server_name: str | None = None,
-) -> Link:
-    """Resolve ``host`` and connect to it; raise DialError with a failure reason."""
-    kind = socket.SOCK_STREAM if stream else socket.SOCK_DGRAM
-    try:
-        addrs = resolve(host, port, family, max(deadline - time.monotonic(), 0.001), kind)
-    except ResolveError as exc:
-        raise DialError(RESOLVE_FAILED, str(exc)) from None
-    if source is not None:
-        want = socket.AF_INET if source.version == 4 else socket.AF_INET6
-        addrs = [a for a in addrs if a[0] == want]
-        if not addrs:
-            raise DialError(RESOLVE_FAILED, f"{host}: no IPv{source.version} address")
-    if not stream:
-        # A datagram "connect" tells nothing about the peer: the first address is the one used.
-        addrs = addrs[:1]
-
-    failure = DialError(TIMEOUT, f"no address of {host} tried in time")
-    for fam, sockaddr in addrs:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            break
-        sock = socket.socket(fam, kind)
-        keep = False
-        try:
-            sock.settimeout(remaining)
-            if source is not None:
-                try:
-                    sock.bind((str(source), 0))
-                except OSError as exc:
-                    raise DialError(
-                        oserror_reason(exc), f"bind {source}: {exc.strerror or exc}"
-                    ) from None
-            t0 = time.perf_counter()
-            try:
-                sock.connect(sockaddr)
-            except OSError as exc:
-                failure = DialError(
-                    oserror_reason(exc),
-                    f"connect {sockaddr[0]} port {port}: {exc.strerror or 'timed out'}",
-                    sockaddr[0],
-                )
-                continue
-            link = Link(sock, host, port, sockaddr[0], stream)
-            if stream:
-                link.metrics["connect_seconds"] = time.perf_counter() - t0
-            if tls is not None:
-                link.sock = _handshake(link, tls, server_name or host, deadline)
-            keep = True
-            return link
-        finally:
-            if not keep:
-                sock.close()
-    raise failure
-
-
-def _handshake(link: Link, ctx: ssl.SSLContext, server_name: str, deadline: float) -> ssl.SSLSocket:
-    link.sock.settimeout(max(deadline - time.monotonic(), 0.001))
-    t0 = time.perf_counter()
-    tls = ctx.wrap_socket(link.sock, server_hostname=server_name, do_handshake_on_connect=False)
-    try:
-        tls.do_handshake()
-    except ssl.SSLError as exc:
-        tls.close()
-        raise DialError(ssl_reason(exc), f"tls: {exc}", link.address) from None
-    except OSError as exc:
-        tls.close()
-        reason = TIMEOUT if oserror_reason(exc) == TIMEOUT else TLS_ERROR
-        raise DialError(
-            reason, f"tls: {exc.strerror or exc or 'timed out'}", link.address
-        ) from None
-    link.metrics["tls_handshake_seconds"] = time.perf_counter() - t0
-    link.metrics.update(expiry_metrics(cert_not_after(tls)))
-    link.info["tls_version"] = tls.version() or ""
-    return tls
-
-
-def context_for(verify: bool, ca_file: str | None) -> ssl.SSLContext:
-    """``tls_context``, with an unreadable ``ca_file`` turned into a DialError."""
-    try:
-        return tls_context(verify, ca_file)
-    except (OSError, ssl.SSLError) as exc:
-        raise DialError(ERROR, f"ca_file {ca_file}: {exc}") from None
-
-
-def host_port(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def peer_text(value: str) -> str:
-    """Text a peer sent, safe to store and show: printable, bounded."""
-    return _UNPRINTABLE.sub("?", value.strip())[:MAX_PEER_TEXT]
 
 
 # ---- SIP messages --------------------------------------------------------------------------
@@ -502,29 +329,8 @@ def _exchange_stream(link: Link, request: Request, deadline: float) -> _Exchange
 
 def probe(target: Target, params: Params, timeout: float) -> Outcome:
     deadline = time.monotonic() + timeout
-    try:
-        host, port = parse_address(target.address, DEFAULT_PORTS[params.transport])
-    except ValueError as exc:
-        return Outcome(False, ERROR, info={"error": str(exc)})
-    try:
-        ctx = context_for(params.verify, params.ca_file) if params.transport == "tls" else None
-        link = dial(
-            host,
-            port,
-            stream=params.transport != "udp",
-            family=params.family,
-            source=params.source,
-            deadline=deadline,
-            tls=ctx,
-            server_name=params.server_name,
-        )
-    except DialError as exc:
-        info = {"error": exc.message}
-        if exc.address:
-            info["address"] = exc.address
-        return Outcome(False, exc.reason, info=info)
-
-    metrics, info = link.metrics, {**link.info, "address": link.address}
+    link = open_link(target.address, params, DEFAULT_PORTS, deadline)
+    metrics, info = link.metrics, dict(link.info)
     try:
         request = build_options(params, link)
         try:
@@ -573,3 +379,21 @@ def _judge(
     reason = STATUS_REASONS.get(final.code // 100, UNEXPECTED_STATUS)
     info["error"] = f"answered {final.code} {info['status_text']}".rstrip()
     return Outcome(False, reason, metrics, info)
+
+
+CHECK = core.CheckType(
+    params=Params,
+    probe=probe,
+    reasons=REASONS,
+    metrics={
+        "rtt_seconds": core.seconds(
+            "First transmission of the OPTIONS request to its final response, UDP "
+            "retransmissions included."
+        ),
+        "status_code": core.gauge("The final SIP response's status code.", 200, 699),
+        "retransmissions": core.gauge("OPTIONS requests resent over UDP in this run.", 0),
+        **DIAL_METRICS,
+    },
+    doc=__doc__ or "",
+    parse_target=functools.partial(parse_address, default_port=DEFAULT_PORTS["udp"]),
+)

@@ -46,12 +46,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import logging
 import os
 import re
 import select
-import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -60,18 +60,16 @@ from typing import Any
 from pydantic import ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from checks import core
+from checks._dial import carrying, dial, target_address
 from checks._net import (
     REFUSED,
     RESOLVE_FAILED,
     UNREACHABLE,
     Family,
-    ResolveError,
     family_from_number,
-    oserror_reason,
     parse_address,
-    resolve,
 )
-from checks.core import ERROR, TIMEOUT, Outcome, Target
+from checks.core import ERROR, TIMEOUT, CheckFailed, Outcome, Target
 
 AUTH_FAILED = "auth_failed"
 HOST_KEY_MISMATCH = "host_key_mismatch"
@@ -167,14 +165,6 @@ class Params(core.Params):
         return self
 
 
-class SshFailure(Exception):
-    def __init__(self, reason: str, message: str, **info: str) -> None:
-        super().__init__(message)
-        self.reason = reason
-        self.info = info
-        self.metrics: dict[str, float] = {}
-
-
 def fingerprint(key_blob: bytes) -> str:
     """The OpenSSH SHA256 fingerprint of a public key blob."""
     digest = base64.b64encode(hashlib.sha256(key_blob).digest()).decode().rstrip("=")
@@ -199,20 +189,20 @@ def _load_key(params: Params) -> Any:
     try:
         return paramiko.PKey.from_path(params.key_file, secret)  # type: ignore[arg-type]
     except OSError as exc:
-        raise SshFailure(ERROR, f"key_file {params.key_file}: {exc.strerror or exc}") from None
+        raise CheckFailed(ERROR, f"key_file {params.key_file}: {exc.strerror or exc}") from None
     except (paramiko.PasswordRequiredException, TypeError):
         # paramiko raises PasswordRequiredException for PEM keys; for OpenSSH-format keys
         # cryptography's TypeError ("password was not provided") comes through.
         if secret is not None:
             raise
-        raise SshFailure(
+        raise CheckFailed(
             ERROR, f"key_file {params.key_file}: the key is encrypted: give its passphrase"
         ) from None
     except (paramiko.SSHException, ValueError):
         # The libraries' messages here mislead ("no BEGIN/END delimiters" for a wrong
         # passphrase), and must never carry the passphrase: say what can be wrong.
         why = "wrong passphrase, or " if secret is not None else ""
-        raise SshFailure(
+        raise CheckFailed(
             ERROR, f"key_file {params.key_file}: cannot load the key ({why}not a private key)"
         ) from None
 
@@ -227,11 +217,11 @@ def _known(params: Params) -> Any:
         keys.load(params.known_hosts)
     except FileNotFoundError:
         if not params.trust_on_first_use:
-            raise SshFailure(ERROR, f"known_hosts {params.known_hosts}: no such file") from None
+            raise CheckFailed(ERROR, f"known_hosts {params.known_hosts}: no such file") from None
     except OSError as exc:
-        raise SshFailure(ERROR, f"known_hosts {params.known_hosts}: {exc.strerror}") from None
+        raise CheckFailed(ERROR, f"known_hosts {params.known_hosts}: {exc.strerror}") from None
     except paramiko.SSHException as exc:
-        raise SshFailure(ERROR, f"known_hosts {params.known_hosts}: {exc}") from None
+        raise CheckFailed(ERROR, f"known_hosts {params.known_hosts}: {exc}") from None
     return keys
 
 
@@ -243,49 +233,47 @@ def _record(path: str, name: str, key: Any) -> None:
             f.write(line)
 
 
-def _verify_host_key(params: Params, name: str, key: Any, known: Any) -> dict[str, str]:
-    """Raise SshFailure unless the server's key is the one expected; info about it."""
+def _verify_host_key(params: Params, name: str, key: Any, known: Any, info: dict[str, str]) -> None:
+    """Raise CheckFailed unless the server's key is the one expected; facts about it in info."""
     offered = f"{key.get_name()} {key.get_base64()}"
-    info = {"host_key": fingerprint(key.asbytes()), "host_key_type": key.get_name()}
+    info["host_key"] = fingerprint(key.asbytes())
+    info["host_key_type"] = key.get_name()
     if params.host_key is not None:
         pinned = params.host_key
         matches = pinned == info["host_key"] if pinned.startswith("SHA256:") else pinned == offered
         if not matches:
-            raise SshFailure(
+            raise CheckFailed(
                 HOST_KEY_MISMATCH,
                 f"{name}: the server's {key.get_name()} key {info['host_key']} is not the "
                 "pinned host_key",
-                **info,
             )
     entry = known.lookup(name)
     if entry:
         stored = entry.get(key.get_name())
         if stored is None:
             types = ", ".join(sorted(entry.keys()))
-            raise SshFailure(
+            raise CheckFailed(
                 HOST_KEY_MISMATCH,
                 f"{name}: known_hosts has {types} for this host, the server offered "
                 f"{key.get_name()}",
-                **info,
             )
         if stored.asbytes() != key.asbytes():
-            raise SshFailure(
+            raise CheckFailed(
                 HOST_KEY_MISMATCH,
                 f"{name}: the {key.get_name()} host key changed: now {info['host_key']}, "
                 f"known_hosts has {fingerprint(stored.asbytes())}",
-                **info,
             )
-        return info
+        return
     if params.host_key is not None:
-        return info
+        return
     if params.trust_on_first_use and params.known_hosts is not None:
         _record(params.known_hosts, name, key)
-        return {**info, "host_key_recorded": "yes"}
-    raise SshFailure(
+        info["host_key_recorded"] = "yes"
+        return
+    raise CheckFailed(
         HOST_KEY_UNKNOWN,
         f"{name} is not in known_hosts (its {key.get_name()} key is {info['host_key']}); add "
         "it, pin it with host_key, or set trust_on_first_use",
-        **info,
     )
 
 
@@ -304,7 +292,7 @@ def _preferred_types(transport: Any, params: Params, name: str, known: Any) -> N
 def _remaining(deadline: float, phase: str) -> float:
     left = deadline - time.monotonic()
     if left <= 0:
-        raise SshFailure(TIMEOUT, f"no time left for {phase}")
+        raise CheckFailed(TIMEOUT, f"no time left for {phase}")
     return left
 
 
@@ -330,55 +318,23 @@ def _run(channel: Any, command: str, deadline: float) -> tuple[int, bytes, bytes
         select.select([channel], [], [], min(left, POLL_SECONDS))
 
 
-def _session(
-    params: Params, host: str, port: int, addrs: list[tuple[int, Any]], deadline: float
-) -> Session:
-    metrics: dict[str, float] = {}
-    try:
-        return _steps(params, host, port, addrs, deadline, metrics)
-    except SshFailure as exc:
-        # What was measured before the failure still tells something (exit_status above all).
-        exc.metrics = {**metrics, **exc.metrics}
-        raise
+def _session(params: Params, host: str, port: int, deadline: float) -> Session:
+    s = Session({}, {})
+    # What was measured before a failure still tells something (exit_status above all).
+    with carrying(s.metrics, s.info):
+        return _steps(params, host, port, deadline, s)
 
 
-def _steps(
-    params: Params,
-    host: str,
-    port: int,
-    addrs: list[tuple[int, Any]],
-    deadline: float,
-    metrics: dict[str, float],
-) -> Session:
+def _steps(params: Params, host: str, port: int, deadline: float, s: Session) -> Session:
     import paramiko
 
     pkey = _load_key(params)
     known = _known(params)
     name = known_hosts_name(host, port)
-
-    sock: socket.socket | None = None
-    failure = SshFailure(TIMEOUT, f"no address of {host} tried in time")
-    t0 = time.perf_counter()
-    for fam, sockaddr in addrs:
-        candidate = socket.socket(fam, socket.SOCK_STREAM)
-        try:
-            candidate.settimeout(_remaining(deadline, "TCP connect"))
-            candidate.connect(sockaddr)
-        except OSError as exc:
-            candidate.close()
-            detail = exc.strerror or "timed out"
-            failure = SshFailure(
-                oserror_reason(exc), f"connect {sockaddr[0]} port {port}: {detail}"
-            )
-            continue
-        except SshFailure:
-            candidate.close()
-            raise
-        sock = candidate
-        break
-    if sock is None:
-        raise failure
-    metrics["connect_seconds"] = time.perf_counter() - t0
+    link = dial(host, port, stream=True, family=params.family, source=None, deadline=deadline)
+    sock = link.sock
+    metrics, info = s.metrics, s.info
+    metrics.update(link.metrics)
 
     transport = paramiko.Transport(sock)
     transport.set_log_channel(TRANSPORT_LOG)
@@ -393,93 +349,98 @@ def _steps(
             transport.start_client(timeout=left)
         except (paramiko.SSHException, EOFError, OSError) as exc:
             if time.monotonic() >= deadline or isinstance(exc, TimeoutError):
-                raise SshFailure(TIMEOUT, f"no SSH handshake within the timeout: {exc}") from None
-            raise SshFailure(ERROR, f"SSH handshake failed: {exc or type(exc).__name__}") from None
+                raise CheckFailed(TIMEOUT, f"no SSH handshake within the timeout: {exc}") from None
+            raise CheckFailed(ERROR, f"SSH handshake failed: {exc or type(exc).__name__}") from None
         if transport.host_key is None:
             # start_client returns quietly when its timeout passes before the key exchange ends.
-            raise SshFailure(TIMEOUT, "no SSH banner and key exchange within the timeout")
-        info = {"server_version": str(transport.remote_version)[:MAX_EXCERPT]}
-        info.update(_verify_host_key(params, name, transport.get_remote_server_key(), known))
+            raise CheckFailed(TIMEOUT, "no SSH banner and key exchange within the timeout")
+        info["server_version"] = str(transport.remote_version)[:MAX_EXCERPT]
+        _verify_host_key(params, name, transport.get_remote_server_key(), known, info)
         try:
             _remaining(deadline, "authentication")
             transport.auth_publickey(params.username, pkey)
         except paramiko.AuthenticationException as exc:
             if time.monotonic() >= deadline:  # paramiko's auth_timeout raises this too
-                raise SshFailure(TIMEOUT, "no answer to authentication in time", **info) from None
-            raise SshFailure(
-                AUTH_FAILED, f"{params.username}: key refused: {exc}", **info
-            ) from None
+                raise CheckFailed(TIMEOUT, "no answer to authentication in time") from None
+            raise CheckFailed(AUTH_FAILED, f"{params.username}: key refused: {exc}") from None
         except (paramiko.SSHException, EOFError, OSError) as exc:
             reason = TIMEOUT if time.monotonic() >= deadline else ERROR
-            raise SshFailure(reason, f"authentication: {exc}", **info) from None
+            raise CheckFailed(reason, f"authentication: {exc}") from None
         metrics["login_seconds"] = time.perf_counter() - t1
         if params.command is None:
-            return Session(metrics, info)
+            return s
 
         t2 = time.perf_counter()
         try:
             channel = transport.open_session(timeout=_remaining(deadline, "a session"))
         except paramiko.ChannelException as exc:
-            raise SshFailure(
-                COMMAND_FAILED, f"the server refused a session: {exc}", **info
-            ) from None
+            raise CheckFailed(COMMAND_FAILED, f"the server refused a session: {exc}") from None
         except (paramiko.SSHException, EOFError, OSError) as exc:
             reason = TIMEOUT if time.monotonic() >= deadline else ERROR
-            raise SshFailure(reason, f"session: {exc}", **info) from None
+            raise CheckFailed(reason, f"session: {exc}") from None
         try:
             status, out, err = _run(channel, params.command, deadline)
-        except SshFailure as exc:
-            exc.info = {**info, **exc.info}
-            raise
         except TimeoutError:
-            raise SshFailure(TIMEOUT, "the command did not finish in time", **info) from None
+            raise CheckFailed(TIMEOUT, "the command did not finish in time") from None
         finally:
             channel.close()
         metrics["command_seconds"] = time.perf_counter() - t2
         metrics["exit_status"] = float(status)
     finally:
         transport.close()
-    return _judge_output(params, status, out, err, Session(metrics, info))
+    return _judge_output(params, status, out, err, s)
 
 
 def _judge_output(params: Params, status: int, out: bytes, err: bytes, s: Session) -> Session:
     if status != 0:
         lines = err.decode("utf-8", "replace").strip().splitlines()
-        raise SshFailure(
-            COMMAND_FAILED,
-            f"the command exited with status {status}",
-            **s.info,
-            **({"stderr": lines[-1][:MAX_EXCERPT]} if lines else {}),
-        )
+        if lines:
+            s.info["stderr"] = lines[-1][:MAX_EXCERPT]
+        raise CheckFailed(COMMAND_FAILED, f"the command exited with status {status}")
     text = out.decode("utf-8", "replace")
-    excerpt = {"output": text[:MAX_EXCERPT]}
     for i, pattern in enumerate(params.expect):
         if not re.search(pattern, text, re.MULTILINE):
             message = f"expect[{i}] {pattern!r} not found in the output"
-            raise SshFailure(
-                EXPECTATION_FAILED, message, **s.info, expectation=f"expect[{i}]", **excerpt
+            raise CheckFailed(
+                EXPECTATION_FAILED, message, expectation=f"expect[{i}]", output=text[:MAX_EXCERPT]
             )
     for i, pattern in enumerate(params.expect_absent):
         if re.search(pattern, text, re.MULTILINE):
             message = f"expect_absent[{i}] {pattern!r} found in the output"
-            raise SshFailure(
-                EXPECTATION_FAILED, message, **s.info, expectation=f"expect_absent[{i}]", **excerpt
+            raise CheckFailed(
+                EXPECTATION_FAILED,
+                message,
+                expectation=f"expect_absent[{i}]",
+                output=text[:MAX_EXCERPT],
             )
     return s
 
 
 def probe(target: Target, params: Params, timeout: float) -> Outcome:
     deadline = time.monotonic() + timeout
+    host, port = target_address(target.address, params.port)
     try:
-        host, port = parse_address(target.address, params.port)
-    except ValueError as exc:
-        return Outcome(False, ERROR, info={"error": str(exc)})
-    try:
-        addrs = resolve(host, port, params.family, timeout, socket.SOCK_STREAM)
-    except ResolveError as exc:
-        return Outcome(False, RESOLVE_FAILED, info={"error": str(exc)})
-    try:
-        session = _session(params, host, port, addrs, deadline)
-    except SshFailure as exc:
-        return Outcome(False, exc.reason, exc.metrics, {**exc.info, "error": str(exc)[:1000]})
+        session = _session(params, host, port, deadline)
+    except CheckFailed as exc:
+        return Outcome(False, exc.reason, exc.metrics, {**exc.info, "error": exc.message[:1000]})
     return Outcome(True, metrics=session.metrics, info=session.info)
+
+
+CHECK = core.CheckType(
+    params=Params,
+    probe=probe,
+    reasons=REASONS,
+    metrics={
+        "connect_seconds": core.seconds("Time of the TCP connect to the device."),
+        "login_seconds": core.seconds(
+            "SSH banner, key exchange, host key check and key authentication."
+        ),
+        "command_seconds": core.seconds("Session request to the command's exit status."),
+        # SSH carries the status as 32 bits; gear is not bound to POSIX's 0..255.
+        "exit_status": core.gauge(
+            "Exit status of the command; -1 when the device sent none.", -1, 2**32 - 1
+        ),
+    },
+    doc=__doc__ or "",
+    parse_target=functools.partial(parse_address, default_port=22),
+)

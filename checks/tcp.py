@@ -32,135 +32,47 @@ user pin a socket that is not pinned yet).
 
 from __future__ import annotations
 
-import socket
-import ssl
 import time
 
-from pydantic import Field, IPvAnyAddress, field_validator
-
 from checks import core
-from checks._net import (
-    REFUSED,
-    RESOLVE_FAILED,
-    SOURCE_UNAVAILABLE,
-    TLS_ERROR,
-    TLS_EXPIRED,
-    UNREACHABLE,
-    Family,
-    Interface,
-    ResolveError,
-    bind_device,
-    cert_not_after,
-    expiry_metrics,
-    family_from_number,
-    oserror_reason,
-    parse_address,
-    resolve,
-    ssl_reason,
-    tls_context,
+from checks._dial import (
+    DIAL_METRICS,
+    DIAL_REASONS,
+    TlsParams,
+    context_for,
+    reach,
+    target_address,
 )
-from checks.core import ERROR, TIMEOUT, Outcome, Target
+from checks._net import Interface, parse_address
+from checks.core import Outcome, Target
 
-REASONS = frozenset(
-    {REFUSED, TIMEOUT, UNREACHABLE, RESOLVE_FAILED, SOURCE_UNAVAILABLE, TLS_ERROR, TLS_EXPIRED}
-)
+REASONS = DIAL_REASONS
 
 
-class Params(core.Params):
+class Params(TlsParams):
     tls: bool = False
-    server_name: str | None = Field(default=None, min_length=1, max_length=253)
-    verify: bool = True
-    ca_file: str | None = Field(default=None, min_length=1)
-    source: IPvAnyAddress | None = None
     interface: Interface | None = None
-    family: Family = "auto"
-
-    _family_number = field_validator("family", mode="before")(family_from_number)
-
-
-def _fail(reason: str, message: str, **info: str) -> Outcome:
-    return Outcome(False, reason, info={**info, "error": message})
 
 
 def probe(target: Target, params: Params, timeout: float) -> Outcome:
     deadline = time.monotonic() + timeout
-    try:
-        host, port = parse_address(target.address)
-    except ValueError as exc:
-        return _fail(ERROR, str(exc))
-    try:
-        addrs = resolve(host, port, params.family, timeout, socket.SOCK_STREAM, params.source)
-    except ResolveError as exc:
-        return _fail(RESOLVE_FAILED, str(exc))
-
-    failure = _fail(TIMEOUT, f"no address of {host} tried within {timeout:g} s")
-    for fam, sockaddr in addrs:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            break
-        sock = socket.socket(fam, socket.SOCK_STREAM)
-        try:
-            sock.settimeout(remaining)
-            if params.interface is not None:
-                try:
-                    bind_device(sock, params.interface)
-                except OSError as exc:
-                    return _fail(oserror_reason(exc), str(exc.strerror))
-            if params.source is not None:
-                try:
-                    sock.bind((str(params.source), 0))
-                except OSError as exc:
-                    return _fail(oserror_reason(exc), f"bind {params.source}: {exc.strerror}")
-            t0 = time.perf_counter()
-            try:
-                sock.connect(sockaddr)
-            except OSError as exc:
-                failure = _fail(
-                    oserror_reason(exc),
-                    f"connect {sockaddr[0]} port {port}: {exc.strerror or 'timed out'}",
-                    address=sockaddr[0],
-                )
-                continue
-            metrics = {"connect_seconds": time.perf_counter() - t0}
-            info = {"address": sockaddr[0]}
-            if not params.tls:
-                return Outcome(True, metrics=metrics, info=info)
-            return _handshake(sock, params, params.server_name or host, deadline, metrics, info)
-        finally:
-            sock.close()
-    return failure
+    host, port = target_address(target.address)
+    return reach(
+        host,
+        port,
+        params,
+        deadline,
+        interface=params.interface,
+        tls=context_for(params.verify, params.ca_file) if params.tls else None,
+        server_name=params.server_name,
+    )
 
 
-def _handshake(
-    sock: socket.socket,
-    params: Params,
-    server_name: str,
-    deadline: float,
-    metrics: dict[str, float],
-    info: dict[str, str],
-) -> Outcome:
-    try:
-        ctx = tls_context(params.verify, params.ca_file)
-    except (OSError, ssl.SSLError) as exc:
-        return Outcome(False, ERROR, metrics, {**info, "error": f"ca_file {params.ca_file}: {exc}"})
-    sock.settimeout(max(deadline - time.monotonic(), 0.001))
-    t0 = time.perf_counter()
-    try:
-        with ctx.wrap_socket(
-            sock, server_hostname=server_name, do_handshake_on_connect=False
-        ) as tls:
-            tls.do_handshake()
-            metrics["tls_handshake_seconds"] = time.perf_counter() - t0
-            metrics.update(expiry_metrics(cert_not_after(tls)))
-            info["tls_version"] = tls.version() or ""
-    except ssl.SSLError as exc:
-        return Outcome(False, ssl_reason(exc), metrics, {**info, "error": f"tls: {exc}"})
-    except OSError as exc:
-        reason = oserror_reason(exc)
-        return Outcome(
-            False,
-            TIMEOUT if reason == TIMEOUT else TLS_ERROR,
-            metrics,
-            {**info, "error": f"tls: {exc.strerror or exc or 'timed out'}"},
-        )
-    return Outcome(True, metrics=metrics, info=info)
+CHECK = core.CheckType(
+    params=Params,
+    probe=probe,
+    reasons=REASONS,
+    metrics=DIAL_METRICS,
+    doc=__doc__ or "",
+    parse_target=parse_address,
+)

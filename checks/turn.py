@@ -48,37 +48,29 @@ Privileges: none. Needs the ``aioice`` package (imported only when the check run
 
 from __future__ import annotations
 
+import functools
 import time
 import unicodedata
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from pydantic import Field, IPvAnyAddress, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, model_validator
 
 from checks import core
-from checks._net import (
-    REFUSED,
-    RESOLVE_FAILED,
-    SOURCE_UNAVAILABLE,
-    TLS_ERROR,
-    TLS_EXPIRED,
-    UNREACHABLE,
-    Family,
-    family_from_number,
-)
-from checks.core import ERROR, TIMEOUT, Outcome, Target
-from checks.sip import DialError, peer_text
-from checks.stun import (
+from checks._dial import carrying, peer_text
+from checks._net import parse_address
+from checks._stun import (
     BAD_RESPONSE,
+    DEFAULT_PORTS,
     ERROR_RESPONSE,
+    STUN_METRICS,
+    STUN_REASONS,
     Session,
-    StunError,
-    Transport,
+    StunParams,
     address_text,
-    check_tls_options,
     error_of,
-    fail,
 )
+from checks.core import ERROR, CheckFailed, Outcome, Target
 
 if TYPE_CHECKING:
     from aioice.stun import Message
@@ -86,21 +78,7 @@ if TYPE_CHECKING:
 AUTH_FAILED = "auth_failed"
 ALLOCATION_FAILED = "allocation_failed"
 
-REASONS = frozenset(
-    {
-        AUTH_FAILED,
-        ALLOCATION_FAILED,
-        ERROR_RESPONSE,
-        BAD_RESPONSE,
-        TIMEOUT,
-        REFUSED,
-        UNREACHABLE,
-        RESOLVE_FAILED,
-        SOURCE_UNAVAILABLE,
-        TLS_ERROR,
-        TLS_EXPIRED,
-    }
-)
+REASONS = STUN_REASONS | {AUTH_FAILED, ALLOCATION_FAILED}
 
 AUTH_CODES = frozenset({401, 431, 441})
 ALLOCATION_CODES = frozenset({403, 437, 440, 442, 486, 508})
@@ -111,30 +89,16 @@ MAX_STALE_RETRIES = 2
 UDP_RELAY = 17 << 24
 
 
-class Params(core.Params):
+class Params(StunParams):
     username: str = Field(min_length=1, max_length=256)
     password: SecretStr | None = None
     password_file: str | None = Field(default=None, min_length=1)
-    transport: Transport = "udp"
-    rto_seconds: float = Field(default=0.5, ge=0.05, le=5.0)
-    source: IPvAnyAddress | None = None
-    family: Family = "auto"
-    verify: bool = True
-    ca_file: str | None = Field(default=None, min_length=1)
-    server_name: str | None = Field(default=None, min_length=1, max_length=253)
-
-    _family_number = field_validator("family", mode="before")(family_from_number)
 
     @model_validator(mode="after")
-    def _checks(self) -> Params:
+    def _one_password(self) -> Params:
         if (self.password is None) == (self.password_file is None):
             raise ValueError("give exactly one of password, password_file")
-        check_tls_options(self.transport, self.verify, self.ca_file, self.server_name)
         return self
-
-
-class _PasswordError(Exception):
-    pass
 
 
 def _password(params: Params) -> str:
@@ -146,10 +110,12 @@ def _password(params: Params) -> str:
             first = f.readline()
     except (OSError, UnicodeDecodeError) as exc:
         what = getattr(exc, "strerror", None) or type(exc).__name__
-        raise _PasswordError(f"password_file {params.password_file}: cannot read: {what}") from None
+        raise CheckFailed(
+            ERROR, f"password_file {params.password_file}: cannot read: {what}"
+        ) from None
     secret = first.rstrip("\r\n")
     if not secret:
-        raise _PasswordError(f"password_file {params.password_file}: first line is empty")
+        raise CheckFailed(ERROR, f"password_file {params.password_file}: first line is empty")
     return secret
 
 
@@ -203,56 +169,39 @@ def _authenticated(
     return reply
 
 
-def _error_outcome(
-    message: Message, authenticated: bool, metrics: dict[str, float], info: dict[str, str]
-) -> Outcome:
-    code, text = error_of(message)
-    metrics["error_code"] = float(code)
-    info["error_text"] = text
+def _error_reason(message: Message, authenticated: bool) -> str:
+    code, _text = error_of(message)
     if code in ALLOCATION_CODES:
-        reason = ALLOCATION_FAILED
-    elif code in AUTH_CODES and (authenticated or code != UNAUTHORIZED):
-        reason = AUTH_FAILED
-    else:
-        reason = ERROR_RESPONSE
-    return fail(reason, f"error response {code} {text}".rstrip(), metrics, info)
+        return ALLOCATION_FAILED
+    if code in AUTH_CODES and (authenticated or code != UNAUTHORIZED):
+        return AUTH_FAILED
+    return ERROR_RESPONSE
 
 
 def probe(target: Target, params: Params, timeout: float) -> Outcome:
     deadline = time.monotonic() + timeout
-    try:
-        password = _password(params)
-    except _PasswordError as exc:
-        return Outcome(False, ERROR, info={"error": str(exc)})
+    password = _password(params)
     creds = _Credentials(
         unicodedata.normalize("NFC", params.username), unicodedata.normalize("NFC", password)
     )
-    try:
-        session = Session.open(target.address, params.transport, params, deadline)
-    except ValueError as exc:
-        return Outcome(False, ERROR, info={"error": str(exc)})
-    except DialError as exc:
-        info = {"error": exc.message}
-        if exc.address:
-            info["address"] = exc.address
-        return Outcome(False, exc.reason, info=info)
-
+    session = Session.open(target.address, params, deadline)
     metrics = dict(session.link.metrics)
-    info = {**session.link.info, "address": session.link.address}
-    try:
-        outcome = _allocate(session, creds, metrics, info)
-        if outcome.success:
+    info = dict(session.link.info)
+    with carrying(metrics, info):
+        try:
+            _allocate(session, creds, metrics, info)
             info["released"] = _release(session, creds)
-    finally:
-        session.close()
-        if not session.link.stream:
-            metrics["retransmissions"] = float(session.retransmissions)
-    return outcome
+        finally:
+            session.close()
+            if not session.link.stream:
+                metrics["retransmissions"] = float(session.retransmissions)
+    return Outcome(True, metrics=metrics, info=info)
 
 
 def _allocate(
     session: Session, creds: _Credentials, metrics: dict[str, float], info: dict[str, str]
-) -> Outcome:
+) -> None:
+    """Get a relay, its facts into ``metrics`` and ``info``; raise CheckFailed otherwise."""
     from aioice import stun
 
     t0 = time.perf_counter()
@@ -263,28 +212,29 @@ def _allocate(
         authenticated = False
         if reply.message_class == stun.Class.ERROR and error_of(reply)[0] == UNAUTHORIZED:
             if not creds.challenge(reply):
-                return fail(BAD_RESPONSE, "401 without REALM and NONCE", metrics, info)
+                raise CheckFailed(BAD_RESPONSE, "401 without REALM and NONCE")
             info["realm"] = peer_text(creds.realm)
             reply = _authenticated(session, creds, "ALLOCATE", {"REQUESTED-TRANSPORT": UDP_RELAY})
             authenticated = True
-    except StunError as exc:
-        return fail(exc.reason, exc.message, metrics, info)
     finally:
         metrics["allocate_seconds"] = time.perf_counter() - t0
 
     if reply.message_class == stun.Class.ERROR:
-        return _error_outcome(reply, authenticated, metrics, info)
+        code, text = error_of(reply)
+        metrics["error_code"] = float(code)
+        info["error_text"] = text
+        message = f"error response {code} {text}".rstrip()
+        raise CheckFailed(_error_reason(reply, authenticated), message)
     if authenticated and not reply.check_message_integrity(creds.key):
-        return fail(BAD_RESPONSE, "allocation response not signed with our key", metrics, info)
+        raise CheckFailed(BAD_RESPONSE, "allocation response not signed with our key")
     relayed = reply.attributes.get("XOR-RELAYED-ADDRESS")
     if relayed is None:
-        return fail(BAD_RESPONSE, "allocation response without XOR-RELAYED-ADDRESS", metrics, info)
+        raise CheckFailed(BAD_RESPONSE, "allocation response without XOR-RELAYED-ADDRESS")
     info["relayed_address"] = address_text(relayed)
     if "XOR-MAPPED-ADDRESS" in reply.attributes:
         info["mapped_address"] = address_text(reply.attributes["XOR-MAPPED-ADDRESS"])
     if "LIFETIME" in reply.attributes:
         metrics["lifetime_seconds"] = float(reply.attributes["LIFETIME"])
-    return Outcome(True, metrics=metrics, info=info)
 
 
 def _release(session: Session, creds: _Credentials) -> str:
@@ -297,9 +247,25 @@ def _release(session: Session, creds: _Credentials) -> str:
             reply = _authenticated(session, creds, "REFRESH", {"LIFETIME": 0})
         else:
             reply = session.transact(_request("REFRESH", {"LIFETIME": 0})).message
-    except StunError as exc:
+    except CheckFailed as exc:
         return f"no: {exc.message}"
     if reply.message_class == stun.Class.ERROR:
         code, text = error_of(reply)
         return f"no: error response {code} {text}".rstrip()
     return "yes"
+
+
+CHECK = core.CheckType(
+    params=Params,
+    probe=probe,
+    reasons=REASONS,
+    metrics={
+        **STUN_METRICS,
+        "allocate_seconds": core.seconds(
+            "Start of the first Allocate to the allocation, or to the error that ended it."
+        ),
+        "lifetime_seconds": core.gauge("Allocation lifetime the server granted.", 0),
+    },
+    doc=__doc__ or "",
+    parse_target=functools.partial(parse_address, default_port=DEFAULT_PORTS["udp"]),
+)

@@ -118,6 +118,15 @@ def test_error_response(run: RunCheck) -> None:
     assert r.info["error_text"] == "Bad Request"
 
 
+def test_error_code_outside_rfc_classes_is_reported_as_none(run: RunCheck) -> None:
+    # Class byte 25: no STUN error class; the check must still say error_response.
+    with scripted_udp(binding_answer(code=2599)) as peer:
+        r = run("stun", f"127.0.0.1:{peer.port}")
+    assert (r.success, r.reason) == (False, "error_response"), r.info
+    assert r.metrics["error_code"] == 0
+    assert r.info["error_text"] == "(code 2599) Bad Request"
+
+
 def test_other_transaction_is_ignored(run: RunCheck) -> None:
     with scripted_udp(binding_answer(other_transaction=True)) as peer:
         r = run("stun", f"127.0.0.1:{peer.port}", timeout=0.5, rto_seconds=0.1)
