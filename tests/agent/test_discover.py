@@ -5,7 +5,6 @@ loopback, and the inventory report to a real collector on loopback."""
 from __future__ import annotations
 
 import ipaddress
-import itertools
 import os
 import stat
 import threading
@@ -221,8 +220,9 @@ def test_pace_spaces_probes() -> None:
         return stamps
 
     stamps = asyncio.run(run())
-    gaps = [b - a for a, b in itertools.pairwise(stamps)]
-    assert min(gaps) >= 0.045
+    # The guarantee is a budget, not a spacing: by the k-th event at least k gaps have passed,
+    # however late the event loop woke any one of them.
+    assert all(t - stamps[0] >= k * 0.05 - 0.002 for k, t in enumerate(stamps))
 
 
 # ---- the command line -------------------------------------------------------------------
