@@ -24,7 +24,7 @@ from fastapi.security import HTTPBearer
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
-from collector import exposition, history, summary
+from collector import board, exposition, history, summary
 from collector import inventory as inventory_store
 from collector.ingest import IngestError
 from collector.service import Service
@@ -281,5 +281,6 @@ def create_app(service: Service) -> FastAPI:
     def metrics() -> Response:
         return Response(exposition.render(registry), media_type=exposition.CONTENT_TYPE)
 
+    board.install(app, service)
     app.openapi = _with_batch_schema(app)  # type: ignore[method-assign]
     return app
