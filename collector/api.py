@@ -33,6 +33,7 @@ from shared.wire import MAX_BATCH_BYTES, Ack, Batch, Inventory
 
 log = logging.getLogger(__name__)
 
+
 class Health(BaseModel):
     status: Literal["ok"]
 

@@ -63,7 +63,7 @@ def fold(text: str) -> str:
 
 
 def shown_name(w: WardSummary, lang: str) -> str:
-    """"Phường Bến Thành": the unit's kind before its name, unless the list already has it."""
+    """ "Phường Bến Thành": the unit's kind before its name, unless the list already has it."""
     full = i18n.display_name(w.name, w.kind, lang)
     kind_word = full[: len(full) - len(w.name)].strip()
     if kind_word and fold(w.name).startswith(fold(kind_word) + " "):
@@ -116,8 +116,8 @@ class Page:
         return f"{path}?{query}" if query else path
 
     def render(self, template: str, **context: Any) -> HTMLResponse:
-        html = _env().get_template(template).render(
-            page=self, _=self.gettext, icons=ICONS, **context
+        html = (
+            _env().get_template(template).render(page=self, _=self.gettext, icons=ICONS, **context)
         )
         return HTMLResponse(html, headers={"Content-Language": self.lang})
 

@@ -48,8 +48,16 @@ def load(engine: Engine, ward: str, since: float) -> list[Series]:
     (agent, check name, target), oldest first."""
     r = db.results
     query = (
-        sa.select(r.c.agent, r.c.name, r.c.target, r.c.check, r.c.labels, r.c.started,
-                  r.c.success, r.c.metrics)  # fmt: skip
+        sa.select(
+            r.c.agent,
+            r.c.name,
+            r.c.target,
+            r.c.check,
+            r.c.labels,
+            r.c.started,
+            r.c.success,
+            r.c.metrics,
+        )
         .where(r.c.ward_id == ward, r.c.started >= since, r.c.check.in_(CHART_CHECKS))
         .order_by(r.c.started)
         .limit(MAX_ROWS)
@@ -147,8 +155,8 @@ def smoke(
             body.append(f'<rect x="{x - half:.1f}" y="{TOP}" width="{2 * half:.1f}" height="6" '
                         f'fill="{loss_colour(1.0)}"/>')  # fmt: skip
             continue
-        lo, avg, hi = (m.get(k, m["rtt_avg_seconds"]) * 1000
-                       for k in ("rtt_min_seconds", "rtt_avg_seconds", "rtt_max_seconds"))  # fmt: skip
+        rtt = ("rtt_min_seconds", "rtt_avg_seconds", "rtt_max_seconds")
+        lo, avg, hi = (m.get(k, m["rtt_avg_seconds"]) * 1000 for k in rtt)
         body.append(
             f'<rect x="{x - half:.1f}" y="{f.y(hi):.1f}" width="{2 * half:.1f}" '
             f'height="{max(f.y(lo) - f.y(hi), 1):.1f}" class="band"/>'

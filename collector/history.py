@@ -48,7 +48,8 @@ def _clip(text: str) -> str:
 
 
 def criterion_evidence(c: CriterionResult) -> str:
-    """The evidence that decided the state: the first failing (or unknown) series, else the first."""
+    """The evidence that decided the state: the first failing (or unknown) series, else the
+    first one."""
     wanted = (FAILED, STALE) if c.status == FAILED else (UNKNOWN,) if c.status == UNKNOWN else ()
     picked = next((e for e in c.evidence if e.status in wanted), None)
     if picked is None and c.evidence:
@@ -71,9 +72,7 @@ def last_states(conn: sa.Connection) -> dict[Key, str]:
     """The newest stored state of every (ward, criterion)."""
     h = db.history
     newest = (
-        sa.select(sa.func.max(h.c.id).label("id"))
-        .group_by(h.c.ward_id, h.c.criterion)
-        .subquery()
+        sa.select(sa.func.max(h.c.id).label("id")).group_by(h.c.ward_id, h.c.criterion).subquery()
     )
     rows = conn.execute(
         sa.select(h.c.ward_id, h.c.criterion, h.c.to_state).join(newest, h.c.id == newest.c.id)

@@ -13,7 +13,7 @@ door must not hide an empty cyan toner.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Literal, TypeVar
 
@@ -85,9 +85,7 @@ class WardDetail(WardSummary):
     inventory: Annotated[
         list[InventoryOut], Field(description="each agent's newest device inventory")
     ]
-    last_seen: Annotated[
-        float | None, Field(description="the latest contact of any of its agents")
-    ]
+    last_seen: Annotated[float | None, Field(description="the latest contact of any of its agents")]
     evaluated_at: float
 
 
@@ -112,9 +110,7 @@ def in_order(wards: Iterable[W], lang: str = i18n.DEFAULT) -> list[W]:
 
 def summaries(service: Service, lang: str = i18n.DEFAULT) -> list[WardSummary]:
     verdicts = service.verdicts()
-    return in_order(
-        (summarize(w, verdicts.get(w.id)) for w in service.wards().values()), lang
-    )
+    return in_order((summarize(w, verdicts.get(w.id)) for w in service.wards().values()), lang)
 
 
 def group_key(group: str) -> tuple[int, int, str]:
@@ -126,8 +122,8 @@ def _split(text: str | None, sep: str) -> list[str]:
     return [part.strip() for part in (text or "").split(sep) if part.strip()]
 
 
-def _is_device(check: str, labels: dict[str, str] | Iterable[tuple[str, str]]) -> bool:
-    return check in DEVICE_CHECKS or dict(labels).get("role") == DEVICE_ROLE
+def _is_device(check: str, labels: Mapping[str, str]) -> bool:
+    return check in DEVICE_CHECKS or labels.get("role") == DEVICE_ROLE
 
 
 def counter_devices(service: Service, ward: str) -> list[CounterDevice]:

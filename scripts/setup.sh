@@ -16,6 +16,7 @@ apt_packages=(
   avahi-daemon                      # discovery: mDNS on a test LAN
   openssh-server                    # ssh
   prometheus prometheus-alertmanager                # rules, routes and dashboards
+  chromium                          # the board's browser tests (driven by playwright)
 )
 
 missing=()

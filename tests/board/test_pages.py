@@ -26,7 +26,9 @@ from tests.collector.conftest import (
 
 def feed(client: TestClient, service: Service, ward: str, results: list[dict[str, Any]]) -> None:
     token = tokens.create(service.engine, ward)
-    r = client.post("/api/v1/ingest", content=body(batch(ward, results=results)), headers=auth(token))
+    r = client.post(
+        "/api/v1/ingest", content=body(batch(ward, results=results)), headers=auth(token)
+    )
     assert r.status_code == 200, r.text
 
 
