@@ -36,6 +36,7 @@ HERE = Path(__file__).resolve().parent
 TZ = ZoneInfo("Asia/Ho_Chi_Minh")
 REFRESH_SECONDS = 30
 CHART_HOURS = 6.0
+MIN_CHART_SECONDS = 600.0
 TIMELINE_HOURS = 24.0
 TILE_REASONS = 2
 MAX_LOGIN_BYTES = 8192
@@ -129,8 +130,11 @@ def _counts(rows: list[WardSummary]) -> dict[str, int]:
 def _ward_charts(service: Service, ward: str, page: Page) -> list[str]:
     _ = page.gettext
     end = page.now
-    start = end - CHART_HOURS * 3600
-    found = charts.load(service.engine, ward, start)
+    found = charts.load(service.engine, ward, end - CHART_HOURS * 3600)
+    # A ward that started reporting an hour ago gets an hour wide chart, not a sliver at
+    # the right edge of six hours.
+    first = min((s.points[0].t for s in found if s.points), default=end)
+    start = max(end - CHART_HOURS * 3600, min(first, end - MIN_CHART_SECONDS))
     wan = [s for s in found if s.check == "icmp"]
     stream = [s for s in found if s.check == "stream"]
     bw = [s for s in found if s.check == "bandwidth"]
@@ -213,6 +217,7 @@ def router(service: Service) -> APIRouter:
         titles = summary.titles_vi(service.profile)
         since = page.now - TIMELINE_HOURS * 3600
         timeline = history.changes(service.engine, ward_id, since, page.now)
+        crit_titles = {c.id: summary.criterion_title(c, page.lang, titles) for c in found.criteria}
         return page.render(
             "ward.html",
             w=found,
@@ -221,6 +226,8 @@ def router(service: Service) -> APIRouter:
             title_of=lambda c: summary.criterion_title(c, page.lang, titles),
             charts=_ward_charts(service, ward_id, page),
             timeline=list(reversed(timeline)),
+            crit_titles=crit_titles,
+            reason_of=lambda text: summary.reason_text(text, page.lang, titles),
             ready_since=history.became_ready(service.engine, ward_id, page.now),
             chart_hours=CHART_HOURS,
             timeline_hours=TIMELINE_HOURS,

@@ -2,6 +2,7 @@
 ward names, a Service and an in-process client), shared with the board's tests."""
 
 from tests.collector.conftest import (  # noqa: F401
+    READY,
     client,
     db_url,
     engine,

@@ -107,10 +107,10 @@ def open_page(context: Any, url: str, size: dict[str, int]) -> tuple[Any, list[s
     return page, errors
 
 
-def shot(page: Any, name: str) -> Path:
+def shot(page: Any, name: str, full: bool = False) -> Path:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     path = ARTIFACTS / f"{name}.png"
-    page.screenshot(path=str(path), full_page=False)
+    page.screenshot(path=str(path), full_page=full)
     assert path.stat().st_size > 10_000
     return path
 
@@ -189,6 +189,7 @@ def test_ward_page_renders_with_charts_and_is_accessible(fleet: Collector, brows
         assert "pc-01" in page.locator("#h-agents + div").inner_text()
         assert page.locator(".timeline li").count() >= 1
         shot(page, f"ward-{tag}")
+        shot(page, f"ward-{tag}-full", full=True)
         assert serious_violations(page) == []
         assert errors == []
         if tag == "phone":
