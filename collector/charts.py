@@ -120,9 +120,10 @@ def _svg(title: str, body: list[str], legend: Sequence[tuple[str, str]]) -> str:
         for name, c in legend
     )
     return (
-        f'<figure class="chart"><figcaption>{escape(title)}</figcaption>'
-        f'<svg viewBox="0 0 {W} {H}" role="img" aria-label="{escape(title)}" '
-        f'preserveAspectRatio="none">{"".join(body)}</svg>'
+        # Focusable: on a phone the chart scrolls sideways in its box, by keyboard too.
+        f'<figure class="chart" tabindex="0"><figcaption>{escape(title)}</figcaption>'
+        f'<svg viewBox="0 0 {W} {H}" role="img" aria-label="{escape(title)}">'
+        f"{''.join(body)}</svg>"
         f'<div class="legend">{items}</div></figure>'
     )
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from demo import line_and_dms
 from fleet import ROOT, Agent, Collector, free_port, http_server, stopping, wait_until
 
 from tests.helpers import need
@@ -34,19 +35,6 @@ DESKTOP = {"width": 1366, "height": 768}
 PHONE = {"width": 390, "height": 844}
 
 
-def checks(url: str) -> list[dict[str, object]]:
-    return [
-        {
-            "name": "wan-city",
-            "type": "icmp",
-            "target": "127.0.0.1",
-            "labels": {"role": "wan", "line": "fibre"},
-            "params": {"count": 5, "interval_seconds": 0.05, "timeout_seconds": 0.5},
-        },
-        {"name": "dms", "type": "http", "target": url, "labels": {"role": "shared_system"}},
-    ]
-
-
 @pytest.fixture(scope="module")
 def fleet() -> Iterator[Collector]:
     work = Path(tempfile.mkdtemp(prefix="wardready-board-"))
@@ -57,16 +45,18 @@ def fleet() -> Iterator[Collector]:
     collector.setup()
     web_port, dead_port = free_port(), free_port()
     web = http_server(site, web_port, work / "web.log")
-    good = Agent(work, READY, "pc-01", collector, checks(f"http://127.0.0.1:{web_port}/"))
-    bad = Agent(work, BROKEN, "pc-01", collector, checks(f"http://127.0.0.1:{dead_port}/"))
+    good = Agent(work, READY, "pc-01", collector, line_and_dms(f"http://127.0.0.1:{web_port}/"))
+    bad = Agent(work, BROKEN, "pc-01", collector, line_and_dms(f"http://127.0.0.1:{dead_port}/"))
     try:
         with stopping(web, collector, good, bad):
             collector.start()
             good.start()
             bad.start()
             wait_until(
-                lambda: collector.ward(READY)["verdict"] == "ready"
-                and any("shared_system" in r for r in collector.ward(BROKEN)["reasons"]),
+                lambda: (
+                    collector.ward(READY)["verdict"] == "ready"
+                    and any("pc-01/dms" in r for r in collector.ward(BROKEN)["reasons"])
+                ),
                 90,
                 step=1,
                 what="one ward ready, one not ready for its shared system",
@@ -86,7 +76,11 @@ def browser() -> Iterator[Any]:
     with sync_playwright() as p:
         # A persistent context is the way to hand chromium a fresh --user-data-dir.
         context = p.chromium.launch_persistent_context(
-            profile, executable_path=CHROMIUM, args=FLAGS, headless=True, viewport=DESKTOP,
+            profile,
+            executable_path=CHROMIUM,
+            args=FLAGS,
+            headless=True,
+            viewport=DESKTOP,
             locale="vi-VN",
         )
         try:
@@ -131,8 +125,9 @@ def test_board_renders_matches_the_api_and_filters(fleet: Collector, browser: An
     assert page.locator("html").get_attribute("lang") == "vi"
     api = {w["id"]: w["verdict"] for w in fleet.get("/api/v1/wards")}
     shown = dict(
-        page.evaluate("[...document.querySelectorAll('.tile')]"
-                      ".map(t => [t.dataset.ward, t.dataset.verdict])")  # fmt: skip
+        page.evaluate(
+            "[...document.querySelectorAll('.tile')].map(t => [t.dataset.ward, t.dataset.verdict])"
+        )
     )
     assert len(shown) == len(api) == 102
     assert shown == api

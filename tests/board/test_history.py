@@ -62,10 +62,8 @@ def check_history(engine: Any) -> None:
     assert spent == {"unrecorded": 50.0, "not_ready": 100.0, "ready": 300.0, "unknown": 100.0}
     assert history.not_ready_seconds(engine, READY, T0 - 50, T0 + 500) == 250.0
     assert history.state_at(engine, READY, T0 + 50, "wan_loss") == "failed"
-    assert [c.to_state for c in history.changes(engine, READY, T0 + 50, T0 + 450, verdict_only=True)] == [
-        "ready",
-        "unknown",
-    ]  # fmt: skip
+    window = history.changes(engine, READY, T0 + 50, T0 + 450, verdict_only=True)
+    assert [c.to_state for c in window] == ["ready", "unknown"]
     with pytest.raises(ValueError, match="end"):
         history.time_in_states(engine, READY, T0, T0 - 1)
 
