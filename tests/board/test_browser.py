@@ -55,7 +55,9 @@ def fleet() -> Iterator[Collector]:
             wait_until(
                 lambda: (
                     collector.ward(READY)["verdict"] == "ready"
-                    and any("pc-01/dms" in r for r in collector.ward(BROKEN)["reasons"])
+                    and [r.split(":")[0] for r in collector.ward(BROKEN)["reasons"]]
+                    == ["shared_system"]
+                    and "pc-01/dms" in collector.ward(BROKEN)["reasons"][0]
                 ),
                 90,
                 step=1,
