@@ -176,7 +176,7 @@ def router(service: Service) -> APIRouter:
     ) -> HTMLResponse:
         page = Page(request, who)
         rows = summary.summaries(service, page.lang)
-        titles = summary.titles_vi(service.profile)
+        titles = summary.titles(service.profile, page.lang)
         counts = _counts(rows)
         groups: dict[str, list[dict[str, Any]]] = {}
         needle = fold(q or "")
@@ -214,16 +214,16 @@ def router(service: Service) -> APIRouter:
         found = summary.detail(service, ward_id)
         if found is None:
             raise HTTPException(404, f"ward: {ward_id!r} is not a known ward")
-        titles = summary.titles_vi(service.profile)
+        titles = summary.titles(service.profile, page.lang)
         since = page.now - TIMELINE_HOURS * 3600
         timeline = history.changes(service.engine, ward_id, since, page.now)
-        crit_titles = {c.id: summary.criterion_title(c, page.lang, titles) for c in found.criteria}
+        crit_titles = {c.id: summary.criterion_title(c, titles) for c in found.criteria}
         return page.render(
             "ward.html",
             w=found,
             name=shown_name(found, page.lang),
             reasons=summary.reasons_text(found.reasons, page.lang, titles),
-            title_of=lambda c: summary.criterion_title(c, page.lang, titles),
+            title_of=lambda c: summary.criterion_title(c, titles),
             charts=_ward_charts(service, ward_id, page),
             timeline=list(reversed(timeline)),
             crit_titles=crit_titles,

@@ -217,11 +217,11 @@ def _summaries_from_url(url: str) -> tuple[list[WardSummary], float]:
 _SUMMARY_FIELDS = tuple(f.name for f in dataclasses.fields(WardSummary))
 
 
-def _titles(profile: str | None) -> dict[str, str]:
+def _titles(profile: str | None, lang: str) -> dict[str, str]:
     from collector.profile import load_profile
     from collector.service import profile_path
 
-    return summary.titles_vi(load_profile(profile_path(profile)))
+    return summary.titles(load_profile(profile_path(profile)), lang)
 
 
 def cli_lang(explicit: str | None) -> str:
@@ -322,7 +322,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(json.dumps(doc, ensure_ascii=False, indent=2))
         return 0
     columns = args.width or int(os.environ.get("COLUMNS", "0")) or 100
-    titles = _titles(args.profile) if lang != "en" else {}
+    # English keeps the API's reasons word for word: scripts read them.
+    titles = _titles(args.profile, lang) if lang != "en" else {}
     sys.stdout.write(render_status(rows, now, columns, lang, titles))
     return 0
 

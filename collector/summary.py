@@ -169,8 +169,11 @@ def counter_devices(service: Service, ward: str) -> list[CounterDevice]:
     return out
 
 
-def titles_vi(profile: Profile) -> dict[str, str]:
-    return {c.id: c.title_vi for c in profile.criteria if c.title_vi}
+def titles(profile: Profile, lang: str) -> dict[str, str]:
+    """Each criterion's title in ``lang``; the English one where no Vietnamese is given."""
+    return {
+        c.id: (c.title_vi if lang == "vi" and c.title_vi else c.title) for c in profile.criteria
+    }
 
 
 def detail(service: Service, ward_id: str) -> WardDetail | None:
@@ -199,14 +202,15 @@ def detail(service: Service, ward_id: str) -> WardDetail | None:
     )
 
 
-def criterion_title(c: CriterionResult, lang: str, titles: dict[str, str]) -> str:
-    return titles.get(c.id, c.title) if lang == "vi" else c.title
+def criterion_title(c: CriterionResult, titles: dict[str, str]) -> str:
+    return titles.get(c.id, c.title)
 
 
 def reason_text(reason: str, lang: str, titles: dict[str, str]) -> str:
-    """A verdict's reason as a person reads it in ``lang``: the criterion's own title in that
-    language, the fixed words translated; figures and series names stay as measured."""
-    if lang == "en":
+    """A verdict's reason as a person reads it in ``lang``: the criterion's title from
+    ``titles`` (see :func:`titles`) without its id, the fixed words translated; figures and
+    series names stay as measured. English without titles is the reason as the API gives it."""
+    if lang == "en" and not titles:
         return reason
     _ = i18n.gettext_for(lang).gettext
     warning = reason.startswith("warning: ")

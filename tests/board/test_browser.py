@@ -167,6 +167,15 @@ def test_board_renders_matches_the_api_and_filters(fleet: Collector, browser: An
     assert errors == []
     page.close()
 
+    english, errors = open_page(browser, fleet.url + "/?lang=en", DESKTOP)
+    assert english.locator("html").get_attribute("lang") == "en"
+    tile = english.locator(f'.tile[data-ward="{BROKEN}"]').inner_text()
+    assert "Ward Minh Phụng" in tile and "Not ready" in tile
+    assert "Shared system answers (Document Management System)" in tile
+    shot(english, "board-en-1366x768")
+    assert errors == []
+    english.close()
+
     phone, errors = open_page(browser, fleet.url + "/", PHONE)
     width = phone.evaluate("document.documentElement.scrollWidth")
     assert width <= PHONE["width"], "the board scrolls sideways on a phone"
