@@ -182,16 +182,17 @@ def router(service: Service) -> APIRouter:
         needle = fold(q or "")
         for w in rows:
             name = shown_name(w, page.lang)
+            search = fold(f"{name} {w.former_district} {w.id}")
             hidden = (
                 (group and w.working_group != group)
                 or (verdict and w.verdict != verdict)
-                or (needle and needle not in fold(f"{name} {w.former_district} {w.id}"))
+                or (needle and needle not in search)
             )
             groups.setdefault(w.working_group, []).append(
                 {
                     "w": w,
                     "name": name,
-                    "search": fold(f"{name} {w.former_district} {w.id}"),
+                    "search": search,
                     "reasons": summary.reasons_text(w.reasons[:TILE_REASONS], page.lang, titles),
                     "more": max(len(w.reasons) - TILE_REASONS, 0),
                     "hidden": bool(hidden),
@@ -206,6 +207,8 @@ def router(service: Service) -> APIRouter:
             verdicts=VERDICTS,
             chosen={"group": group or "", "verdict": verdict or "", "q": q or ""},
             refresh=REFRESH_SECONDS,
+            words={v: page.verdict_word(v) for v in VERDICTS},
+            ward_link=page.link("/wards/{}"),
         )
 
     @r.get("/wards/{ward_id}", response_class=HTMLResponse)

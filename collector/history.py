@@ -59,15 +59,6 @@ def criterion_evidence(c: CriterionResult) -> str:
     return _clip(f"{picked.series}: {picked.detail}" if picked.series else picked.detail)
 
 
-def _states(v: Verdict) -> dict[Key, tuple[str, str]]:
-    out: dict[Key, tuple[str, str]] = {
-        (v.ward, None): (v.verdict, _clip(v.reasons[0]) if v.reasons else "")
-    }
-    for c in v.criteria:
-        out[(v.ward, c.id)] = (c.status, criterion_evidence(c))
-    return out
-
-
 def last_states(conn: sa.Connection) -> dict[Key, str]:
     """The newest stored state of every (ward, criterion)."""
     h = db.history
@@ -97,28 +88,35 @@ class Recorder:
                 self._last = last_states(conn)
         last = self._last
         changes: list[Change] = []
+        # Runs for every criterion of every ward at each judging: evidence is only put into
+        # words for what changed.
         for v in verdicts.values():
-            for key, (state, evidence) in _states(v).items():
-                before = last.get(key)
-                if before != state:
-                    changes.append(Change(key[0], key[1], before, state, v.evaluated_at, evidence))
+            ward, at = v.ward, v.evaluated_at
+            before = last.get((ward, None))
+            if before != v.verdict:
+                evidence = _clip(v.reasons[0]) if v.reasons else ""
+                changes.append(Change(ward, None, before, v.verdict, at, evidence))
+            for c in v.criteria:
+                before = last.get((ward, c.id))
+                if before != c.status:
+                    changes.append(Change(ward, c.id, before, c.status, at, criterion_evidence(c)))
         if changes:
             rows = [
                 {
-                    "ward_id": c.ward,
-                    "criterion": c.criterion,
-                    "from_state": c.from_state,
-                    "to_state": c.to_state,
-                    "at": c.at,
-                    "evidence": c.evidence,
+                    "ward_id": ch.ward,
+                    "criterion": ch.criterion,
+                    "from_state": ch.from_state,
+                    "to_state": ch.to_state,
+                    "at": ch.at,
+                    "evidence": ch.evidence,
                 }
-                for c in changes
+                for ch in changes
             ]
             with db.writer(self.engine).begin() as conn:
                 conn.execute(sa.insert(db.history), rows)
             # Only after the commit: a failed write is retried with the next verdicts.
-            for c in changes:
-                last[(c.ward, c.criterion)] = c.to_state
+            for ch in changes:
+                last[(ch.ward, ch.criterion)] = ch.to_state
         return changes
 
 
