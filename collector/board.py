@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import functools
 import time
-import unicodedata
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -29,7 +28,7 @@ from collector import charts, history, i18n, summary
 from collector.auth import COOKIE, Principal, reader
 from collector.readiness import format_age
 from collector.service import Service
-from collector.summary import VERDICTS, WardSummary
+from collector.summary import VERDICTS, WardSummary, fold, shown_name
 
 HERE = Path(__file__).resolve().parent
 # The centers the board serves are in Ho Chi Minh City: times read in its clock.
@@ -54,24 +53,6 @@ def _env() -> jinja2.Environment:
         lstrip_blocks=True,
         undefined=jinja2.StrictUndefined,
     )
-
-
-def fold(text: str) -> str:
-    """Lower case without diacritics, for matching what people type: "ben thanh" finds
-    "Bến Thành" (đ has no decomposition, so it is mapped by hand)."""
-    decomposed = unicodedata.normalize("NFD", text.lower().replace("đ", "d"))
-    return "".join(ch for ch in decomposed if not unicodedata.combining(ch))
-
-
-def shown_name(w: WardSummary, lang: str) -> str:
-    """ "Phường Bến Thành": the unit's kind before its name, unless the list already has it."""
-    full = i18n.display_name(w.name, w.kind, lang)
-    kind_word = full[: len(full) - len(w.name)].strip()
-    if kind_word and fold(w.name).startswith(fold(kind_word) + " "):
-        return w.name
-    if lang == "en" and fold(w.name).split(" ")[0] in {"phuong", "xa"}:
-        return w.name
-    return full
 
 
 class Page:

@@ -260,8 +260,9 @@ def render_status(
     ]
     if not rows:
         return out[0] + "\n"
+    names = {r.id: summary.shown_name(r, lang) for r in rows}
     id_w = max(width(r.id) for r in rows)
-    name_w = min(max(width(r.name) for r in rows), NAME_COLUMN)
+    name_w = min(max(width(n) for n in names.values()), NAME_COLUMN)
     verdict_w = max(width(w) for w in words.values())
     indent = 2 + id_w + 2 + name_w + 2 + verdict_w + 2
     reason_w = max(columns - indent, 30)
@@ -282,7 +283,7 @@ def render_status(
         )
         for r in members:
             word = words.get(r.verdict, r.verdict)
-            head = f"  {fit(r.id, id_w)}  {fit(r.name, name_w)}  {fit(word, verdict_w)}"
+            head = f"  {fit(r.id, id_w)}  {fit(names[r.id], name_w)}  {fit(word, verdict_w)}"
             lines: list[str] = []
             for reason in summary.reasons_text(r.reasons, lang, titles or {}):
                 wrapped = textwrap.wrap(

@@ -13,6 +13,7 @@ door must not hide an empty cyan toner.
 from __future__ import annotations
 
 import json
+import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Literal, TypeVar
@@ -37,6 +38,8 @@ NOT_EVALUATED = "not evaluated yet"
 
 DEVICE_CHECKS = frozenset({"printer_snmp", "printer_ipp", "scanner_escl", "scanner_usb"})
 DEVICE_ROLE = "counter_device"
+# A name that already starts with its kind ("Phường Bến Thành") gets no second one.
+_KIND_PREFIXES = ("phường ", "xã ", "đặc khu ", "ward ", "commune ", "special zone ")
 
 
 @dataclass
@@ -111,6 +114,20 @@ def in_order(wards: Iterable[W], lang: str = i18n.DEFAULT) -> list[W]:
 def summaries(service: Service, lang: str = i18n.DEFAULT) -> list[WardSummary]:
     verdicts = service.verdicts()
     return in_order((summarize(w, verdicts.get(w.id)) for w in service.wards().values()), lang)
+
+
+def fold(text: str) -> str:
+    """Lower case without diacritics, for matching what people type: "ben thanh" finds
+    "Bến Thành" (đ has no decomposition, so it is mapped by hand)."""
+    decomposed = unicodedata.normalize("NFD", text.lower().replace("đ", "d"))
+    return "".join(ch for ch in decomposed if not unicodedata.combining(ch))
+
+
+def shown_name(w: Ward | WardSummary, lang: str) -> str:
+    """"Phường Bến Thành": the unit's kind before its name, unless the list already has it."""
+    if w.name.lower().startswith(_KIND_PREFIXES):
+        return w.name
+    return i18n.display_name(w.name, w.kind, lang)
 
 
 def group_key(group: str) -> tuple[int, int, str]:

@@ -10,8 +10,8 @@ from typing import Any
 from fastapi.testclient import TestClient
 
 from collector import tokens
-from collector.board import fold
 from collector.service import Service
+from collector.summary import fold
 from tests.collector.conftest import (
     BROKEN,
     READY,
@@ -137,3 +137,25 @@ def test_login_sets_a_strict_http_only_cookie_and_logout_clears_it(client: TestC
     assert client.post("/login", content=b"token=").status_code == 400
     r = client.get("/logout", follow_redirects=False)
     assert r.status_code == 303 and 'wardready_token=""' in r.headers["set-cookie"]
+
+
+def test_shown_names_carry_the_kind_once() -> None:
+    from collector.summary import WardSummary, shown_name
+
+    def ward(name: str, kind: str) -> WardSummary:
+        return WardSummary("x", name, kind, "", "1", "unknown", [])
+
+    assert shown_name(ward("Bến Thành", "ward"), "vi") == "Phường Bến Thành"
+    assert shown_name(ward("Cần Giờ", "commune"), "en") == "Commune Cần Giờ"
+    assert shown_name(ward("Phường Bến Thành", "ward"), "en") == "Phường Bến Thành"
+    assert shown_name(ward("Xà Lách", "commune"), "vi") == "Xã Xà Lách"
+    assert shown_name(ward("Somewhere", ""), "vi") == "Somewhere"
+
+
+def test_login_cookie_is_secure_over_https(service: Service) -> None:
+    from collector.api import create_app
+
+    with TestClient(create_app(service), base_url="https://127.0.0.1") as c:
+        r = c.post("/login", content=b"token=abc", follow_redirects=False,
+                   headers={"Content-Type": "application/x-www-form-urlencoded"})  # fmt: skip
+    assert r.status_code == 303 and "Secure" in r.headers["set-cookie"]
