@@ -124,7 +124,7 @@ def fold(text: str) -> str:
 
 
 def shown_name(w: Ward | WardSummary, lang: str) -> str:
-    """"Phường Bến Thành": the unit's kind before its name, unless the list already has it."""
+    """ "Phường Bến Thành": the unit's kind before its name, unless the list already has it."""
     if w.name.lower().startswith(_KIND_PREFIXES):
         return w.name
     return i18n.display_name(w.name, w.kind, lang)
