@@ -10,9 +10,9 @@ event loop keeps accepting requests.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 import sqlalchemy as sa
@@ -24,86 +24,24 @@ from fastapi.security import HTTPBearer
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
-from collector import exposition
+from collector import board, exposition, history, summary
 from collector import inventory as inventory_store
 from collector.clock import ServerTime
 from collector.ingest import IngestError
-from collector.readiness import Verdict
-from collector.service import AgentInfo, Service
-from collector.wards import Ward
-from shared.wire import MAX_BATCH_BYTES, Ack, Batch, Device, Inventory
+from collector.service import Service
+from collector.summary import VerdictWord, WardDetail, WardSummary
+from shared.wire import MAX_BATCH_BYTES, Ack, Batch, Inventory
 
 log = logging.getLogger(__name__)
-
-VerdictWord = Literal["ready", "not_ready", "unknown"]
 
 
 class Health(BaseModel):
     status: Literal["ok"]
 
 
-class WardSummary(BaseModel):
-    id: str
-    name: str
-    kind: str
-    former_district: str
-    working_group: str
-    verdict: VerdictWord
-    reasons: list[str]
-
-
-class EvidenceOut(BaseModel):
-    series: str = Field(description="agent/name→target of the series judged; empty if none")
-    observed: float | None
-    threshold: float
-    op: str
-    agg: str
-    window: str
-    samples: int
-    at: float | None = Field(description="start time of the newest result used (Unix time)")
-    status: str
-    detail: str
-
-
-class CriterionOut(BaseModel):
-    id: str
-    title: str
-    severity: str
-    status: str
-    evidence: list[EvidenceOut]
-
-
-class AgentOut(BaseModel):
-    agent: str
-    first_seen: float
-    last_seen: float
-    version: str
-    last_seq: int | None
-    spool_depth: int
-    spool_dropped_total: int
-    resident_memory_bytes: int
-
-
-class InventoryOut(BaseModel):
-    agent: str
-    taken_at: float
-    received_at: float
-    devices: list[Device]
-
-
 class InventoryAck(BaseModel):
     stored: bool = Field(description="false when a newer inventory of this agent is held")
     devices: int
-
-
-class WardDetail(WardSummary):
-    criteria: list[CriterionOut]
-    agents: list[AgentOut]
-    inventory: list[InventoryOut] = Field(
-        default_factory=list, description="each agent's newest device inventory"
-    )
-    last_seen: float | None = Field(description="the latest contact of any of its agents")
-    evaluated_at: float
 
 
 class FieldError(BaseModel):
@@ -116,29 +54,33 @@ class Problem(BaseModel):
     errors: list[FieldError] = Field(default_factory=list)
 
 
-def _summary(ward: Ward, verdict: Verdict | None) -> dict[str, Any]:
-    return {
-        "id": ward.id,
-        "name": ward.name,
-        "kind": ward.kind,
-        "former_district": ward.former_district,
-        "working_group": ward.working_group,
-        "verdict": verdict.verdict if verdict else "unknown",
-        "reasons": list(verdict.reasons) if verdict else ["not evaluated yet"],
-    }
+class HistoryOut(BaseModel):
+    ward: str
+    start: float
+    end: float
+    seconds: dict[str, float] = Field(
+        description="seconds of the window per verdict, and 'unrecorded' before any record"
+    )
+    ready_since: float | None = Field(description="when the ready stretch holding `end` began")
+    first_ready: float | None = Field(description="the first moment in the window it was ready")
+    changes: list[history.Change] = Field(
+        description="verdict (criterion null) and criterion changes in the window, oldest first"
+    )
 
 
-def _agent(a: AgentInfo) -> dict[str, Any]:
-    return {
-        "agent": a.agent,
-        "first_seen": a.first_seen,
-        "last_seen": a.last_seen,
-        "version": a.version,
-        "last_seq": a.last_seq,
-        "spool_depth": a.spool_depth,
-        "spool_dropped_total": a.spool_dropped_total,
-        "resident_memory_bytes": a.resident_memory_bytes,
-    }
+def parse_time(text: str, name: str) -> float:
+    """Unix seconds or ISO 8601 (a time without a zone is UTC)."""
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"{name}: {text!r} is neither Unix time nor ISO 8601") from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.timestamp()
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
@@ -225,40 +167,67 @@ def create_app(service: Service) -> FastAPI:
             str | None, Query(max_length=64, description="only this working group")
         ] = None,
         kind: Annotated[str | None, Query(max_length=32, description="ward or commune")] = None,
-    ) -> list[dict[str, Any]]:
-        verdicts = service.verdicts()
-        out = []
-        for ward in service.wards().values():
-            if working_group is not None and ward.working_group != working_group:
-                continue
-            if kind is not None and ward.kind != kind:
-                continue
-            row = _summary(ward, verdicts.get(ward.id))
-            if verdict is not None and row["verdict"] != verdict:
-                continue
-            out.append(row)
-        return out
+    ) -> list[WardSummary]:
+        return [
+            w
+            for w in summary.summaries(service)
+            if (working_group is None or w.working_group == working_group)
+            and (kind is None or w.kind == kind)
+            and (verdict is None or w.verdict == verdict)
+        ]
 
     @app.get(
         "/api/v1/wards/{ward_id}",
         response_model=WardDetail,
         responses={404: {"model": Problem, "description": "no such ward"}},
     )
-    def ward_detail(ward_id: str) -> dict[str, Any]:
-        ward = service.wards().get(ward_id)
-        if ward is None:
-            ward = service.wards(refresh=True).get(ward_id)
-        if ward is None:
+    def ward_detail(ward_id: str) -> WardDetail:
+        found = summary.detail(service, ward_id)
+        if found is None:
             raise HTTPException(404, f"ward: {ward_id!r} is not a known ward")
-        verdict = service.verdicts().get(ward_id)
-        agents = service.agents(ward_id)
-        out = _summary(ward, verdict)
-        out["criteria"] = [dataclasses.asdict(c) for c in verdict.criteria] if verdict else []
-        out["agents"] = [_agent(a) for a in agents]
-        out["last_seen"] = max((a.last_seen for a in agents), default=None)
-        out["evaluated_at"] = verdict.evaluated_at if verdict else service.clock()
-        out["inventory"] = inventory_store.latest(service.engine, ward_id)
-        return out
+        return found
+
+    @app.get(
+        "/api/v1/wards/{ward_id}/history",
+        response_model=HistoryOut,
+        responses={
+            404: {"model": Problem, "description": "no such ward"},
+            422: {"model": Problem, "description": "a bad time or window"},
+        },
+    )
+    def ward_history(
+        ward_id: str,
+        start: Annotated[
+            str | None,
+            Query(
+                alias="from",
+                description="window start: Unix time or ISO 8601 (default: 24 hours ago)",
+            ),
+        ] = None,
+        end: Annotated[
+            str | None,
+            Query(alias="to", description="window end: Unix time or ISO 8601 (default: now)"),
+        ] = None,
+    ) -> HistoryOut:
+        if ward_id not in service.wards() and ward_id not in service.wards(refresh=True):
+            raise HTTPException(404, f"ward: {ward_id!r} is not a known ward")
+        now = service.clock()
+        try:
+            t1 = parse_time(end, "to") if end else now
+            t0 = parse_time(start, "from") if start else t1 - 86400
+        except ValueError as exc:
+            raise HTTPException(422, str(exc)) from None
+        if t1 < t0:
+            raise HTTPException(422, "to: must not be before from")
+        return HistoryOut(
+            ward=ward_id,
+            start=t0,
+            end=t1,
+            seconds=history.time_in_states(service.engine, ward_id, t0, t1),
+            ready_since=history.became_ready(service.engine, ward_id, t1),
+            first_ready=history.first_ready(service.engine, ward_id, t0, t1),
+            changes=history.changes(service.engine, ward_id, t0, t1),
+        )
 
     @app.post(
         "/api/v1/ingest",
@@ -315,5 +284,6 @@ def create_app(service: Service) -> FastAPI:
     def metrics() -> Response:
         return Response(exposition.render(registry), media_type=exposition.CONTENT_TYPE)
 
+    board.install(app, service)
     app.openapi = _with_batch_schema(app)  # type: ignore[method-assign]
     return app

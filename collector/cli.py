@@ -8,6 +8,7 @@ server could not be reached), 2 bad input (the message names the file, line and 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -26,10 +27,11 @@ import httpx
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
-from collector import db
+from collector import db, i18n, summary
 from collector import tokens as tokenstore
 from collector import wards as wardlist
 from collector.profile import ProfileError
+from collector.summary import WardSummary
 
 log = logging.getLogger("collector")
 
@@ -181,7 +183,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _summaries_from_db(args: argparse.Namespace) -> tuple[list[dict[str, Any]], float]:
+def _summaries_from_db(args: argparse.Namespace, lang: str) -> tuple[list[WardSummary], float]:
     from collector.service import Service
 
     _engine(args).dispose()  # the same "no database here" check as the other commands
@@ -189,25 +191,15 @@ def _summaries_from_db(args: argparse.Namespace) -> tuple[list[dict[str, Any]], 
     try:
         now = time.time()
         verdicts = service.verdicts(now)
-        rows = []
-        for w in service.wards().values():
-            v = verdicts.get(w.id)
-            rows.append(
-                {
-                    "id": w.id,
-                    "name": w.name,
-                    "kind": w.kind,
-                    "working_group": w.working_group,
-                    "verdict": v.verdict if v else "unknown",
-                    "reasons": list(v.reasons) if v else [],
-                }
-            )
+        rows = summary.in_order(
+            (summary.summarize(w, verdicts.get(w.id)) for w in service.wards().values()), lang
+        )
         return rows, now
     finally:
         service.close()
 
 
-def _summaries_from_url(url: str) -> tuple[list[dict[str, Any]], float]:
+def _summaries_from_url(url: str) -> tuple[list[WardSummary], float]:
     try:
         r = httpx.get(f"{url.rstrip('/')}/api/v1/wards", timeout=HTTP_TIMEOUT)
         r.raise_for_status()
@@ -216,49 +208,84 @@ def _summaries_from_url(url: str) -> tuple[list[dict[str, Any]], float]:
         raise RuntimeError(f"--url: cannot read {url}/api/v1/wards: {exc}") from None
     if not isinstance(rows, list):
         raise RuntimeError(f"--url: {url}/api/v1/wards did not return a list")
-    return rows, time.time()
+    try:
+        return [WardSummary(**{k: row[k] for k in _SUMMARY_FIELDS}) for row in rows], time.time()
+    except (KeyError, TypeError) as exc:
+        raise RuntimeError(f"--url: {url}/api/v1/wards: a ward lacks {exc}") from None
 
 
-def _group_key(group: str) -> tuple[int, int, str]:
-    return (0, int(group), "") if group.isdigit() else (1, 0, group)
+_SUMMARY_FIELDS = tuple(f.name for f in dataclasses.fields(WardSummary))
 
 
-def render_status(rows: Sequence[dict[str, Any]], now: float, columns: int = 100) -> str:
+def _titles(profile: str | None, lang: str) -> dict[str, str]:
+    from collector.profile import load_profile
+    from collector.service import profile_path
+
+    return summary.titles(load_profile(profile_path(profile)), lang)
+
+
+def cli_lang(explicit: str | None) -> str:
+    """``--lang``, else the terminal's locale when it is Vietnamese, else English: a shell
+    whose locale says nothing (C, POSIX) is more often a script than an officer."""
+    if explicit:
+        return explicit
+    for name in ("LC_ALL", "LC_MESSAGES", "LANG"):
+        value = os.environ.get(name)
+        if value:
+            return "vi" if value.lower().startswith("vi") else "en"
+    return "en"
+
+
+def render_status(
+    rows: Sequence[WardSummary],
+    now: float,
+    columns: int = 100,
+    lang: str = "en",
+    titles: dict[str, str] | None = None,
+) -> str:
     """The readiness table: N/M ready overall and per working group, each ward's reasons."""
+    _ = i18n.gettext_for(lang).gettext
+    words = {v: verdict_word(v, lang) for v in VERDICT_ORDER}
     total = len(rows)
-    ready = sum(1 for r in rows if r["verdict"] == "ready")
-    counts = {v: sum(1 for r in rows if r["verdict"] == v) for v in VERDICT_ORDER}
+    ready = sum(1 for r in rows if r.verdict == "ready")
+    counts = {v: sum(1 for r in rows if r.verdict == v) for v in VERDICT_ORDER}
     out = [
-        f"{ready}/{total} ready  (not ready {counts['not_ready']}, unknown {counts['unknown']})"
-        f"  at {when(now)}"
+        _("{ready}/{total} ready  (not ready {not_ready}, unknown {unknown})  at {when}").format(
+            ready=ready,
+            total=total,
+            not_ready=counts["not_ready"],
+            unknown=counts["unknown"],
+            when=when(now),
+        )
     ]
     if not rows:
         return out[0] + "\n"
-    id_w = max(width(r["id"]) for r in rows)
-    name_w = min(max(width(r["name"]) for r in rows), NAME_COLUMN)
-    verdict_w = max(len(v) for v in VERDICT_ORDER)
+    names = {r.id: summary.shown_name(r, lang) for r in rows}
+    id_w = max(width(r.id) for r in rows)
+    name_w = min(max(width(n) for n in names.values()), NAME_COLUMN)
+    verdict_w = max(width(w) for w in words.values())
     indent = 2 + id_w + 2 + name_w + 2 + verdict_w + 2
     reason_w = max(columns - indent, 30)
-    groups: dict[str, list[dict[str, Any]]] = {}
+    groups: dict[str, list[WardSummary]] = {}
     for r in rows:
-        groups.setdefault(str(r["working_group"]), []).append(r)
-    for group in sorted(groups, key=_group_key):
+        groups.setdefault(str(r.working_group), []).append(r)
+    for group in sorted(groups, key=summary.group_key):
         members = sorted(
             groups[group],
-            key=lambda r: (
-                VERDICT_ORDER.get(r["verdict"], 1),
-                unicodedata.normalize("NFC", r["name"]),
-            ),
+            key=lambda r: (VERDICT_ORDER.get(r.verdict, 1), i18n.sort_key(r.name, lang), r.id),
         )
-        n_ready = sum(1 for r in members if r["verdict"] == "ready")
+        n_ready = sum(1 for r in members if r.verdict == "ready")
         out.append("")
-        out.append(f"Working group {group}: {n_ready}/{len(members)} ready")
-        for r in members:
-            head = (
-                f"  {fit(r['id'], id_w)}  {fit(r['name'], name_w)}  {fit(r['verdict'], verdict_w)}"
+        out.append(
+            _("Working group {group}: {ready}/{total} ready").format(
+                group=group, ready=n_ready, total=len(members)
             )
+        )
+        for r in members:
+            word = words.get(r.verdict, r.verdict)
+            head = f"  {fit(r.id, id_w)}  {fit(names[r.id], name_w)}  {fit(word, verdict_w)}"
             lines: list[str] = []
-            for reason in r.get("reasons") or []:
+            for reason in summary.reasons_text(r.reasons, lang, titles or {}):
                 wrapped = textwrap.wrap(
                     unicodedata.normalize("NFC", reason), reason_w, subsequent_indent="  "
                 )
@@ -271,21 +298,34 @@ def render_status(rows: Sequence[dict[str, Any]], now: float, columns: int = 100
     return "\n".join(out) + "\n"
 
 
+def verdict_word(verdict: str, lang: str) -> str:
+    """English keeps the API's words (scripts grep them); Vietnamese reads as words."""
+    if lang == "en":
+        return verdict
+    _ = i18n.gettext_for(lang).gettext
+    return {"ready": _("ready"), "not_ready": _("not ready"), "unknown": _("unknown")}.get(
+        verdict, verdict
+    )
+
+
 def cmd_status(args: argparse.Namespace) -> int:
-    rows, now = _summaries_from_url(args.url) if args.url else _summaries_from_db(args)
+    lang = cli_lang(args.lang)
+    rows, now = _summaries_from_url(args.url) if args.url else _summaries_from_db(args, lang)
     if args.working_group is not None:
-        rows = [r for r in rows if str(r["working_group"]) == args.working_group]
+        rows = [r for r in rows if str(r.working_group) == args.working_group]
     if args.json:
         doc = {
-            "ready": sum(1 for r in rows if r["verdict"] == "ready"),
+            "ready": sum(1 for r in rows if r.verdict == "ready"),
             "total": len(rows),
             "evaluated_at": now,
-            "wards": rows,
+            "wards": [dataclasses.asdict(r) for r in rows],
         }
         print(json.dumps(doc, ensure_ascii=False, indent=2))
         return 0
     columns = args.width or int(os.environ.get("COLUMNS", "0")) or 100
-    sys.stdout.write(render_status(rows, now, columns))
+    # English keeps the API's reasons word for word: scripts read them.
+    titles = _titles(args.profile, lang) if lang != "en" else {}
+    sys.stdout.write(render_status(rows, now, columns, lang, titles))
     return 0
 
 
@@ -459,6 +499,9 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--json", action="store_true", help="JSON instead of the table")
     st.add_argument("--url", help="ask a running collector (e.g. http://127.0.0.1:8080)")
     st.add_argument("--width", type=int, help="wrap reasons to this many columns")
+    st.add_argument(
+        "--lang", choices=i18n.LANGS, help="vi or en (default: the terminal's locale, else en)"
+    )
     st.set_defaults(func=cmd_status)
 
     pr = sub.add_parser("prune", help="delete stored results older than --days")

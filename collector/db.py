@@ -115,6 +115,23 @@ inventory = sa.Table(
 )
 
 
+# Every change of a ward's verdict (criterion NULL) or of one criterion's state, so "when did
+# this ward become ready" and "how long was it not ready" are queries (collector.history).
+# from_state is NULL for the first state ever recorded.
+history = sa.Table(
+    "history",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("ward_id", sa.String(64), sa.ForeignKey("wards.id"), nullable=False),
+    sa.Column("criterion", sa.String(64), nullable=True),
+    sa.Column("from_state", sa.String(16), nullable=True),
+    sa.Column("to_state", sa.String(16), nullable=False),
+    sa.Column("at", sa.Double, nullable=False),
+    sa.Column("evidence", sa.UnicodeText, nullable=False, server_default=""),
+    sa.Index("ix_history_ward_at", "ward_id", "at"),
+)
+
+
 def database_url(explicit: str | None = None) -> str:
     return explicit or os.environ.get("WARDREADY_DB") or DEFAULT_URL
 

@@ -172,17 +172,19 @@ class Condition(_Model):
 class Criterion(_Model):
     id: Word
     title: str = Field(min_length=1, max_length=200)
+    # What the board shows in Vietnamese; the English title stands in when it is absent.
+    title_vi: str | None = Field(default=None, min_length=1, max_length=200)
     severity: Severity
     select: Select
     require: Require = "all"
     condition: Condition
     max_age_intervals: float = Field(default=3.0, gt=0, le=1000, strict=True)
 
-    @field_validator("title")
+    @field_validator("title", "title_vi")
     @classmethod
-    def _one_line(cls, value: str) -> str:
+    def _one_line(cls, value: str | None) -> str | None:
         # Titles end up in one-line reasons and terminal tables; a YAML block keeps newlines.
-        return " ".join(value.split())
+        return None if value is None else " ".join(value.split())
 
 
 class Profile(_Model):

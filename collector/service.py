@@ -26,7 +26,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from collector import db, ingest
+from collector import db, history, ingest
 from collector import wards as wardlist
 from collector.profile import Profile, default_profile_path, load_profile
 from collector.readiness import Verdict, evaluate_all
@@ -129,6 +129,7 @@ class Service:
         self._verdicts: tuple[float, dict[str, Verdict]] | None = None
         self._judging = threading.Event()
         self._wards: tuple[float, dict[str, wardlist.Ward]] | None = None
+        self.history = history.Recorder(engine)
 
     @classmethod
     def open(
@@ -273,6 +274,12 @@ class Service:
     def _judge(self, mono: float) -> dict[str, Verdict]:
         result = evaluate_all(self.profile, self.state, list(self.wards()), self.clock())
         self._verdicts = (mono, result)
+        try:
+            self.history.record(result)
+        except sa.exc.SQLAlchemyError:
+            # Verdicts are still served; the recorder keeps its last stored states, so the
+            # next evaluation writes the changes this one could not.
+            log.exception("storing verdict history failed")
         return result
 
     def judge_forever(self, stop: threading.Event) -> None:

@@ -95,6 +95,8 @@ def main() -> int:
         )
         print(status.stdout or status.stderr)
         print("Where to look:")
+        print(f"  board         {collector.url}/   (tiếng Việt; ?lang=en for English)")
+        print(f"  ward page     {collector.url}/wards/{BROKEN_WARD}")
         print(f"  wards API     {collector.url}/api/v1/wards")
         print(f"  one ward      {collector.url}/api/v1/wards/{BROKEN_WARD}")
         print(f"  metrics       {collector.url}/metrics")

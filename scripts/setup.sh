@@ -17,6 +17,7 @@ apt_packages=(
   openssh-server                    # ssh
   faketime                          # ward PCs whose clock is wrong
   prometheus prometheus-alertmanager                # rules, routes and dashboards
+  chromium                          # the board's browser tests (driven by playwright)
 )
 
 missing=()
