@@ -1,0 +1,116 @@
+"""The collector's metrics about itself, on its own /metrics next to the wards' readiness.
+
+One registry per :class:`collector.service.Service` (not the process-wide default), so every
+test's service counts from zero. Metrics:
+
+- ``process_*``: CPU, memory, open files (prometheus_client's ProcessCollector).
+- ``wardready_collector_ingest_requests_total{code}``: ingest requests by HTTP status.
+- ``wardready_collector_ingest_results_total``, ``..._duplicates_total``: results stored, and
+  results already held (an agent's replay).
+- ``wardready_collector_ingest_rejected_results_total{reason}``: results refused; ``reason`` is
+  one of :data:`REASONS`. A batch refused before its results were read counts as one.
+- ``wardready_collector_judge_duration_seconds``, ``..._judge_last_success_timestamp_seconds``,
+  ``..._judge_errors_total``: judging every ward.
+- ``wardready_collector_db_commit_duration_seconds``: storing one batch, commit included.
+- ``wardready_collector_result_age_seconds``: how old a result is when it arrives; an agent
+  replaying its spool after an outage shows here.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
+from prometheus_client.exposition import generate_latest
+
+from collector.ingest import IngestError
+
+# Bounded words for refused results: a label value per free-text error would grow without end.
+REASONS = (
+    "auth",
+    "schema",
+    "range",
+    "series_budget",
+    "rate_limited",
+    "too_large",
+    "other",
+)
+_BY_STATUS = {401: "auth", 403: "auth", 413: "too_large", 422: "schema", 429: "rate_limited"}
+
+_JUDGE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+_COMMIT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+# From a result pushed at once (seconds) to a spool replayed after a week's outage.
+_AGE_BUCKETS = (1.0, 5.0, 15.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 14400.0, 86400.0, 604800.0)
+
+
+def reason_of(exc: IngestError) -> str:
+    """The bounded reason word of a refusal."""
+    given = getattr(exc, "reason", "")
+    if given in REASONS:
+        return str(given)
+    return _BY_STATUS.get(exc.status, "other")
+
+
+class SelfMetrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry(auto_describe=True)
+        ProcessCollector(registry=r)
+        self.requests = Counter(
+            "wardready_collector_ingest_requests",
+            "Ingest requests answered, by HTTP status code.",
+            ["code"],
+            registry=r,
+        )
+        self.results = Counter(
+            "wardready_collector_ingest_results",
+            "Results stored by ingest (replays of results already held are not counted).",
+            registry=r,
+        )
+        self.duplicates = Counter(
+            "wardready_collector_ingest_duplicates",
+            "Results received again that were already stored (an agent replaying its spool).",
+            registry=r,
+        )
+        self.rejected = Counter(
+            "wardready_collector_ingest_rejected_results",
+            "Results refused at ingest, by reason; a batch refused before its results were "
+            "read (auth, too_large, rate_limited, unreadable JSON) counts as one.",
+            ["reason"],
+            registry=r,
+        )
+        for reason in REASONS:
+            self.rejected.labels(reason)
+        self.judge_duration = Histogram(
+            "wardready_collector_judge_duration_seconds",
+            "Time taken to judge every ward once.",
+            buckets=_JUDGE_BUCKETS,
+            registry=r,
+        )
+        self.judge_last_success = Gauge(
+            "wardready_collector_judge_last_success_timestamp_seconds",
+            "When the last judgement of every ward finished (Unix time); 0 before the first.",
+            registry=r,
+        )
+        self.judge_errors = Counter(
+            "wardready_collector_judge_errors",
+            "Errors while judging: one per ward whose judging raised (that ward is then "
+            "unknown with reason judge_error), and one per failed judgement of all wards.",
+            registry=r,
+        )
+        self.commit_duration = Histogram(
+            "wardready_collector_db_commit_duration_seconds",
+            "Time taken to store one ingest batch in the database, commit included.",
+            buckets=_COMMIT_BUCKETS,
+            registry=r,
+        )
+        self.result_age = Histogram(
+            "wardready_collector_result_age_seconds",
+            "Age of each stored result when it arrived (arrival time minus the result's "
+            "start): large values are agents replaying their spool.",
+            buckets=_AGE_BUCKETS,
+            registry=r,
+        )
+
+    def refused(self, exc: IngestError, results: int = 1) -> None:
+        self.rejected.labels(reason_of(exc)).inc(results)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
