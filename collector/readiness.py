@@ -136,12 +136,14 @@ def mean(values: Sequence[float]) -> float:
     """The exact mean of finite values, even where their sum would overflow a float."""
     n = len(values)
     try:
-        return math.fsum(values) / n
+        m = math.fsum(values) / n
     except OverflowError:
-        # Each v/n is at most max|v|, and so is every partial sum of them: this cannot
-        # overflow. Only reached for values near ±1.8e308, where the rounding of each
-        # division does not matter.
-        return math.fsum(v / n for v in values)
+        # Every partial sum of the v/2n is at most half the largest |v|, so this cannot
+        # overflow; doubling is exact (or rounds to inf, which the clamp below catches).
+        # Only reached near ±1.8e308, where rounding each division does not matter.
+        m = math.fsum(v / (2 * n) for v in values) * 2
+    # A mean lies within what was measured; rounding alone may take it a hair outside.
+    return min(max(m, min(values)), max(values))
 
 
 def _values(
