@@ -323,7 +323,7 @@ class Service:
         not cached.
         """
         if now is not None:
-            return evaluate_all(self.profile, self.state, list(self.wards()), now)
+            return evaluate_all(self.profile, self.state, list(self.wards()), now, self._ward_error)
         mono = time.monotonic()
         # While judge_forever runs, a cached result may be up to two periods old: a request
         # then never waits for an evaluation of every ward (~0.5 s at 3,321 wards).

@@ -43,6 +43,10 @@ _MAX_NAMES = 4096
 # keeping one ward's memory within tens of megabytes.
 DEFAULT_AGENT_SERIES = 2000
 DEFAULT_WARD_SERIES = 4000
+# How much longer than it could matter to a verdict a silent series is still held: an agent
+# whose clock runs late, or that replays its spool, still shows as stale with its figures
+# rather than vanishing between two batches.
+AGE_OUT_MARGIN_SECONDS = 3600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,8 +137,9 @@ class State:
     sample of each series keeps all its metrics for :meth:`latest`.
     ``agent_budget``, ``ward_budget``: the most series one agent, and one ward, may hold.
     ``stale_intervals``: a series is kept while its newest result is younger than twice this
-    many of its intervals (or than the retention), so a slow check is not forgotten between
-    runs and one that stopped is shown stale before it goes.
+    many of its intervals or than the retention, whichever is longer, plus
+    AGE_OUT_MARGIN_SECONDS: a slow check is not forgotten between runs, and one that stopped
+    is shown stale before it goes.
     """
 
     def __init__(
@@ -241,17 +246,24 @@ class State:
                 len(w.series), self.ward_budget, self.agent_budget, w.refused, dict(w.per_agent)
             )
 
+    def age_out_seconds(self, interval_seconds: float) -> float:
+        """How long after its newest result a series of this interval is forgotten."""
+        held = max(self.retention_seconds, 2 * self.stale_intervals * interval_seconds)
+        return held + AGE_OUT_MARGIN_SECONDS
+
     def expire(self, now: float) -> int:
         """Forget series whose newest result is too old to matter; returns how many."""
         removed = 0
         with self._lock:
-            for w in self._wards.values():
+            wards = list(self._wards.values())
+        # A ward at a time, so ingest never waits for a pass over every series.
+        for w in wards:
+            with self._lock:
                 gone = [
                     key
                     for key, s in w.series.items()
                     if not s.samples
-                    or now - s.samples[-1].started
-                    > max(self.retention_seconds, 2 * self.stale_intervals * s.interval_seconds)
+                    or now - s.samples[-1].started > self.age_out_seconds(s.interval_seconds)
                 ]
                 for key in gone:
                     del w.series[key]

@@ -19,6 +19,7 @@ from collector import tokens, wards
 from collector.api import create_app
 from collector.profile import load_profile
 from collector.service import Service
+from collector.state import AGE_OUT_MARGIN_SECONDS
 
 from .conftest import BROKEN, READY, auth, batch, body, broken_results, healthy_results, result
 
@@ -263,7 +264,9 @@ def test_stale_series_age_out_and_free_their_budget(small: Service, engine: Any)
     assert small.series_usage(READY).used == 3
     # Still within the profile's longest window plus margin: kept.
     assert small.state.expire(time.time() + 60) == 0
-    horizon = small.profile.retention_seconds()
+    horizon = small.profile.retention_seconds() + AGE_OUT_MARGIN_SECONDS
+    assert small.state.age_out_seconds(30.0) == horizon
+    assert small.state.expire(time.time() + horizon - 60) == 0
     assert small.state.expire(time.time() + horizon + 1) == 3
     assert small.series_usage(READY).used == 0
     assert small.state.newest(READY) == []
