@@ -6,8 +6,8 @@
 2. Judgement: the same database opened in this process; evaluate_all for every commune with
    the shipped default profile, and /metrics rendered (in process and over HTTP).
 3. The judge's CPU share: with ingest over, the collector process left alone for
-   ``--judge-window`` seconds; from its own metrics, the time its judge thread spent judging
-   and the CPU time of the whole process, each as a share of one core.
+   ``--judge-window`` seconds; from its own metrics, the CPU time its judge thread spent
+   judging and that of the whole process, each as a share of one core.
 
     python bench/collector_scale.py [--wards 3321] [--clients 3] [--judge-window 30]
 """
@@ -197,22 +197,26 @@ def self_metrics(url: str, names: tuple[str, ...]) -> dict[str, float]:
     return found
 
 
+JUDGE_CPU = "wardready_collector_judge_cpu_seconds_total"
 JUDGE_SUM = "wardready_collector_judge_duration_seconds_sum"
 JUDGE_COUNT = "wardready_collector_judge_duration_seconds_count"
 PROCESS_CPU = "process_cpu_seconds_total"
 
 
 def judge_share(url: str, window: float) -> tuple[float, float, float]:
-    """(judge share of one core, process share of one core, seconds per judgement) over an
-    idle ``window``; the judge's time is wall time, which on an idle process is its CPU."""
-    names = (JUDGE_SUM, JUDGE_COUNT, PROCESS_CPU)
+    """(judge's CPU share of one core, the process's, wall seconds per judgement) over an
+    idle ``window``."""
+    names = (JUDGE_CPU, JUDGE_SUM, JUDGE_COUNT, PROCESS_CPU)
     before, t0 = self_metrics(url, names), time.monotonic()
     time.sleep(window)
     after, elapsed = self_metrics(url, names), time.monotonic() - t0
-    judged = after[JUDGE_SUM] - before[JUDGE_SUM]
-    count = after[JUDGE_COUNT] - before[JUDGE_COUNT]
-    cpu = after[PROCESS_CPU] - before[PROCESS_CPU]
-    return judged / elapsed, cpu / elapsed, judged / count if count else float("nan")
+
+    def grew(name: str) -> float:
+        return after[name] - before[name]
+
+    count = grew(JUDGE_COUNT)
+    per = grew(JUDGE_SUM) / count if count else float("nan")
+    return grew(JUDGE_CPU) / elapsed, grew(PROCESS_CPU) / elapsed, per
 
 
 def main() -> None:
@@ -291,8 +295,9 @@ def main() -> None:
         "target < 2 s"
     )
     print(
-        f"  judge CPU share     {judge_cpu:9.1%} of a core  ({per_judgement:.3f} s per judgement "
-        f"every 10 s; the whole idle process {process_cpu:.1%}, {args.judge_window:g} s window)"
+        f"  judge CPU share     {judge_cpu:9.1%} of a core  ({per_judgement:.3f} s wall per "
+        f"judgement every 10 s; the whole idle process {process_cpu:.1%}; "
+        f"{args.judge_window:g} s window)"
     )
     service.close()
     shutil.rmtree(work, ignore_errors=True)

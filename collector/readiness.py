@@ -136,13 +136,13 @@ def mean(values: Sequence[float]) -> float:
     """The exact mean of finite values, even where their sum would overflow a float."""
     n = len(values)
     try:
-        m = math.fsum(values) / n
+        return math.fsum(values) / n
     except OverflowError:
-        # Every partial sum of the v/2n is at most half the largest |v|, so this cannot
-        # overflow; doubling is exact (or rounds to inf, which the clamp below catches).
-        # Only reached near ±1.8e308, where rounding each division does not matter.
-        m = math.fsum(v / (2 * n) for v in values) * 2
-    # A mean lies within what was measured; rounding alone may take it a hair outside.
+        pass
+    # Every partial sum of the v/2n is at most half the largest |v|, so this cannot overflow;
+    # doubling is exact, or rounds past the float limit, which the clamp brings back to what
+    # was measured. Only reached near ±1.8e308, where rounding each division does not matter.
+    m = math.fsum(v / (2 * n) for v in values) * 2
     return min(max(m, min(values)), max(values))
 
 

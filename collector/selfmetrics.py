@@ -9,8 +9,9 @@ test's service counts from zero. Metrics:
   results already held (an agent's replay).
 - ``wardready_collector_ingest_rejected_results_total{reason}``: results refused; ``reason`` is
   one of :data:`REASONS`. A batch refused before its results were read counts as one.
-- ``wardready_collector_judge_duration_seconds``, ``..._judge_last_success_timestamp_seconds``,
-  ``..._judge_errors_total``: judging every ward.
+- ``wardready_collector_judge_duration_seconds``, ``..._judge_cpu_seconds_total``,
+  ``..._judge_last_success_timestamp_seconds``, ``..._judge_errors_total``: judging every ward;
+  the CPU counter over time is the judge's share of a core.
 - ``wardready_collector_db_commit_duration_seconds``: storing one batch, commit included.
 - ``wardready_collector_result_age_seconds``: how old a result is when it arrives; an agent
   replaying its spool after an outage shows here.
@@ -82,6 +83,11 @@ class SelfMetrics:
             "wardready_collector_judge_duration_seconds",
             "Time taken to judge every ward once.",
             buckets=_JUDGE_BUCKETS,
+            registry=r,
+        )
+        self.judge_cpu = Counter(
+            "wardready_collector_judge_cpu_seconds",
+            "CPU time spent judging every ward (the judging thread's own, user and system).",
             registry=r,
         )
         self.judge_last_success = Gauge(

@@ -338,11 +338,12 @@ class Service:
         self.metrics.judge_errors.inc()
 
     def _judge(self, mono: float) -> dict[str, Verdict]:
-        began = time.perf_counter()
+        began, cpu = time.perf_counter(), time.thread_time()
         now = self.clock()
         result = evaluate_all(self.profile, self.state, list(self.wards()), now, self._ward_error)
         took = time.perf_counter() - began
         self.metrics.judge_duration.observe(took)
+        self.metrics.judge_cpu.inc(time.thread_time() - cpu)
         self.metrics.judge_last_success.set(now)
         self._judge_took = took
         self._last_judged = time.monotonic()

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from fleet import wait_until
 from prometheus_client.parser import text_string_to_metric_families
 
 from collector import tokens, wards
@@ -24,16 +25,6 @@ from collector.state import AGE_OUT_MARGIN_SECONDS
 from .conftest import BROKEN, READY, auth, batch, body, broken_results, healthy_results, result
 
 OTHER = "ward-binh-thoi"
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float = 10.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = predicate()
-        if got:
-            return got
-        time.sleep(0.02)
-    raise AssertionError("condition not met in time")
 
 
 def sample(service: Service, name: str, **labels: str) -> float:
@@ -48,19 +39,25 @@ def series_results(count: int, start_seq: int = 1, prefix: str = "probe") -> lis
     ]
 
 
+def opened(engine: Any, profile_path: Path, units_csv: Path, **options: Any) -> Service:
+    """A service over the test database with the ward list imported and its state built."""
+    wards.import_csv(engine, units_csv)
+    svc = Service(engine, load_profile(profile_path), **options)
+    svc.rebuild()
+    return svc
+
+
 @pytest.fixture
 def small(engine: Any, profile_path: Path, units_csv: Path) -> Service:
     """A service whose budgets a test reaches quickly: 3 series per agent, 4 per ward."""
-    wards.import_csv(engine, units_csv)
-    svc = Service(
+    return opened(
         engine,
-        load_profile(profile_path),
+        profile_path,
+        units_csv,
         verdict_seconds=0.0,
         agent_series_budget=3,
         ward_series_budget=4,
     )
-    svc.rebuild()
-    return svc
 
 
 @pytest.fixture
@@ -144,15 +141,13 @@ def start(target: Callable[[threading.Event], None]) -> tuple[threading.Event, t
 def test_healthz_fails_while_the_judge_is_stale_and_recovers(
     engine: Any, profile_path: Path, units_csv: Path
 ) -> None:
-    wards.import_csv(engine, units_csv)
-    svc = Service(engine, load_profile(profile_path), verdict_seconds=0.05)
+    svc = opened(engine, profile_path, units_csv, verdict_seconds=0.05)
     svc.min_stale_seconds = 0.0
-    svc.rebuild()
     client = TestClient(create_app(svc), base_url="http://127.0.0.1")
     assert client.get("/healthz").json() == {"status": "ok"}  # no judge thread: nothing to say
     stop, thread = start(svc.judge_forever)
     try:
-        wait_for(lambda: svc._last_judged is not None)
+        wait_until(lambda: svc._last_judged is not None, 10)
         assert client.get("/healthz").status_code == 200
         real = svc.wards
 
@@ -160,13 +155,13 @@ def test_healthz_fails_while_the_judge_is_stale_and_recovers(
             raise RuntimeError("ward list unreadable")
 
         svc.wards = broken  # type: ignore[method-assign]
-        r = wait_for(lambda: (r := client.get("/healthz")).status_code == 503 and r)
+        r = wait_until(lambda: (r := client.get("/healthz")).status_code == 503 and r, 10)
         assert r.json()["status"] == "unhealthy"
         assert r.json()["reason"].startswith("judge stale: last full judgement")
         assert sample(svc, "wardready_collector_judge_errors_total") >= 1
         assert thread.is_alive()  # the failure was caught, the loop goes on
         svc.wards = real  # type: ignore[method-assign]
-        wait_for(lambda: client.get("/healthz").status_code == 200)
+        wait_until(lambda: client.get("/healthz").status_code == 200, 10)
     finally:
         stop.set()
         thread.join(5)
@@ -174,9 +169,7 @@ def test_healthz_fails_while_the_judge_is_stale_and_recovers(
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
 def test_a_dead_judge_thread_is_restarted(engine: Any, profile_path: Path, units_csv: Path) -> None:
-    wards.import_csv(engine, units_csv)
-    svc = Service(engine, load_profile(profile_path), verdict_seconds=0.05)
-    svc.rebuild()
+    svc = opened(engine, profile_path, units_csv, verdict_seconds=0.05)
     real = svc.judge_forever
     calls: list[int] = []
 
@@ -189,7 +182,7 @@ def test_a_dead_judge_thread_is_restarted(engine: Any, profile_path: Path, units
     svc.judge_forever = dies_once  # type: ignore[method-assign]
     stop, supervisor = start(svc.supervise_judge)
     try:
-        wait_for(lambda: svc._last_judged is not None)
+        wait_until(lambda: svc._last_judged is not None, 10)
         assert len(calls) == 2
         assert sample(svc, "wardready_collector_judge_errors_total") == 1.0
         assert sample(svc, "wardready_collector_judge_last_success_timestamp_seconds") > 0
@@ -266,7 +259,8 @@ def test_stale_series_age_out_and_free_their_budget(small: Service, engine: Any)
     assert small.state.expire(time.time() + 60) == 0
     horizon = small.profile.retention_seconds() + AGE_OUT_MARGIN_SECONDS
     assert small.state.age_out_seconds(30.0) == horizon
-    assert small.state.expire(time.time() + horizon - 60) == 0
+    # series_results started about a minute ago.
+    assert small.state.expire(time.time() + horizon - 120) == 0
     assert small.state.expire(time.time() + horizon + 1) == 3
     assert small.series_usage(READY).used == 0
     assert small.state.newest(READY) == []
@@ -276,9 +270,7 @@ def test_stale_series_age_out_and_free_their_budget(small: Service, engine: Any)
 def test_a_rebuild_keeps_the_budget_and_drops_old_series(
     engine: Any, profile_path: Path, units_csv: Path
 ) -> None:
-    wards.import_csv(engine, units_csv)
-    roomy = Service(engine, load_profile(profile_path), verdict_seconds=0.0)
-    roomy.rebuild()
+    roomy = opened(engine, profile_path, units_csv, verdict_seconds=0.0)
     client = TestClient(create_app(roomy), base_url="http://127.0.0.1")
     token = tokens.create(engine, READY, "pc-01")
     assert post(client, token, batch(results=series_results(10))).status_code == 200
@@ -326,6 +318,7 @@ def test_ingest_and_judge_are_counted_on_metrics(
         "wardready_collector_ingest_rejected_results",
         "wardready_collector_judge_duration_seconds",
         "wardready_collector_judge_last_success_timestamp_seconds",
+        "wardready_collector_judge_cpu_seconds",
         "wardready_collector_judge_errors",
         "wardready_collector_db_commit_duration_seconds",
         "wardready_collector_result_age_seconds",
