@@ -19,10 +19,28 @@ test's service counts from zero. Metrics:
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
+import threading
+from bisect import bisect_left
+from collections.abc import Iterable, Iterator
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    disable_created_metrics,
+)
+from prometheus_client.core import HistogramMetricFamily, Metric
 from prometheus_client.exposition import generate_latest
+from prometheus_client.registry import Collector
 
 from collector.ingest import IngestError
+
+# The text format shows each counter's creation time as a gauge of its own (``*_created``):
+# nothing reads them, and they double the series of every counter. This is the collector's
+# process, whose only prometheus_client metrics are these.
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 # Bounded words for refused results: a label value per free-text error would grow without end.
 REASONS = (
@@ -48,6 +66,38 @@ def reason_of(exc: IngestError) -> str:
     if given in REASONS:
         return str(given)
     return _BY_STATUS.get(exc.status, "other")
+
+
+class BatchHistogram(Collector):
+    """A histogram fed a batch of values at once: ingest observes the age of every result of
+    a batch, and prometheus_client's Histogram takes a lock per value, which cost a tenth of
+    the ingest rate."""
+
+    def __init__(self, name: str, documentation: str, buckets: tuple[float, ...]) -> None:
+        self._name, self._doc, self._bounds = name, documentation, buckets
+        self._counts = [0] * (len(buckets) + 1)  # the last one is +Inf
+        self._sum = 0.0
+        self._lock = threading.Lock()
+
+    def observe_many(self, values: Iterable[float]) -> None:
+        bounds = self._bounds
+        counts = [0] * (len(bounds) + 1)
+        total = 0.0
+        for v in values:
+            counts[bisect_left(bounds, v)] += 1  # the first bucket whose bound is >= v
+            total += v
+        with self._lock:
+            self._counts = [a + b for a, b in zip(self._counts, counts, strict=True)]
+            self._sum += total
+
+    def collect(self) -> Iterator[Metric]:
+        with self._lock:
+            counts, total = list(self._counts), self._sum
+        cumulative, buckets = 0, []
+        for bound, n in zip((*self._bounds, float("inf")), counts, strict=True):
+            cumulative += n
+            buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
+        yield HistogramMetricFamily(self._name, self._doc, buckets=buckets, sum_value=total)
 
 
 class SelfMetrics:
@@ -107,13 +157,13 @@ class SelfMetrics:
             buckets=_COMMIT_BUCKETS,
             registry=r,
         )
-        self.result_age = Histogram(
+        self.result_age = BatchHistogram(
             "wardready_collector_result_age_seconds",
             "Age of each stored result when it arrived (arrival time minus the result's "
             "start): large values are agents replaying their spool.",
-            buckets=_AGE_BUCKETS,
-            registry=r,
+            _AGE_BUCKETS,
         )
+        r.register(self.result_age)
 
     def refused(self, exc: IngestError, results: int = 1) -> None:
         self.rejected.labels(reason_of(exc)).inc(results)

@@ -309,9 +309,7 @@ class Service:
             self.state.heard(batch.ward, batch.agent, now)
         metrics.results.inc(len(stored.inserted))
         metrics.duplicates.inc(stored.duplicates)
-        age = metrics.result_age.observe
-        for r in stored.inserted:
-            age(max(0.0, now - r.started))
+        metrics.result_age.observe_many([max(0.0, now - r.started) for r in stored.inserted])
         return Ack(
             accepted=len(stored.inserted), duplicates=stored.duplicates, last_seq=stored.last_seq
         )
