@@ -8,7 +8,8 @@ test's service counts from zero. Metrics:
 - ``wardready_collector_ingest_results_total``, ``..._duplicates_total``: results stored, and
   results already held (an agent's replay).
 - ``wardready_collector_ingest_rejected_results_total{reason}``: results refused; ``reason`` is
-  one of :data:`REASONS`. A batch refused before its results were read counts as one.
+  one of :data:`REASONS`. A batch refused before its results were read, or holding none,
+  counts as one.
 - ``wardready_collector_judge_duration_seconds``, ``..._judge_cpu_seconds_total``,
   ``..._judge_last_success_timestamp_seconds``, ``..._judge_errors_total``: judging every ward;
   the CPU counter over time is the judge's share of a core.
@@ -123,7 +124,8 @@ class SelfMetrics:
         self.rejected = Counter(
             "wardready_collector_ingest_rejected_results",
             "Results refused at ingest, by reason; a batch refused before its results were "
-            "read (auth, too_large, rate_limited, unreadable JSON) counts as one.",
+            "read (auth, too_large, rate_limited, unreadable JSON), or holding none, counts "
+            "as one.",
             ["reason"],
             registry=r,
         )

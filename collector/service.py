@@ -297,6 +297,8 @@ class Service:
             if over:
                 self.state.refuse(batch.ward, len(batch.results))
                 refusal = _budget_error(over)
+                log.warning("ward %s agent %s: batch of %d results refused: %s", batch.ward,
+                            batch.agent, len(batch.results), refusal.detail)  # fmt: skip
                 metrics.refused(refusal, len(batch.results))
                 raise refusal
             began = time.perf_counter()
