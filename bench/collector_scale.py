@@ -5,8 +5,11 @@
    collector process, from several client processes at once. Prints results per second.
 2. Judgement: the same database opened in this process; evaluate_all for every commune with
    the shipped default profile, and /metrics rendered (in process and over HTTP).
+3. The judge's CPU share: with ingest over, the collector process left alone for
+   ``--judge-window`` seconds; from its own metrics, the CPU time its judge thread spent
+   judging and that of the whole process, each as a share of one core.
 
-    python bench/collector_scale.py [--wards 3321] [--clients 3]
+    python bench/collector_scale.py [--wards 3321] [--clients 3] [--judge-window 30]
 """
 
 from __future__ import annotations
@@ -183,10 +186,44 @@ def timed(fn: object, repeat: int = 3) -> float:
     return statistics.median(times)
 
 
+def self_metrics(url: str, names: tuple[str, ...]) -> dict[str, float]:
+    """Values of unlabelled samples of the collector's own metrics, from one scrape."""
+    text = httpx.get(f"{url}/metrics", timeout=120, headers={"Accept-Encoding": "identity"}).text
+    found = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name in names:
+            found[name] = float(value)
+    return found
+
+
+JUDGE_CPU = "wardready_collector_judge_cpu_seconds_total"
+JUDGE_SUM = "wardready_collector_judge_duration_seconds_sum"
+JUDGE_COUNT = "wardready_collector_judge_duration_seconds_count"
+PROCESS_CPU = "process_cpu_seconds_total"
+
+
+def judge_share(url: str, window: float) -> tuple[float, float, float]:
+    """(judge's CPU share of one core, the process's, wall seconds per judgement) over an
+    idle ``window``."""
+    names = (JUDGE_CPU, JUDGE_SUM, JUDGE_COUNT, PROCESS_CPU)
+    before, t0 = self_metrics(url, names), time.monotonic()
+    time.sleep(window)
+    after, elapsed = self_metrics(url, names), time.monotonic() - t0
+
+    def grew(name: str) -> float:
+        return after[name] - before[name]
+
+    count = grew(JUDGE_COUNT)
+    per = grew(JUDGE_SUM) / count if count else float("nan")
+    return grew(JUDGE_CPU) / elapsed, grew(PROCESS_CPU) / elapsed, per
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--wards", type=int, default=3321)
     parser.add_argument("--clients", type=int, default=3)
+    parser.add_argument("--judge-window", type=float, default=30.0)
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="wardready-scale-"))
     units = work / "units.csv"
@@ -230,6 +267,7 @@ def main() -> None:
                 f"{collector.url}/metrics", timeout=60, headers={"Accept-Encoding": "identity"}
             ).content
         )
+        judge_cpu, process_cpu, per_judgement = judge_share(collector.url, args.judge_window)
 
     service = Service.open(collector.db, ROOT / "collector" / "profiles" / "default.yaml")
     ward_ids = list(service.wards())
@@ -255,6 +293,11 @@ def main() -> None:
     print(
         f"  GET /metrics (HTTP) {t_http:9.3f} s         ({size / 2**20:.1f} MiB of text)   "
         "target < 2 s"
+    )
+    print(
+        f"  judge CPU share     {judge_cpu:9.1%} of a core  ({per_judgement:.3f} s wall per "
+        f"judgement every 10 s; the whole idle process {process_cpu:.1%}; "
+        f"{args.judge_window:g} s window)"
     )
     service.close()
     shutil.rmtree(work, ignore_errors=True)

@@ -36,7 +36,9 @@ log = logging.getLogger(__name__)
 
 
 class Health(BaseModel):
-    status: Literal["ok"]
+    status: Literal["ok", "unhealthy"]
+    reason: str | None = Field(default=None, description="why the collector is unhealthy")
+
 
 
 class InventoryAck(BaseModel):
@@ -154,8 +156,16 @@ def create_app(service: Service) -> FastAPI:
         log.error("database error: %s", exc.orig)
         return JSONResponse({"detail": "database unavailable; retry later"}, status_code=503)
 
-    @app.get("/healthz", response_model=Health)
-    def healthz() -> dict[str, str]:
+    @app.get(
+        "/healthz",
+        response_model=Health,
+        response_model_exclude_none=True,
+        responses={503: {"model": Health, "description": "the judge is stale"}},
+    )
+    def healthz() -> Any:
+        reason = service.health()
+        if reason is not None:
+            return JSONResponse({"status": "unhealthy", "reason": reason}, status_code=503)
         return {"status": "ok"}
 
     @app.get("/api/v1/wards", response_model=list[WardSummary])
@@ -244,9 +254,26 @@ def create_app(service: Service) -> FastAPI:
     async def ingest(request: Request) -> Ack:
         # Who is asking is settled before the body is read: an unauthenticated client does
         # not get to upload 8 MiB.
-        grant = await run_in_threadpool(service.authorize, request.headers.get("authorization"))
-        body = await _read_body(request, MAX_BATCH_BYTES)
-        return await run_in_threadpool(service.accept, grant, body)
+        requests = service.metrics.requests
+        try:
+            grant = await run_in_threadpool(service.authorize, request.headers.get("authorization"))
+            try:
+                body = await _read_body(request, MAX_BATCH_BYTES)
+            except IngestError as exc:
+                service.metrics.refused(exc)
+                raise
+            ack = await run_in_threadpool(service.accept, grant, body)
+        except IngestError as exc:
+            requests.labels(str(exc.status)).inc()
+            raise
+        except sa.exc.OperationalError:
+            requests.labels("503").inc()
+            raise
+        except Exception:
+            requests.labels("500").inc()
+            raise
+        requests.labels("200").inc()
+        return ack
 
     @app.post(
         "/api/v1/inventory",
@@ -282,7 +309,8 @@ def create_app(service: Service) -> FastAPI:
         responses={200: {"content": {exposition.CONTENT_TYPE: {}}, "description": "metrics"}},
     )
     def metrics() -> Response:
-        return Response(exposition.render(registry), media_type=exposition.CONTENT_TYPE)
+        body = exposition.render(registry) + service.metrics.render()
+        return Response(body, media_type=exposition.CONTENT_TYPE)
 
     board.install(app, service)
     app.openapi = _with_batch_schema(app)  # type: ignore[method-assign]

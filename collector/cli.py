@@ -31,6 +31,7 @@ from collector import db, i18n, summary
 from collector import tokens as tokenstore
 from collector import wards as wardlist
 from collector.profile import ProfileError
+from collector.state import DEFAULT_AGENT_SERIES, DEFAULT_WARD_SERIES
 from collector.summary import WardSummary
 
 log = logging.getLogger("collector")
@@ -370,6 +371,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from collector.service import Service
 
     host, port = parse_listen(args.listen)
+    for name in ("agent_series_budget", "ward_series_budget"):
+        if getattr(args, name) < 1:
+            raise UsageError(f"--{name.replace('_', '-')}: must be at least 1")
     logging.getLogger().setLevel(args.log_level.upper())
     if args.wards:
         # stdout carries only the "listening on" line, for whoever started the server.
@@ -384,7 +388,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(
             f"{args.wards}: {len(found)} wards ({added} added, {updated} updated)", file=sys.stderr
         )
-    service = Service.open(args.db, args.profile, verdict_seconds=args.verdict_seconds)
+    service = Service.open(
+        args.db,
+        args.profile,
+        verdict_seconds=args.verdict_seconds,
+        agent_series_budget=args.agent_series_budget,
+        ward_series_budget=args.ward_series_budget,
+    )
     sock = _bind(host, port)
     config = uvicorn.Config(
         create_app(service),
@@ -395,7 +405,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     )
     server = uvicorn.Server(config)
     stop = threading.Event()
-    threading.Thread(target=service.judge_forever, args=(stop,), name="judge", daemon=True).start()
+    threading.Thread(
+        target=service.supervise_judge, args=(stop,), name="judge-supervisor", daemon=True
+    ).start()
     if args.retention_days > 0:
         threading.Thread(
             target=_pruner,
@@ -468,6 +480,18 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=30.0,
         help="prune results older than this every hour; 0 never prunes",
+    )
+    s.add_argument(
+        "--agent-series-budget",
+        type=int,
+        default=DEFAULT_AGENT_SERIES,
+        help="the most series (check name and target) one agent may hold (default %(default)s)",
+    )
+    s.add_argument(
+        "--ward-series-budget",
+        type=int,
+        default=DEFAULT_WARD_SERIES,
+        help="the most series one ward may hold (default %(default)s)",
     )
     s.set_defaults(func=cmd_serve)
 

@@ -42,6 +42,9 @@ class IngestError(Exception):
     detail: str
     errors: list[dict[str, str]] = field(default_factory=list)
     headers: dict[str, str] = field(default_factory=dict)
+    # A bounded word for the rejection counter (collector.selfmetrics.REASONS); "" lets the
+    # counter derive it from the status.
+    reason: str = ""
 
     def __str__(self) -> str:
         return f"{self.status}: {self.detail}"

@@ -17,10 +17,16 @@ Warnings never change the verdict; they are listed after the blockers.
 
 Percentiles use the nearest-rank method: p95 of n values is the ceil(0.95·n)-th smallest, so
 the figure shown is always one that was measured.
+
+Every value the wire accepts is judged without raising: an average of finite values near the
+float limit is taken without overflowing, and an error judging one ward anyway (a bug) makes
+that ward ``unknown`` with the reason ``judge_error: ...`` while every other ward is judged
+(:func:`evaluate_all`).
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import operator
 from bisect import bisect_left
@@ -32,6 +38,8 @@ from operator import attrgetter
 from collector.profile import DURATION, SUCCESS, Criterion, Profile, format_duration
 from collector.state import Sample, Series, State, WardState
 
+log = logging.getLogger(__name__)
+
 OK = "ok"
 FAILED = "failed"
 UNKNOWN = "unknown"
@@ -42,6 +50,7 @@ NOT_READY = "not_ready"
 
 NO_DATA = "no_data"
 AGENT_SILENT = "agent_silent"
+JUDGE_ERROR = "judge_error"
 
 _COMPARE: Mapping[str, Callable[[float, float], bool]] = {
     "<": operator.lt,
@@ -94,6 +103,8 @@ class Verdict:
 
 def format_age(seconds: float) -> str:
     """'45s', '12m 5s', '2h 3m', '3d 4h'."""
+    if not math.isfinite(seconds):
+        return "forever" if seconds > 0 else "0s"
     s = max(0, round(seconds))
     if s < 60:
         return f"{s}s"
@@ -107,7 +118,7 @@ def format_age(seconds: float) -> str:
 def aggregate(agg: str, values: Sequence[float]) -> float:
     """``values`` oldest first, at least one."""
     if agg == "avg":
-        return math.fsum(values) / len(values)
+        return mean(values)
     if agg == "min":
         return min(values)
     if agg == "max":
@@ -119,6 +130,20 @@ def aggregate(agg: str, values: Sequence[float]) -> float:
     ordered = sorted(values)
     rank = math.ceil(_RANK[agg] * len(ordered))
     return ordered[max(rank, 1) - 1]
+
+
+def mean(values: Sequence[float]) -> float:
+    """The exact mean of finite values, even where their sum would overflow a float."""
+    n = len(values)
+    try:
+        return math.fsum(values) / n
+    except OverflowError:
+        pass
+    # Every partial sum of the v/2n is at most half the largest |v|, so this cannot overflow;
+    # doubling is exact, or rounds past the float limit, which the clamp brings back to what
+    # was measured. Only reached near ±1.8e308, where rounding each division does not matter.
+    m = math.fsum(v / (2 * n) for v in values) * 2
+    return min(max(m, min(values)), max(values))
 
 
 def _values(
@@ -178,6 +203,11 @@ def _judge(c: Criterion, series: Series, now: float) -> Evidence:
         )
         return Evidence(sid, None, thr, op, agg, span, n, at, UNKNOWN, detail)
     observed = aggregate(agg, values)
+    if not math.isfinite(observed):
+        # Not from the wire (it refuses inf and nan), but a database edited by hand could
+        # hold one; a verdict cannot rest on it, and JSON cannot carry it.
+        detail = f"{cond.metric} {agg} over {span} is not a finite number"
+        return Evidence(sid, None, thr, op, agg, span, n, at, UNKNOWN, detail)
     ok = _COMPARE[op](observed, thr)
     detail = (
         f"{cond.metric} {agg} {observed:.4g} over {span} ({_plural(n, 'sample')}) "
@@ -305,9 +335,33 @@ def evaluate(profile: Profile, ward: WardState, now: float) -> Verdict:
     return _evaluate(profile, [_select_key(c) for c in profile.criteria], ward, now)
 
 
+def judge_error(ward: str, exc: BaseException, now: float) -> Verdict:
+    """The verdict of a ward whose judging raised: unknown, with the error as its reason."""
+    text = " ".join(str(exc).split())[:200]
+    reason = f"{JUDGE_ERROR}: {type(exc).__name__}" + (f": {text}" if text else "")
+    return Verdict(ward, UNKNOWN, [reason], [], now)
+
+
 def evaluate_all(
-    profile: Profile, state: State, ward_ids: Iterable[str], now: float
+    profile: Profile,
+    state: State,
+    ward_ids: Iterable[str],
+    now: float,
+    on_error: Callable[[str, Exception], None] | None = None,
 ) -> dict[str, Verdict]:
-    """Judge every ward in ``ward_ids``; a ward the state never heard of is no_data."""
+    """Judge every ward in ``ward_ids``; a ward the state never heard of is no_data.
+
+    A ward whose judging raises is ``unknown`` with a ``judge_error`` reason, logged with its
+    id and passed to ``on_error``; the other wards are judged as ever.
+    """
     keys = [_select_key(c) for c in profile.criteria]
-    return {w: _evaluate(profile, keys, state.ward(w), now) for w in ward_ids}
+    out = {}
+    for w in ward_ids:
+        try:
+            out[w] = _evaluate(profile, keys, state.ward(w), now)
+        except Exception as exc:
+            log.exception("judging ward %s failed; it is unknown until judged again", w)
+            out[w] = judge_error(w, exc, now)
+            if on_error is not None:
+                on_error(w, exc)
+    return out

@@ -7,7 +7,14 @@ result the database does not.
 
 Verdicts for all wards are computed at most every ``verdict_seconds``: a Prometheus scrape,
 the ward list and a ward's detail all read the same cached evaluation. ``serve`` keeps that
-evaluation fresh from a thread of its own, so no request waits for it.
+evaluation fresh from a thread of its own, so no request waits for it. That thread is
+supervised: a failed judgement is logged, counted and tried again the next period, a dead
+thread is restarted, and :meth:`Service.health` reports unhealthy when the last full judgement
+is older than :data:`STALE_PERIODS` periods. An error judging one ward only makes that ward
+unknown (see :func:`collector.readiness.evaluate_all`).
+
+Each agent and each ward has a series budget (:mod:`collector.state`): a batch that would
+create series past it is refused with a 422 naming the budget, before anything is stored.
 """
 
 from __future__ import annotations
@@ -30,7 +37,8 @@ from collector import db, history, ingest
 from collector import wards as wardlist
 from collector.profile import Profile, default_profile_path, load_profile
 from collector.readiness import Verdict, evaluate_all
-from collector.state import State
+from collector.selfmetrics import SelfMetrics
+from collector.state import DEFAULT_AGENT_SERIES, DEFAULT_WARD_SERIES, SeriesUsage, State
 from collector.tokens import CACHE_SECONDS, Grant, TokenCache
 from shared.wire import Ack, ResultRecord
 
@@ -40,6 +48,10 @@ DEFAULT_VERDICT_SECONDS = 2.0
 # A ward list imported by the CLI while the server runs shows up within this long.
 DEFAULT_WARDS_SECONDS = 10.0
 DEFAULT_RETENTION_DAYS = 30.0
+# /healthz fails when the last full judgement is older than this many judging periods.
+STALE_PERIODS = 3.0
+# ... and never sooner than this: a judge a period or two late on a busy machine is not sick.
+MIN_STALE_SECONDS = 10.0
 
 
 @dataclass(frozen=True)
@@ -111,10 +123,14 @@ class Service:
         wards_seconds: float = DEFAULT_WARDS_SECONDS,
         token_seconds: float = CACHE_SECONDS,
         clock: Callable[[], float] = time.time,
+        agent_series_budget: int = DEFAULT_AGENT_SERIES,
+        ward_series_budget: int = DEFAULT_WARD_SERIES,
     ) -> None:
         self.engine = engine
         self.profile = profile
-        self.state = State.for_profile(profile)
+        self._budgets = {"agent_budget": agent_series_budget, "ward_budget": ward_series_budget}
+        self.state = State.for_profile(profile, **self._budgets)
+        self.metrics = SelfMetrics()
         self.tokens = TokenCache(engine, token_seconds)
         self.clock = clock
         self._verdict_seconds = verdict_seconds
@@ -130,6 +146,12 @@ class Service:
         self._judging = threading.Event()
         self._wards: tuple[float, dict[str, wardlist.Ward]] | None = None
         self.history = history.Recorder(engine)
+        # Monotonic times: judging started (None: no judge thread), the last full judgement
+        # ended, and how long it took.
+        self._judge_since: float | None = None
+        self._last_judged: float | None = None
+        self._judge_took = 0.0
+        self.min_stale_seconds = MIN_STALE_SECONDS
 
     @classmethod
     def open(
@@ -139,12 +161,20 @@ class Service:
         *,
         verdict_seconds: float = DEFAULT_VERDICT_SECONDS,
         synchronous: str = "FULL",
+        agent_series_budget: int = DEFAULT_AGENT_SERIES,
+        ward_series_budget: int = DEFAULT_WARD_SERIES,
     ) -> Service:
         """Engine + migrations + profile + state rebuilt from the database, ready to serve."""
         loaded = load_profile(profile_path(profile))
         engine = db.make_engine(url, synchronous=synchronous)
         db.upgrade(engine)
-        service = cls(engine, loaded, verdict_seconds=verdict_seconds)
+        service = cls(
+            engine,
+            loaded,
+            verdict_seconds=verdict_seconds,
+            agent_series_budget=agent_series_budget,
+            ward_series_budget=ward_series_budget,
+        )
         service.rebuild()
         return service
 
@@ -161,13 +191,17 @@ class Service:
     def rebuild(self, now: float | None = None) -> int:
         """Load what State keeps from the database: the profile's window of results, the
         newest ``keep_last`` results of each series found there (a slow check's `last: N`
-        reaches further back than the window), and every agent's last contact."""
+        reaches further back than the window), and every agent's last contact.
+
+        The series budgets hold here too: series past them (the database may hold more, from
+        before a budget was lowered) are skipped, and series too old to matter are dropped,
+        so memory after a restart is bounded as it is while running."""
         now = self.clock() if now is None else now
-        self.state = State.for_profile(self.profile)
+        self.state = State.for_profile(self.profile, **self._budgets)
         since = now - self.profile.retention_seconds()
         keep_last = self.state.keep_last
         r = db.results
-        loaded = 0
+        loaded = skipped = 0
         with self.engine.connect() as conn:
             # One ward at a time: each query is a range of the (ward_id, started) index, and
             # memory holds one ward's rows at once.
@@ -200,10 +234,14 @@ class Service:
                 rows.sort(key=lambda row: (row.agent, row.started))
                 for agent, group in groupby(rows, key=lambda row: row.agent):
                     records = [_record(row) for row in group]
-                    self.state.add(ward, agent, records)
-                    loaded += len(records)
+                    dropped = self.state.add(ward, agent, records)
+                    skipped += dropped
+                    loaded += len(records) - dropped
         for a in self.agents():
             self.state.heard(a.ward, a.agent, a.last_seen)
+        self.state.expire(now)
+        if skipped:
+            log.warning("rebuild: %d results skipped, their series past a series budget", skipped)
         self._verdicts = None
         return loaded
 
@@ -235,20 +273,46 @@ class Service:
         return self.accept(self.authorize(authorization), body, now)
 
     def authorize(self, authorization: str | None) -> Grant:
-        return ingest.authorize(self.tokens, authorization)
+        try:
+            return ingest.authorize(self.tokens, authorization)
+        except ingest.IngestError as exc:
+            self.metrics.refused(exc)
+            raise
 
     def accept(self, grant: Grant, body: bytes, now: float | None = None) -> Ack:
         """Validate, store and remember a batch sent with ``grant``'s token."""
-        batch = ingest.parse(body)
+        metrics = self.metrics
+        try:
+            batch = ingest.parse(body)
+        except ingest.IngestError as exc:
+            metrics.refused(exc)
+            raise
         now = self.clock() if now is None else now
-        ingest.check(batch, grant, now, ingest.known_checks())
+        try:
+            ingest.check(batch, grant, now, ingest.known_checks())
+        except ingest.IngestError as exc:
+            metrics.refused(exc, max(1, len(batch.results)))
+            raise
         with self._write_lock:
+            over = self.state.admit(batch.ward, batch.agent, batch.results)
+            if over:
+                self.state.refuse(batch.ward, len(batch.results))
+                refusal = _budget_error(over)
+                log.warning("ward %s agent %s: batch of %d results refused: %s", batch.ward,
+                            batch.agent, len(batch.results), refusal.detail)  # fmt: skip
+                metrics.refused(refusal, len(batch.results))
+                raise refusal
+            began = time.perf_counter()
             with self._writer.begin() as conn:
                 stored = ingest.store(conn, batch, now)
+            metrics.commit_duration.observe(time.perf_counter() - began)
             # Only after the commit: State must never hold what the database may not.
             if stored.inserted:
                 self.state.add(batch.ward, batch.agent, stored.inserted)
             self.state.heard(batch.ward, batch.agent, now)
+        metrics.results.inc(len(stored.inserted))
+        metrics.duplicates.inc(stored.duplicates)
+        metrics.result_age.observe_many([max(0.0, now - r.started) for r in stored.inserted])
         return Ack(
             accepted=len(stored.inserted), duplicates=stored.duplicates, last_seq=stored.last_seq
         )
@@ -260,7 +324,7 @@ class Service:
         not cached.
         """
         if now is not None:
-            return evaluate_all(self.profile, self.state, list(self.wards()), now)
+            return evaluate_all(self.profile, self.state, list(self.wards()), now, self._ward_error)
         mono = time.monotonic()
         # While judge_forever runs, a cached result may be up to two periods old: a request
         # then never waits for an evaluation of every ward (~0.5 s at 3,321 wards).
@@ -271,8 +335,19 @@ class Service:
                 return cached[1]
             return self._judge(mono)
 
+    def _ward_error(self, ward: str, exc: Exception) -> None:
+        self.metrics.judge_errors.inc()
+
     def _judge(self, mono: float) -> dict[str, Verdict]:
-        result = evaluate_all(self.profile, self.state, list(self.wards()), self.clock())
+        began, cpu = time.perf_counter(), time.thread_time()
+        now = self.clock()
+        result = evaluate_all(self.profile, self.state, list(self.wards()), now, self._ward_error)
+        took = time.perf_counter() - began
+        self.metrics.judge_duration.observe(took)
+        self.metrics.judge_cpu.inc(time.thread_time() - cpu)
+        self.metrics.judge_last_success.set(now)
+        self._judge_took = took
+        self._last_judged = time.monotonic()
         self._verdicts = (mono, result)
         try:
             self.history.record(result)
@@ -284,19 +359,71 @@ class Service:
 
     def judge_forever(self, stop: threading.Event) -> None:
         """Re-evaluate every ward each ``verdict_seconds`` until ``stop`` is set, so API and
-        /metrics requests read a ready result instead of computing one."""
+        /metrics requests read a ready result instead of computing one. A judgement that
+        fails (the database gone while the ward list is read) is logged, counted and tried
+        again the next period; series that stopped reporting are forgotten on the way."""
+        if self._judge_since is None:
+            self._judge_since = time.monotonic()
         self._judging.set()
         try:
             while not stop.is_set():
-                with self._verdict_lock:
-                    self._judge(time.monotonic())
+                try:
+                    self.state.expire(self.clock())
+                    with self._verdict_lock:
+                        self._judge(time.monotonic())
+                except Exception:
+                    log.exception("judging every ward failed; trying again in %g s",
+                                  self._verdict_seconds)  # fmt: skip
+                    self.metrics.judge_errors.inc()
                 stop.wait(self._verdict_seconds)
         finally:
             self._judging.clear()
 
+    def supervise_judge(self, stop: threading.Event) -> None:
+        """Run :meth:`judge_forever` in a thread of its own, and start it again if it dies,
+        until ``stop`` is set."""
+        while not stop.is_set():
+            worker = threading.Thread(
+                target=self.judge_forever, args=(stop,), name="judge", daemon=True
+            )
+            worker.start()
+            worker.join()
+            if not stop.is_set():
+                log.error("the judge thread died; restarting it in %g s", self._verdict_seconds)
+                self.metrics.judge_errors.inc()
+                stop.wait(self._verdict_seconds)
+
+    def health(self) -> str | None:
+        """Why the collector is unhealthy, or None: while a judge thread runs, the last full
+        judgement must be younger than STALE_PERIODS periods (a judgement's own duration
+        counted in the period), or than ``min_stale_seconds``, whichever is longer."""
+        since = self._judge_since
+        if since is None:
+            return None
+        limit = max(
+            STALE_PERIODS * (self._verdict_seconds + self._judge_took), self.min_stale_seconds
+        )
+        last = self._last_judged
+        age = time.monotonic() - (since if last is None else last)
+        if age <= limit:
+            return None
+        if last is None:
+            return f"judge stale: no full judgement in the {age:.0f} s since judging started"
+        return f"judge stale: last full judgement {age:.0f} s ago (limit {limit:.0f} s)"
+
+    def series_usage(self, ward: str) -> SeriesUsage:
+        return self.state.usage(ward)
+
     def prune(self, days: float = DEFAULT_RETENTION_DAYS, now: float | None = None) -> int:
         """Delete results that started more than ``days`` ago; returns how many."""
         return prune(self.engine, days, self.clock() if now is None else now)
+
+
+def _budget_error(over: list[tuple[int, str]]) -> ingest.IngestError:
+    errors = [{"field": f"results.{i}", "message": why} for i, why in over]
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    detail = f"{errors[0]['field']}: {errors[0]['message']}{more}"
+    return ingest.IngestError(422, detail, errors[: ingest.MAX_ERRORS], reason="series_budget")
 
 
 def _ward_ids(engine: Engine) -> Iterator[str]:

@@ -6,6 +6,11 @@ count. Results may arrive out of order (an agent replays its spool after an outa
 are inserted in place; a result with the start time of one already held is a replay and is
 dropped.
 
+Memory is bounded per ward whatever its agents send. Each agent and each ward has a budget of
+series: :meth:`State.admit` names the results of a batch that would create series past it
+(ingest refuses the batch), and :meth:`State.add` skips them (a rebuild from a database that
+holds more than the budget). Series that stop reporting are forgotten by :meth:`State.expire`.
+
 Everything goes through one lock: ingest threads add while the evaluator reads.
 :meth:`State.ward` hands out a copy, so evaluation never holds the lock.
 """
@@ -33,6 +38,15 @@ _EMPTY: Mapping[str, float] = MappingProxyType({})
 # Metric names and reasons are agent-chosen words: stop sharing new ones past this many, so a
 # misbehaving agent cannot grow the table without end.
 _MAX_NAMES = 4096
+
+# A real ward PC runs a few dozen checks; these leave room for a hundred times that while
+# keeping one ward's memory within tens of megabytes.
+DEFAULT_AGENT_SERIES = 2000
+DEFAULT_WARD_SERIES = 4000
+# How much longer than it could matter to a verdict a silent series is still held: an agent
+# whose clock runs late, or that replays its spool, still shows as stale with its figures
+# rather than vanishing between two batches.
+AGE_OUT_MARGIN_SECONDS = 3600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +109,21 @@ class _Ward:
     # The newest result of each series with all its metrics, for re-export, when the
     # history keeps only the metrics the profile reads.
     latest: dict[tuple[str, str, str], Sample] = field(default_factory=dict)
+    # Series held per agent, for its budget.
+    per_agent: dict[str, int] = field(default_factory=dict)
+    # Results refused because they would have created a series past a budget.
+    refused: int = 0
+
+
+@dataclass(frozen=True)
+class SeriesUsage:
+    """What a ward holds against its series budgets, as the ward page shows it."""
+
+    used: int
+    budget: int
+    agent_budget: int
+    refused: int
+    agents: Mapping[str, int]
 
 
 class State:
@@ -106,6 +135,11 @@ class State:
     ``keep_metrics``: when given, history keeps only these metrics (the profile's; see
     :meth:`for_profile`), which cuts memory several times at national scale; the newest
     sample of each series keeps all its metrics for :meth:`latest`.
+    ``agent_budget``, ``ward_budget``: the most series one agent, and one ward, may hold.
+    ``stale_intervals``: a series is kept while its newest result is younger than twice this
+    many of its intervals or than the retention, whichever is longer, plus
+    AGE_OUT_MARGIN_SECONDS: a slow check is not forgotten between runs, and one that stopped
+    is shown stale before it goes.
     """
 
     def __init__(
@@ -115,11 +149,19 @@ class State:
         *,
         keep_last: int = DEFAULT_KEEP_LAST,
         keep_metrics: Collection[str] | None = None,
+        agent_budget: int = DEFAULT_AGENT_SERIES,
+        ward_budget: int = DEFAULT_WARD_SERIES,
+        stale_intervals: float = 3.0,
     ) -> None:
         if retention_seconds <= 0:
             raise ValueError("retention_seconds must be greater than 0")
         if max_samples_per_series < 1 or keep_last < 1:
             raise ValueError("max_samples_per_series and keep_last must be at least 1")
+        if agent_budget < 1 or ward_budget < 1:
+            raise ValueError("series budgets must be at least 1")
+        self.agent_budget = agent_budget
+        self.ward_budget = ward_budget
+        self.stale_intervals = float(stale_intervals)
         self.retention_seconds = float(retention_seconds)
         self.max_samples_per_series = max_samples_per_series
         self.keep_last = min(keep_last, max_samples_per_series)
@@ -132,14 +174,108 @@ class State:
         self._kept_of: dict[tuple[str, ...], tuple[str, ...]] = {}
 
     @classmethod
-    def for_profile(cls, profile: Profile, max_samples_per_series: int = 512) -> State:
+    def for_profile(
+        cls,
+        profile: Profile,
+        max_samples_per_series: int = 512,
+        *,
+        agent_budget: int = DEFAULT_AGENT_SERIES,
+        ward_budget: int = DEFAULT_WARD_SERIES,
+    ) -> State:
         """A state that keeps exactly what ``profile`` needs."""
         return cls(
             profile.retention_seconds(),
             max_samples_per_series,
             keep_last=profile.keep_last(),
             keep_metrics=profile.metrics_used(),
+            agent_budget=agent_budget,
+            ward_budget=ward_budget,
+            stale_intervals=max(c.max_age_intervals for c in profile.criteria),
         )
+
+    def _over_budget(self, w: _Ward, ward: str, agent: str, extra_agent: int, extra: int) -> str:
+        """Why one more series of ``agent`` does not fit, or "" when it does."""
+        if w.per_agent.get(agent, 0) + extra_agent >= self.agent_budget:
+            return (
+                f"series budget of agent {agent} of ward {ward} reached "
+                f"({self.agent_budget} series); existing series keep working"
+            )
+        if len(w.series) + extra >= self.ward_budget:
+            return (
+                f"series budget of ward {ward} reached ({self.ward_budget} series); "
+                "existing series keep working"
+            )
+        return ""
+
+    def admit(
+        self, ward: str, agent: str, records: Sequence[ResultRecord]
+    ) -> list[tuple[int, str]]:
+        """(index, why) of each result that would create a series past a budget.
+
+        Callers that then add must hold the same write order (the service's write lock), so
+        that what was admitted still fits.
+        """
+        with self._lock:
+            w = self._wards.get(ward) or _Ward()
+            held = w.series
+            new: set[tuple[str, str, str]] = set()
+            over = []
+            for i, r in enumerate(records):
+                key = (agent, r.name, r.target)
+                if key in held or key in new:
+                    continue
+                why = self._over_budget(w, ward, agent, len(new), len(new))
+                if why:
+                    over.append((i, why))
+                else:
+                    new.add(key)
+            return over
+
+    def refuse(self, ward: str, results: int) -> None:
+        """Count results of ``ward`` refused for its series budget (shown by :meth:`usage`)."""
+        with self._lock:
+            w = self._wards.get(ward)
+            if w is None:
+                w = self._wards[ward] = _Ward()
+            w.refused += results
+
+    def usage(self, ward: str) -> SeriesUsage:
+        with self._lock:
+            w = self._wards.get(ward) or _Ward()
+            return SeriesUsage(
+                len(w.series), self.ward_budget, self.agent_budget, w.refused, dict(w.per_agent)
+            )
+
+    def age_out_seconds(self, interval_seconds: float) -> float:
+        """How long after its newest result a series of this interval is forgotten."""
+        held = max(self.retention_seconds, 2 * self.stale_intervals * interval_seconds)
+        return held + AGE_OUT_MARGIN_SECONDS
+
+    def expire(self, now: float) -> int:
+        """Forget series whose newest result is too old to matter; returns how many."""
+        removed = 0
+        with self._lock:
+            wards = list(self._wards.values())
+        # A ward at a time, so ingest never waits for a pass over every series.
+        for w in wards:
+            with self._lock:
+                gone = [
+                    key
+                    for key, s in w.series.items()
+                    if not s.samples
+                    or now - s.samples[-1].started > self.age_out_seconds(s.interval_seconds)
+                ]
+                for key in gone:
+                    del w.series[key]
+                    w.latest.pop(key, None)
+                    agent = key[0]
+                    left = w.per_agent.get(agent, 1) - 1
+                    if left > 0:
+                        w.per_agent[agent] = left
+                    else:
+                        w.per_agent.pop(agent, None)
+                removed += len(gone)
+        return removed
 
     def _name(self, word: str) -> str:
         names = self._names
@@ -156,8 +292,12 @@ class State:
     def _interned(self, metrics: Mapping[str, float]) -> Mapping[str, float]:
         return {self._name(k): v for k, v in metrics.items()} if metrics else _EMPTY
 
-    def add(self, ward: str, agent: str, records: Sequence[ResultRecord]) -> None:
-        """Insert results of one agent of ``ward``, in order of start time, then prune."""
+    def add(self, ward: str, agent: str, records: Sequence[ResultRecord]) -> int:
+        """Insert results of one agent of ``ward``, in order of start time, then prune.
+
+        Returns how many results were skipped because their series did not fit a budget.
+        """
+        skipped = 0
         with self._lock:
             w = self._wards.get(ward)
             if w is None:
@@ -171,9 +311,13 @@ class State:
                 key = (agent, r.name, r.target)
                 s = w.series.get(key)
                 if s is None:
+                    if self._over_budget(w, ward, agent, 0, 0):
+                        skipped += 1
+                        continue
                     s = w.series[key] = Series(
                         ward, agent, r.check, r.name, r.target, dict(r.labels), r.interval_seconds
                     )
+                    w.per_agent[agent] = w.per_agent.get(agent, 0) + 1
                 metrics = r.metrics
                 if metrics:
                     # A check reports the same metric names every time: which of them history
@@ -209,6 +353,7 @@ class State:
                 )  # fmt: skip
             for s in touched.values():
                 self._prune(s.samples)
+        return skipped
 
     def _prune(self, samples: deque[Sample]) -> None:
         cutoff = samples[-1].started - self.retention_seconds

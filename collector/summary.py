@@ -25,6 +25,7 @@ from collector import db, i18n
 from collector import inventory as inventory_store
 from collector.readiness import AGENT_SILENT, NO_DATA, CriterionResult, Verdict
 from collector.service import AgentInfo
+from collector.state import SeriesUsage
 from collector.wards import Ward
 from shared.wire import Device
 
@@ -90,6 +91,9 @@ class WardDetail(WardSummary):
     ]
     last_seen: Annotated[float | None, Field(description="the latest contact of any of its agents")]
     evaluated_at: float
+    series: Annotated[
+        SeriesUsage, Field(description="series held in memory against the ward's budgets")
+    ]
 
 
 def summarize(ward: Ward, verdict: Verdict | None) -> WardSummary:
@@ -216,6 +220,7 @@ def detail(service: Service, ward_id: str) -> WardDetail | None:
         ],
         last_seen=max((a.last_seen for a in agents), default=None),
         evaluated_at=verdict.evaluated_at if verdict else service.clock(),
+        series=service.series_usage(ward_id),
     )
 
 

@@ -120,6 +120,8 @@ VARIABLES = {
 NO_DATA_YET = {
     "ReadinessDropped": "compares with 15 minutes ago",
     "CollectorDown": "the collector is up",
+    "WardreadyJudgeStale": "the judge is fresh",
+    "WardreadyIngestRejectionsSpike": "no results are refused",
 }
 
 

@@ -97,6 +97,8 @@ def test_every_alert_is_tested_firing_and_silent() -> None:
         "TLSCertExpiringSoon",
         "ReadinessDropped",
         "CollectorDown",
+        "WardreadyJudgeStale",
+        "WardreadyIngestRejectionsSpike",
     }
     fires: dict[str, list[dict[str, Any]]] = {}
     silent: set[str] = set()
