@@ -196,7 +196,7 @@ def current_revision(engine: Engine) -> str | None:
 def head_revision() -> str | None:
     return ScriptDirectory.from_config(alembic_config()).get_current_head()
 
-# Audits of a time window (collector.audit): written once, never updated. ``content`` is the
+# Audits of a time window (collector.audits): written once, never updated. ``content`` is the
 # canonical JSON the ``sha256`` column was computed over; the other columns repeat fields of
 # it for listing, and ``audit verify`` checks that they still agree with it.
 audits = sa.Table(

@@ -16,6 +16,9 @@ apt_packages=(
   avahi-daemon                      # discovery: mDNS on a test LAN
   openssh-server                    # ssh
   prometheus prometheus-alertmanager                # rules, routes and dashboards
+  libpango-1.0-0 libpangoft2-1.0-0                  # WeasyPrint: audit PDFs
+  fonts-noto-core fonts-dejavu-core                 # every Vietnamese letter in the PDFs
+  poppler-utils                                     # pdftotext, pdftoppm: audit PDF tests
 )
 
 missing=()

@@ -88,7 +88,8 @@ def _result(seq: int, started: float, kind: str, ok: bool) -> dict[str, Any]:
         return {**common, "check": "icmp", "name": "wan-city", "target": "gw",
                 "address": "10.0.0.1", "labels": {"role": "wan", "line": "fibre"},
                 "success": ok, "reason": "ok" if ok else "no_reply",
-                "metrics": {"loss_ratio": 0.0 if ok else 1.0, "rtt_avg_seconds": 0.012}}  # fmt: skip
+                "metrics": {"loss_ratio": 0.0 if ok else 1.0,
+                            "rtt_avg_seconds": 0.012}}  # fmt: skip
     if kind == "http":
         return {**common, "check": "http", "name": "dms", "target": "dms",
                 "address": "http://127.0.0.1/", "labels": {"role": "shared_system"},

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from datetime import datetime
 
-from collector import audit, audit_replay
+from collector import audit_replay, audits
 from collector.service import Service
 
 from .conftest import CUT, HEALTHY, JUDGE_EVERY, JUNE_12, OUTAGE, SILENT, Fleet, june_12
@@ -32,7 +32,7 @@ def test_replay_agrees_with_the_live_verdicts_at_every_step(service: Service) ->
 def test_audit_totals_match_the_live_verdicts(service: Service) -> None:
     trial = june_12()
     Fleet(service).run(trial)
-    taken = audit.take(
+    taken = audits.take(
         service.engine,
         service.profile,
         start=datetime.fromisoformat(JUNE_12[0]),
@@ -53,7 +53,7 @@ def test_audit_totals_match_the_live_verdicts(service: Service) -> None:
                 first_ready = t
         assert by_id[ward]["seconds"] == live, ward
         got_first = by_id[ward]["first_ready_at"]
-        assert (got_first and audit.epoch(got_first)) == first_ready, ward
+        assert (got_first and audits.epoch(got_first)) == first_ready, ward
     assert by_id[HEALTHY]["seconds"]["ready"] == 7200
     cut = {c["id"]: c for c in by_id[CUT]["criteria"]}
     assert set(cut) == {"wan_up", "wan_loss"}
