@@ -110,7 +110,7 @@ class Words:
         return text
 
 
-def _title(criterion: dict[str, Any], w: Words) -> str:
+def criterion_title(criterion: dict[str, Any], w: Words) -> str:
     if w.lang == "vi" and criterion.get("title_vi"):
         return str(criterion["title_vi"])
     return w._(str(criterion["title"]))
@@ -154,7 +154,7 @@ def _cause(code: str, criteria: dict[str, dict[str, Any]], w: Words) -> str:
     if code == "agent_silent":
         return w._("every agent silent")
     c = criteria.get(code)
-    return _title(c, w) if c else code
+    return criterion_title(c, w) if c else code
 
 
 def _ward(
@@ -173,7 +173,7 @@ def _ward(
         bad.append(
             {
                 "id": c["id"],
-                "title": _title(crit, w),
+                "title": criterion_title(crit, w),
                 "severity": c["severity"],
                 "severity_word": w.severity(c["severity"]),
                 "failed": w.duration(c["seconds"].get("failed", 0)),
@@ -257,7 +257,7 @@ def view(a: Audit, lang: str) -> dict[str, Any]:
         "profile_sha256": doc["profile"]["sha256"],
         "ward_list_sha256": doc["ward_list"]["sha256"],
         "criteria": [
-            {"id": c["id"], "title": _title(c, w), "severity": w.severity(c["severity"])}
+            {"id": c["id"], "title": criterion_title(c, w), "severity": w.severity(c["severity"])}
             for c in doc["profile"]["criteria"]
         ],
         "wards": wards,
