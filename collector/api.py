@@ -24,7 +24,7 @@ from fastapi.security import HTTPBearer
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
-from collector import exposition
+from collector import audit_api, exposition
 from collector import inventory as inventory_store
 from collector.ingest import IngestError
 from collector.readiness import Verdict
@@ -313,5 +313,6 @@ def create_app(service: Service) -> FastAPI:
     def metrics() -> Response:
         return Response(exposition.render(registry), media_type=exposition.CONTENT_TYPE)
 
+    app.include_router(audit_api.router(service))
     app.openapi = _with_batch_schema(app)  # type: ignore[method-assign]
     return app

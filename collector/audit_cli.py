@@ -84,7 +84,8 @@ def cmd_list(args: argparse.Namespace) -> int:
         print(json.dumps([vars(a) for a in found], ensure_ascii=False, indent=2))
         return 0
     _ = i18n.gettext_for(_lang(args)).gettext
-    print(f"{'ID':>4}  {_('WINDOW'):<53}  {_('SIGNED OFF BY'):<24}  {_('TITLE')}")
+    window, signed, title = _("WINDOW"), _("SIGNED OFF BY"), _("TITLE")
+    print(f"{'ID':>4}  {window:<53}  {signed:<24}  {title}")
     for a in found:
         window = f"{when(a.window_from)} – {when(a.window_to)}"
         print(f"{a.id:>4}  {window:<53}  {a.signed_off_by:<24}  {a.title}")

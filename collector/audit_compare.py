@@ -145,9 +145,9 @@ def text(cmp: Comparison, a: Audit, b: Audit, lang: str) -> str:
     def state(failed: int, unknown: int) -> str:
         if not failed and not unknown:
             return _("met throughout")
-        parts = [f"{_('failed')} {w.duration(failed)}"] if failed else []
+        parts = [_("failed {duration}").format(duration=w.duration(failed))] if failed else []
         if unknown:
-            parts.append(f"{_('unknown')} {w.duration(unknown)}")
+            parts.append(_("unknown {duration}").format(duration=w.duration(unknown)))
         return ", ".join(parts)
 
     counts = cmp.counts()
@@ -170,7 +170,8 @@ def text(cmp: Comparison, a: Audit, b: Audit, lang: str) -> str:
         )
         lines.append("")
         lines.append(
-            f"[{change_word[ward.change]}] {ward.id}  {shown}  {_('ready')} {ready_a} → {ready_b}"
+            f"[{change_word[ward.change]}] {ward.id}  {shown}  "
+            + _("ready {before} → {after}").format(before=ready_a, after=ready_b)
         )
         for c in ward.criteria:
             title = criterion_title(criteria[c.id], w) if c.id in criteria else c.id

@@ -33,6 +33,7 @@ from collector.audits import Audit
 FONTS = '"Noto Sans", "DejaVu Sans", sans-serif'
 
 _TIME_FORMAT = {"vi": "%d/%m/%Y %H:%M:%S", "en": "%Y-%m-%d %H:%M:%S"}
+_OPS = {">=": "≥", "<=": "≤", "==": "=", "!=": "≠"}
 _CSS_CLASS = {"ready": "ok", "not_ready": "bad", "unknown": "unknown"}
 
 
@@ -132,14 +133,16 @@ def evidence_sentence(ev: dict[str, Any], criterion: dict[str, Any], w: Words) -
             n=ev["samples"], span=w.span(ev["window"]), need=criterion.get("min_samples", 1)
         )
     else:
-        text = _("{metric} {agg} {observed} over {span} ({n} samples), required {op} {threshold}")
-        text = text.format(
+        sentence = _(
+            "{metric} {agg} {observed} over {span} ({n} samples), required {op} {threshold}"
+        )
+        text = sentence.format(
             metric=criterion.get("metric", ""),
             agg=ev["agg"],
             observed=w.number(ev["observed"]),
             span=w.span(ev["window"]),
             n=ev["samples"],
-            op=ev["op"],
+            op=_OPS.get(ev["op"], ev["op"]),
             threshold=w.number(ev["threshold"]),
         )
     latest = detail.partition("; latest run: ")[2]
@@ -217,6 +220,7 @@ def _ward(
         "criteria": bad,
         "timeline": timeline,
         "timeline_more": ward.get("timeline_more", 0),
+        "never_heard": [e["causes"] for e in ward["timeline"]] == [["no_data"]],
         "results": w.results(samples["results"], samples["failed"]),
         "series": [
             {"series": s["series"], "results": w.results(s["results"], s["failed"])}
@@ -352,11 +356,13 @@ def text(a: Audit, lang: str) -> str:
     v = view(a, lang)
     _ = Words(lang)._
     lines = [
-        f"{_('Audit')} #{v['id']}: {v['title']}",
-        f"{_('Window')}: {v['from']} – {v['to']} ({v['utc_offset']}, {v['length']}, "
-        + _("judged every {step}").format(step=v["step"])
-        + ")",
-        f"{_('Signed off by')}: {v['signed_off_by']}  {_('Taken at')}: {v['created_at']}",
+        _("Audit #{id}: {title}").format(id=v["id"], title=v["title"]),
+        _("Window: {start} – {end} ({offset}, {length}, judged every {step})").format(
+            start=v["from"], end=v["to"], offset=v["utc_offset"], length=v["length"], step=v["step"]
+        ),
+        _("Signed off by: {name}, taken at {at}").format(
+            name=v["signed_off_by"], at=v["created_at"]
+        ),
         f"SHA-256: {v['sha256']}",
         _("{ready}/{count} wards ready throughout, {never} never ready").format(
             ready=v["ready_throughout"], count=v["count"], never=v["never_ready"]
@@ -365,13 +371,24 @@ def text(a: Audit, lang: str) -> str:
     ]
     for ward in v["wards"]:
         lines.append(
-            f"{ward['id']}  {ward['name']}  {_('ready')} {ward['ready_share']}  "
-            f"{_('first ready')} {ward['first_ready']}  {ward['results']}"
+            _("{id}  {name}  ready {share}, first ready {first}, {results}").format(
+                id=ward["id"],
+                name=ward["name"],
+                share=ward["ready_share"],
+                first=ward["first_ready"],
+                results=ward["results"],
+            )
         )
         for c in ward["criteria"]:
             lines.append(
-                f"    {c['id']} ({c['severity_word']}): {c['title']} — "
-                f"{_('failed')} {c['failed']}, {_('unknown')} {c['unknown']}"
+                "    "
+                + _("{id} ({severity}): {title} — failed {failed}, unknown {unknown}").format(
+                    id=c["id"],
+                    severity=c["severity_word"],
+                    title=c["title"],
+                    failed=c["failed"],
+                    unknown=c["unknown"],
+                )
             )
             lines.extend(f"      {sentence}" for sentence in c["evidence"][:3])
     return "\n".join(lines) + "\n"
