@@ -220,7 +220,8 @@ def _ward(
         "criteria": bad,
         "timeline": timeline,
         "timeline_more": ward.get("timeline_more", 0),
-        "never_heard": [e["causes"] for e in ward["timeline"]] == [["no_data"]],
+        "never_heard": samples["results"] == 0
+        and all(e["causes"][:1] == ["no_data"] for e in ward["timeline"]),
         "results": w.results(samples["results"], samples["failed"]),
         "series": [
             {"series": s["series"], "results": w.results(s["results"], s["failed"])}

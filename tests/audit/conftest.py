@@ -5,6 +5,7 @@ reports. The live verdicts are recorded at every judging step, for audits to agr
 from __future__ import annotations
 
 import json
+import shutil
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -135,6 +136,8 @@ class Fleet:
                 trial.live[t] = self.service.verdicts(now=t)
                 next_judge += JUDGE_EVERY
             t += 1
+        for ward in self.tokens:
+            self.push(ward, t)
 
     def push(self, ward: str, now: float) -> None:
         results, self.spool[ward] = self.spool[ward], []
@@ -167,28 +170,55 @@ def june_22() -> Trial:
     return Trial(at(JUNE_22[0]), at(JUNE_22[1]))
 
 
-@pytest.fixture
-def profile_path(tmp_path: Path) -> Path:
-    path = tmp_path / "profile.yaml"
-    path.write_text(PROFILE, encoding="utf-8")
-    return path
+@dataclass
+class Fed:
+    """A database holding both trial runs, with the live verdicts recorded during each."""
+
+    path: Path
+    profile_path: Path
+    june_12: Trial
+    june_22: Trial
+
+    def copy(self, to: Path) -> str:
+        """A URL of a private copy, for a test that writes (audits, tampering)."""
+        target = to / "collector.db"
+        shutil.copyfile(self.path, target)
+        return f"sqlite:///{target}"
 
 
-@pytest.fixture
-def db_url(tmp_path: Path) -> str:
-    return f"sqlite:///{tmp_path / 'collector.db'}"
-
-
-@pytest.fixture
-def service(db_url: str, profile_path: Path, tmp_path: Path) -> Iterator[Service]:
+def open_service(url: str, profile_path: Path) -> Service:
     # Thousands of simulated pushes: durability is not what these tests are about.
-    engine = db.make_engine(db_url, synchronous="OFF")
+    engine = db.make_engine(url, synchronous="OFF")
     db.upgrade(engine)
-    units = tmp_path / "units.csv"
-    units.write_text(UNITS, encoding="utf-8")
-    wards.import_csv(engine, units)
     svc = Service(engine, load_profile(profile_path), verdict_seconds=0.0)
     svc.rebuild()
+    return svc
+
+
+@pytest.fixture(scope="session")
+def fed(tmp_path_factory: pytest.TempPathFactory) -> Fed:
+    folder = tmp_path_factory.mktemp("fed")
+    profile_path = folder / "profile.yaml"
+    profile_path.write_text(PROFILE, encoding="utf-8")
+    units = folder / "units.csv"
+    units.write_text(UNITS, encoding="utf-8")
+    path = folder / "collector.db"
+    svc = open_service(f"sqlite:///{path}", profile_path)
+    try:
+        wards.import_csv(svc.engine, units)
+        svc.wards(refresh=True)
+        fleet = Fleet(svc)
+        first, second = june_12(), june_22()
+        fleet.run(first)
+        fleet.run(second)
+    finally:
+        svc.close()  # closing the last connection folds the WAL into the file, for copying
+    return Fed(path, profile_path, first, second)
+
+
+@pytest.fixture
+def service(fed: Fed, tmp_path: Path) -> Iterator[Service]:
+    svc = open_service(fed.copy(tmp_path), fed.profile_path)
     yield svc
     svc.close()
 
