@@ -33,7 +33,9 @@ def test_content_is_canonical_and_hashed(service: Service, fed: Fed) -> None:
     row = service.engine.connect().execute(sa.select(db.audits)).one()
     assert row.sha256 == taken.sha256 == audits.sha256(row.content)
     parsed = json.loads(row.content)
-    assert json.dumps(parsed, sort_keys=True, separators=(",", ":"), ensure_ascii=False) == row.content
+    assert (
+        json.dumps(parsed, sort_keys=True, separators=(",", ":"), ensure_ascii=False) == row.content
+    )
     assert "Nguyễn Văn An" in row.content  # UTF-8, not \\u escapes
     assert parsed["id"] == taken.id and parsed["signed_off_by"] == "Nguyễn Văn An"
     assert parsed["created_at"] == "2026-06-12T10:01:00+07:00"
@@ -113,7 +115,9 @@ def test_a_rewritten_but_rehashed_content_is_caught_by_the_expected_hash(
     _tamper(service, taken.id, content=forged, sha256=audits.sha256(forged))
     assert audits.verify(service.engine, taken.id) == []  # the hash alone cannot tell
     problems = audits.verify(service.engine, taken.id, expect=taken.sha256)
-    assert problems == [f"stored SHA-256 {audits.sha256(forged)} is not the expected {taken.sha256}"]
+    assert problems == [
+        f"stored SHA-256 {audits.sha256(forged)} is not the expected {taken.sha256}"
+    ]
     # Re-serialised with spaces: same data, different bytes, so no longer canonical.
     spaced = json.dumps(doc, ensure_ascii=False, sort_keys=True)
     _tamper(service, taken.id, content=spaced, sha256=audits.sha256(spaced))
@@ -125,7 +129,11 @@ def test_a_rewritten_but_rehashed_content_is_caught_by_the_expected_hash(
 @pytest.mark.parametrize(
     ("start", "end", "message"),
     [
-        ("2026-06-12T08:00", "2026-06-12T10:00+07:00", "--from: '2026-06-12T08:00' has no time zone"),
+        (
+            "2026-06-12T08:00",
+            "2026-06-12T10:00+07:00",
+            "--from: '2026-06-12T08:00' has no time zone",
+        ),
         ("12/06/2026", "2026-06-12T10:00+07:00", "--from: '12/06/2026' is not an ISO 8601 time"),
         ("2026-06-12T10:00+07:00", "2026-06-12T08:00+07:00", "to: must be later than from"),
         ("2026-06-12T08:00+07:00", "2099-01-01T00:00+07:00", "to: is in the future"),
