@@ -66,10 +66,7 @@ class Row:
     agent: str
     received_at: float
     record: ResultRecord
-
-    @property
-    def series(self) -> tuple[str, str, str]:
-        return (self.agent, self.record.name, self.record.target)
+    series: tuple[str, str, str]
 
 
 def _row(r: sa.Row[Any]) -> Row:
@@ -89,7 +86,7 @@ def _row(r: sa.Row[Any]) -> Row:
         metrics=json.loads(r.metrics),
         info={},
     )
-    return Row(r.id, r.agent, r.received_at, record)
+    return Row(r.id, r.agent, r.received_at, record, (r.agent, r.name, r.target))
 
 
 def load_rows(
