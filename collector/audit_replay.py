@@ -17,7 +17,6 @@ silence limit looks silent between them here, where the live judge heard its hea
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from itertools import groupby
@@ -29,6 +28,7 @@ from sqlalchemy.engine import Engine
 from collector import db
 from collector.profile import Profile
 from collector.readiness import Verdict, evaluate
+from collector.service import _STATE_COLUMNS, _record
 from collector.state import State
 from shared.wire import MAX_FUTURE_SECONDS, ResultRecord
 
@@ -36,26 +36,8 @@ from shared.wire import MAX_FUTURE_SECONDS, ResultRecord
 # this long before the retention window are still loaded when they arrived inside it.
 LATE_LOOKBACK_SECONDS = 3600.0
 
-_COLUMNS = tuple(
-    db.results.c[name]
-    for name in (
-        "id",
-        "agent",
-        "seq",
-        "check",
-        "name",
-        "target",
-        "address",
-        "labels",
-        "interval_seconds",
-        "started",
-        "duration_seconds",
-        "success",
-        "reason",
-        "metrics",
-        "received_at",
-    )
-)
+# What the live state is rebuilt from, and when each result arrived.
+_COLUMNS = (*_STATE_COLUMNS, db.results.c.id, db.results.c.received_at)
 
 
 @dataclass(frozen=True)
@@ -70,23 +52,7 @@ class Row:
 
 
 def _row(r: sa.Row[Any]) -> Row:
-    # Stored rows were validated on the way in (see collector.service._record).
-    record = ResultRecord.model_construct(
-        seq=r.seq,
-        check=r.check,
-        name=r.name,
-        target=r.target,
-        address=r.address,
-        labels=json.loads(r.labels),
-        interval_seconds=r.interval_seconds,
-        started=r.started,
-        duration_seconds=r.duration_seconds,
-        success=bool(r.success),
-        reason=r.reason,
-        metrics=json.loads(r.metrics),
-        info={},
-    )
-    return Row(r.id, r.agent, r.received_at, record, (r.agent, r.name, r.target))
+    return Row(r.id, r.agent, r.received_at, _record(r), (r.agent, r.name, r.target))
 
 
 def load_rows(

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from collector import db, tokens, wards
+from collector import audits, db, tokens, wards
 from collector.profile import load_profile
 from collector.readiness import Verdict
 from collector.service import Service
@@ -168,6 +168,14 @@ def june_12() -> Trial:
 
 def june_22() -> Trial:
     return Trial(at(JUNE_22[0]), at(JUNE_22[1]))
+
+
+def take(service: Service, window: tuple[str, str] = JUNE_12, **over: Any) -> audits.Audit:
+    """An audit of ``window`` taken a minute after it ended, as the trial's auditor would."""
+    start, end = datetime.fromisoformat(window[0]), datetime.fromisoformat(window[1])
+    kw: dict[str, Any] = {"title": "Chạy thử ngày 12/6", "signed_off_by": "Nguyễn Văn An",
+                          "now": end.timestamp() + 60, **over}  # fmt: skip
+    return audits.take(service.engine, service.profile, start=start, end=end, **kw)
 
 
 @dataclass

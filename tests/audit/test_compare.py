@@ -2,29 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-
 from collector import audit_compare, audits
 from collector.service import Service
 
-from .conftest import CUT, HEALTHY, JUNE_12, JUNE_22, OUTAGE, SILENT, Fed
+from .conftest import CUT, HEALTHY, JUNE_12, JUNE_22, OUTAGE, SILENT, Fed, take
 
 
 def take_both(service: Service, fed: Fed) -> tuple[audits.Audit, audits.Audit]:
-    out = []
-    for window in (JUNE_12, JUNE_22):
-        out.append(
-            audits.take(
-                service.engine,
-                service.profile,
-                start=datetime.fromisoformat(window[0]),
-                end=datetime.fromisoformat(window[1]),
-                title=f"Chạy thử {window[0][:10]}",
-                signed_off_by="Nguyễn Văn An",
-                now=fed.june_22.end + 60,
-            )
-        )
-    return out[0], out[1]
+    return take(service, JUNE_12), take(service, JUNE_22, title="Chạy thử ngày 22/6")
 
 
 def test_compare_finds_the_ward_whose_line_was_cut_in_one_window(
@@ -70,16 +55,7 @@ def test_compare_text_in_both_languages(service: Service, fed: Fed) -> None:
 
 def test_wards_in_only_one_audit_are_named(service: Service, fed: Fed) -> None:
     june_12, _ = take_both(service, fed)
-    only_some = audits.take(
-        service.engine,
-        service.profile,
-        start=datetime.fromisoformat(JUNE_22[0]),
-        end=datetime.fromisoformat(JUNE_22[1]),
-        title="Một phần",
-        signed_off_by="Nguyễn Văn An",
-        ward_ids=[CUT],
-        now=fed.june_22.end + 60,
-    )
+    only_some = take(service, JUNE_22, title="Một phần", ward_ids=[CUT])
     result = audit_compare.compare(june_12, only_some)
     changes = {w.id: w.change for w in result.wards}
     assert changes == {CUT: "improved", HEALTHY: "only_a", OUTAGE: "only_a", SILENT: "only_a"}

@@ -6,7 +6,6 @@ import csv
 import io
 import subprocess
 import unicodedata
-from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -15,20 +14,12 @@ from collector import audit_export, audits
 from collector.service import Service
 from tests.helpers import need_program
 
-from .conftest import JUNE_12, Fed
+from .conftest import Fed, take
 
 
 @pytest.fixture
 def taken(service: Service, fed: Fed) -> audits.Audit:
-    return audits.take(
-        service.engine,
-        service.profile,
-        start=datetime.fromisoformat(JUNE_12[0]),
-        end=datetime.fromisoformat(JUNE_12[1]),
-        title="Chạy thử ngày 12/6 — Trung tâm Phục vụ hành chính công",
-        signed_off_by="Nguyễn Văn An",
-        now=fed.june_12.end + 60,
-    )
+    return take(service, title="Chạy thử ngày 12/6 — Trung tâm Phục vụ hành chính công")
 
 
 @pytest.mark.parametrize("lang", ["vi", "en"])
@@ -88,15 +79,7 @@ def test_html_is_in_the_chosen_language_and_sorted_the_vietnamese_way(
 
 
 def test_html_escapes_what_people_typed(service: Service, fed: Fed) -> None:
-    taken = audits.take(
-        service.engine,
-        service.profile,
-        start=datetime.fromisoformat(JUNE_12[0]),
-        end=datetime.fromisoformat(JUNE_12[1]),
-        title="<script>alert(1)</script>",
-        signed_off_by="A & B",
-        now=fed.june_12.end + 60,
-    )
+    taken = take(service, title="<script>alert(1)</script>", signed_off_by="A & B")
     page = audit_export.html(taken, "en")
     assert "<script>alert(1)</script>" not in page
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page and "A &amp; B" in page

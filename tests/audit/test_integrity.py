@@ -12,19 +12,11 @@ from collector import audits, db
 from collector.service import Service
 
 from .conftest import JUNE_12, Fed
+from .conftest import take as take_audit
 
 
 def take(service: Service, fed: Fed) -> audits.Audit:
-    return audits.take(
-        service.engine,
-        service.profile,
-        start=datetime.fromisoformat(JUNE_12[0]),
-        end=datetime.fromisoformat(JUNE_12[1]),
-        title="Chạy thử ngày 12/6",
-        signed_off_by="Nguyễn Văn An",
-        created_by="cli:tester",
-        now=fed.june_12.end + 60,
-    )
+    return take_audit(service, created_by="cli:tester")
 
 
 def test_content_is_canonical_and_hashed(service: Service, fed: Fed) -> None:
