@@ -3,14 +3,24 @@
 from __future__ import annotations
 
 import dataclasses
-from datetime import datetime
 
 import pytest
 
 from collector import audit_replay, audits
 from collector.service import Service
 
-from .conftest import CUT, HEALTHY, JUDGE_EVERY, JUNE_12, JUNE_22, OUTAGE, SILENT, Fed, Trial
+from .conftest import (
+    CUT,
+    HEALTHY,
+    JUDGE_EVERY,
+    JUNE_12,
+    JUNE_22,
+    OUTAGE,
+    SILENT,
+    Fed,
+    Trial,
+    take,
+)
 
 
 @pytest.mark.parametrize("run", ["june_12", "june_22"])
@@ -42,16 +52,7 @@ def test_audit_totals_match_the_live_verdicts(
     fed: Fed, service: Service, run: str, window: tuple[str, str]
 ) -> None:
     trial: Trial = getattr(fed, run)
-    taken = audits.take(
-        service.engine,
-        service.profile,
-        start=datetime.fromisoformat(window[0]),
-        end=datetime.fromisoformat(window[1]),
-        title="Chạy thử",
-        signed_off_by="Nguyễn Văn An",
-        step=JUDGE_EVERY,
-        now=trial.end + 60,
-    )
+    taken = take(service, window, step=JUDGE_EVERY)
     by_id = {w["id"]: w for w in taken.content["wards"]}
     assert set(by_id) == {HEALTHY, CUT, OUTAGE, SILENT}
     for ward in by_id:
@@ -72,15 +73,7 @@ def test_audit_totals_match_the_live_verdicts(
 
 
 def test_audit_keeps_each_failing_criterion_with_its_evidence(service: Service, fed: Fed) -> None:
-    taken = audits.take(
-        service.engine,
-        service.profile,
-        start=datetime.fromisoformat(JUNE_12[0]),
-        end=datetime.fromisoformat(JUNE_12[1]),
-        title="12/6",
-        signed_off_by="Nguyễn Văn An",
-        now=fed.june_12.end + 60,
-    )
+    taken = take(service)
     cut = next(w for w in taken.content["wards"] if w["id"] == CUT)
     criteria = {c["id"]: c for c in cut["criteria"]}
     assert set(criteria) == {"wan_up", "wan_loss"}
