@@ -12,7 +12,8 @@ criteria and the ward list go in too, so the audit reads the same after either c
 The content is canonical JSON (sorted keys, no insignificant spaces, UTF-8, NFC text) with no
 floating-point numbers in it: times are ISO 8601 strings in the window's own UTC offset,
 durations whole seconds, measured values decimal strings. Any program can then recompute the
-SHA-256 byte for byte. An audit is written once and never updated; :func:`verify` recomputes
+SHA-256 byte for byte. An audit is written once and never updated (a trigger makes the
+database refuse, see migration 0005); :func:`verify` recomputes
 the hash, checks the content is still canonical and that the listed columns agree with it.
 The hash alone cannot stop someone who rewrites both content and hash: the exports print it,
 so the copy that was signed pins the content (``audit verify ID --expect HASH``).

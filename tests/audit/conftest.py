@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 
 from collector import audits, db, tokens, wards
 from collector.profile import load_profile
@@ -176,6 +177,17 @@ def take(service: Service, window: tuple[str, str] = JUNE_12, **over: Any) -> au
     kw: dict[str, Any] = {"title": "Chạy thử ngày 12/6", "signed_off_by": "Nguyễn Văn An",
                           "now": end.timestamp() + 60, **over}  # fmt: skip
     return audits.take(service.engine, service.profile, start=start, end=end, **kw)
+
+
+def tamper(engine: sa.Engine, **values: Any) -> None:
+    """Change stored audits as someone with write access to the database could: the
+    database refuses an UPDATE of a complete audit until its trigger is dropped."""
+    drop = "DROP TRIGGER IF EXISTS audits_immutable"
+    if engine.dialect.name == "postgresql":
+        drop += " ON audits"
+    with engine.begin() as conn:
+        conn.execute(sa.text(drop))
+        conn.execute(sa.update(db.audits).values(**values))
 
 
 @dataclass

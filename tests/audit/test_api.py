@@ -5,14 +5,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
-from collector import db
 from collector.api import create_app
 from collector.service import Service
 
-from .conftest import CUT, JUNE_12, JUNE_22, Fed
+from .conftest import CUT, JUNE_12, JUNE_22, Fed, tamper
 
 
 @pytest.fixture
@@ -78,8 +76,7 @@ def test_errors(client: TestClient, service: Service) -> None:
     assert client.get("/api/v1/audits/compare", params={"a": 1, "b": 9}).status_code == 404
 
     post(client, JUNE_12)
-    with service.engine.begin() as conn:
-        conn.execute(sa.update(db.audits).values(title="Đã sửa"))
+    tamper(service.engine, title="Đã sửa")
     r = client.get("/api/v1/audits/1/export", params={"format": "pdf"})
     assert r.status_code == 409 and "fails verification" in r.json()["detail"]
     assert client.get("/api/v1/audits/1/verify").json()["intact"] is False

@@ -12,7 +12,7 @@ import sqlalchemy as sa
 
 from collector import cli, db
 
-from .conftest import JUNE_12, JUNE_22, Fed
+from .conftest import JUNE_12, JUNE_22, Fed, tamper
 
 Capture = pytest.CaptureFixture[str]
 
@@ -91,11 +91,9 @@ def test_a_changed_audit_fails_verify_and_is_not_exported(
 ) -> None:
     create(capsys, base, JUNE_12)
     engine = db.make_engine(base[1])
-    with engine.begin() as conn:
+    with engine.connect() as conn:
         content = conn.execute(sa.select(db.audits.c.content)).scalar_one()
-        conn.execute(
-            sa.update(db.audits).values(content=content.replace('"ready":7200', '"ready":7201'))
-        )
+    tamper(engine, content=content.replace('"ready":7200', '"ready":7201'))
     engine.dispose()
     # Through the installed command, as an auditor runs it.
     done = subprocess.run(

@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from collector import audits, db
 from collector.service import Service
 
-from .conftest import JUNE_12, Fed
+from .conftest import JUNE_12, Fed, tamper
 from .conftest import take as take_audit
 
 
@@ -50,14 +50,20 @@ def test_content_is_canonical_and_hashed(service: Service, fed: Fed) -> None:
     assert {**again.content, "id": 0} == {**taken.content, "id": 0}
 
 
+def test_the_database_refuses_to_change_a_complete_audit(service: Service, fed: Fed) -> None:
+    taken = take(service, fed)
+    with (
+        pytest.raises(sa.exc.DatabaseError, match="audits are written once"),
+        service.engine.begin() as conn,
+    ):
+        conn.execute(sa.update(db.audits).values(title="Đã sửa"))
+    assert audits.verify(service.engine, taken.id) == []
+    assert audits.load(service.engine, taken.id).text == taken.text
+
+
 def test_canonical_refuses_floats() -> None:
     with pytest.raises(TypeError, match=r"audit\.wards\[0\]\.share: floats are not canonical"):
         audits.canonical({"wards": [{"share": 0.5}]})
-
-
-def _tamper(service: Service, audit_id: int, **values: object) -> None:
-    with service.engine.begin() as conn:
-        conn.execute(sa.update(db.audits).where(db.audits.c.id == audit_id).values(**values))
 
 
 def _flip(text: str, i: int) -> str:
@@ -77,23 +83,23 @@ def test_verify_fails_after_any_byte_of_the_content_changes(
         "seconds": text.index('"ready":') + 8,
         "end": len(text) - 1,
     }[where]
-    _tamper(service, taken.id, content=_flip(text, i))
+    tamper(service.engine, content=_flip(text, i))
     problems = audits.verify(service.engine, taken.id)
     assert any("does not match its SHA-256" in p for p in problems), problems
 
 
 def test_verify_fails_after_the_hash_or_a_column_changes(service: Service, fed: Fed) -> None:
     taken = take(service, fed)
-    _tamper(service, taken.id, sha256=_flip(taken.sha256, 10))
+    tamper(service.engine, sha256=_flip(taken.sha256, 10))
     assert "content does not match its SHA-256" in audits.verify(service.engine, taken.id)[0]
-    _tamper(service, taken.id, sha256=taken.sha256)
+    tamper(service.engine, sha256=taken.sha256)
     assert audits.verify(service.engine, taken.id) == []
 
-    _tamper(service, taken.id, signed_off_by="Trần Thị Bình")
+    tamper(service.engine, signed_off_by="Trần Thị Bình")
     assert audits.verify(service.engine, taken.id) == [
         "column signed_off_by ('Trần Thị Bình') differs from the content ('Nguyễn Văn An')"
     ]
-    _tamper(service, taken.id, signed_off_by="Nguyễn Văn An", window_to=taken.content and 0.0)
+    tamper(service.engine, signed_off_by="Nguyễn Văn An", window_to=0.0)
     assert "column window_to" in audits.verify(service.engine, taken.id)[0]
 
 
@@ -104,7 +110,7 @@ def test_a_rewritten_but_rehashed_content_is_caught_by_the_expected_hash(
     doc = json.loads(taken.text)
     doc["wards"][0]["seconds"]["ready"] = 7200
     forged = audits.canonical(doc)
-    _tamper(service, taken.id, content=forged, sha256=audits.sha256(forged))
+    tamper(service.engine, content=forged, sha256=audits.sha256(forged))
     assert audits.verify(service.engine, taken.id) == []  # the hash alone cannot tell
     problems = audits.verify(service.engine, taken.id, expect=taken.sha256)
     assert problems == [
@@ -112,7 +118,7 @@ def test_a_rewritten_but_rehashed_content_is_caught_by_the_expected_hash(
     ]
     # Re-serialised with spaces: same data, different bytes, so no longer canonical.
     spaced = json.dumps(doc, ensure_ascii=False, sort_keys=True)
-    _tamper(service, taken.id, content=spaced, sha256=audits.sha256(spaced))
+    tamper(service.engine, content=spaced, sha256=audits.sha256(spaced))
     assert audits.verify(service.engine, taken.id) == [
         "content is not in canonical form (rewritten after it was taken)"
     ]

@@ -5,13 +5,14 @@ from __future__ import annotations
 from datetime import datetime
 from pathlib import Path
 
+import pytest
 import sqlalchemy as sa
 
 from collector import audits, db
 from collector.profile import load_profile
 from tests.collector import test_postgres
 
-from .conftest import JUNE_12, Fed
+from .conftest import JUNE_12, Fed, tamper
 
 # The throwaway server of the collector's PostgreSQL tests (a Unix socket, no TCP).
 pg_url = test_postgres.pg_url
@@ -44,9 +45,16 @@ def test_an_audit_on_postgres_is_byte_for_byte_the_one_on_sqlite(
         assert taken[0].text == taken[1].text and taken[0].sha256 == taken[1].sha256
         assert audits.load(pg, taken[1].id).text == taken[0].text
         assert audits.verify(pg, taken[1].id) == []
-        with pg.begin() as conn:
+        with (
+            pytest.raises(sa.exc.DatabaseError, match="audits are written once"),
+            pg.begin() as conn,
+        ):
             conn.execute(sa.update(db.audits).values(title="Chạy thử ngày 12/6 (sửa)"))
-        assert audits.verify(pg, taken[1].id) != []
+        tamper(pg, title="Chạy thử ngày 12/6 (sửa)")
+        assert audits.verify(pg, taken[1].id) == [
+            "column title ('Chạy thử ngày 12/6 (sửa)') differs from the content "
+            "('Chạy thử ngày 12/6')"
+        ]
     finally:
         lite.dispose()
         pg.dispose()
