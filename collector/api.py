@@ -24,7 +24,7 @@ from fastapi.security import HTTPBearer
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
-from collector import board, exposition, history, summary
+from collector import audit_api, board, exposition, history, summary
 from collector import inventory as inventory_store
 from collector.clock import ServerTime
 from collector.ingest import IngestError
@@ -313,5 +313,6 @@ def create_app(service: Service) -> FastAPI:
         return Response(body, media_type=exposition.CONTENT_TYPE)
 
     board.install(app, service)
+    app.include_router(audit_api.router(service))
     app.openapi = _with_batch_schema(app)  # type: ignore[method-assign]
     return app

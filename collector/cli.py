@@ -541,6 +541,10 @@ def build_parser() -> argparse.ArgumentParser:
     rf.add_argument("--global-pps", type=float, default=20000.0, help="packets/s in all")
     rf.add_argument("--log-every", type=float, default=60.0, help="seconds between summaries")
     rf.set_defaults(func=cmd_reflector)
+
+    from collector import audit_cli  # imported here: it imports this module
+
+    audit_cli.add_parser(sub)
     return p
 
 

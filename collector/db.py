@@ -212,3 +212,19 @@ def current_revision(engine: Engine) -> str | None:
 
 def head_revision() -> str | None:
     return ScriptDirectory.from_config(alembic_config()).get_current_head()
+
+# Audits of a time window (collector.audits): written once, never updated. ``content`` is the
+# canonical JSON the ``sha256`` column was computed over; the other columns repeat fields of
+# it for listing, and ``audit verify`` checks that they still agree with it.
+audits = sa.Table(
+    "audits",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("title", sa.UnicodeText, nullable=False),
+    sa.Column("window_from", sa.Double, nullable=False),
+    sa.Column("window_to", sa.Double, nullable=False),
+    sa.Column("created_at", sa.Double, nullable=False),
+    sa.Column("signed_off_by", sa.UnicodeText, nullable=False),
+    sa.Column("content", sa.UnicodeText, nullable=False),
+    sa.Column("sha256", sa.String(64), nullable=False),
+)

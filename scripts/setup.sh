@@ -18,6 +18,9 @@ apt_packages=(
   faketime                          # ward PCs whose clock is wrong
   prometheus prometheus-alertmanager                # rules, routes and dashboards
   chromium                          # the board's browser tests (driven by playwright)
+  libpango-1.0-0 libpangoft2-1.0-0                  # WeasyPrint: audit PDFs
+  fonts-noto-core fonts-dejavu-core                 # every Vietnamese letter in the PDFs
+  poppler-utils                                     # pdftotext, pdftoppm: audit PDF tests
 )
 
 missing=()
