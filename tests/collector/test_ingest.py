@@ -11,13 +11,13 @@ import pytest
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
-from checks.core import CheckType, Outcome, Params, Target, counter, per_item, ratio, seconds
 from checks.registry import REGISTRY
 from collector import db, ingest
 from collector.profile import load_profile
 from collector.service import Service
 from collector.tokens import Grant
 from shared.wire import MAX_BATCH_BYTES, MAX_RESULTS_PER_BATCH, Batch
+from tests.gadget import GADGET
 
 from .conftest import READY, auth, batch, body, clone, healthy_results, result
 
@@ -308,23 +308,6 @@ def test_a_result_of_an_unknown_check_type_is_stored_and_shown(
     assert 'wardready_telepathy_visions_total{ward="ward-ben-thanh",agent="pc-01"' in text
 
 
-def _probe(target: Target, params: Params, timeout: float) -> Outcome:
-    return Outcome(True)
-
-
-GADGET = CheckType(
-    params=Params,
-    probe=_probe,
-    reasons=frozenset(),
-    metrics={
-        "loss_ratio": ratio("Share of probes lost."),
-        "rtt_seconds": seconds("Round-trip time."),
-        "free_ratio": per_item(ratio("Free share of a mount.")),
-        "errors_total": counter("Errors since boot."),
-    },
-)
-
-
 def _errors(metrics: dict[str, float], checks: Any = None) -> list[dict[str, str]]:
     doc = batch(results=[result(1), result(2, check="gadget", metrics=metrics)])
     parsed = Batch.model_validate(doc)
@@ -337,16 +320,16 @@ def _errors(metrics: dict[str, float], checks: Any = None) -> list[dict[str, str
 
 
 def test_values_outside_the_declared_range_are_refused_naming_the_field() -> None:
-    assert _errors({"loss_ratio": 1.0, "rtt_seconds": 0.0, "free_ratio__var": 0.5}) == []
+    assert _errors({"loss_ratio": 1.0, "rtt_avg_seconds": 0.0, "free_ratio__var": 0.5}) == []
     assert _errors({"loss_ratio": 1.7}) == [
         {
             "field": "results.1.metrics.loss_ratio",
             "message": "1.7 is outside 0..1 declared for gadget",
         }
     ]
-    bad = _errors({"rtt_seconds": -0.5, "free_ratio__": 2.0, "errors_total": -1.0})
+    bad = _errors({"rtt_avg_seconds": -0.5, "free_ratio__": 2.0, "errors_total": -1.0})
     assert [e["field"] for e in bad] == [
-        "results.1.metrics.rtt_seconds",
+        "results.1.metrics.rtt_avg_seconds",
         "results.1.metrics.free_ratio__",
         "results.1.metrics.errors_total",
     ]

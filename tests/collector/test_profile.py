@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from checks.core import CheckType, Outcome, Params, Target, counter, gauge, per_item, ratio
 from checks.registry import REGISTRY
 from collector.profile import (
     DURATION,
@@ -19,6 +18,7 @@ from collector.profile import (
     load_profile,
     read_profile,
 )
+from tests.gadget import GADGET
 
 BROKEN = Path(__file__).parent / "profiles"
 DEMO = default_profile_path().parent / "demo.yaml"
@@ -204,22 +204,6 @@ def test_titles_are_one_line(tmp_path: Path) -> None:
 def test_format_duration(seconds: float, text: str) -> None:
     assert format_duration(seconds) == text
 
-
-def _probe(target: Target, params: Params, timeout: float) -> Outcome:
-    return Outcome(True)
-
-
-GADGET = CheckType(
-    params=Params,
-    probe=_probe,
-    reasons=frozenset(),
-    metrics={
-        "loss_ratio": ratio("Share of probes lost."),
-        "rtt_avg_seconds": gauge("Mean round-trip time.", 0.0),
-        "free_ratio": per_item(ratio("Free share of a mount.")),
-        "errors_total": counter("Errors since boot."),
-    },
-)
 
 CRITERION = """\
   - id: {id}
