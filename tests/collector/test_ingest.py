@@ -48,7 +48,7 @@ def test_valid_batch_is_stored_and_acknowledged(
         row = conn.execute(sa.select(db.results).where(db.results.c.seq == 5)).one()
         agent = conn.execute(sa.select(db.agents)).one()
     assert row.ward_id == READY and row.check == "host" and row.success is True
-    assert json.loads(row.metrics) == {"disk_free_ratio": 0.5}
+    assert json.loads(row.metrics) == {"disk_free_ratio_min": 0.5}
     assert json.loads(row.labels) == {"role": "host"}
     assert row.stream == doc["stream"]
     assert agent.agent == "pc-01" and agent.last_seq == 5 and agent.spool_depth == 7
