@@ -19,7 +19,12 @@ from agent.spool import Spool
 from checks.core import CheckType, Result, Target
 from checks.registry import REGISTRY
 from tests.gadget import GADGET
-from tests.promlint import ITEMS, declared_metrics, promtool_complaints
+from tests.promlint import (
+    assert_clean_and_declared,
+    declared_metrics,
+    promtool_complaints,
+    stand_ins,
+)
 
 WARD = "ward-minh-phung"
 
@@ -220,20 +225,8 @@ def _runs(word: str, kind: CheckType, metrics: dict[str, float]) -> list[tuple[C
 @pytest.mark.parametrize("word", sorted(REGISTRY))
 def test_promtool_finds_nothing_wrong_with_any_check_type(word: str, tmp_path: Path) -> None:
     kind = REGISTRY[word]
-    # TRANSITIONAL (issue 8): a type not yet converted declares nothing; names of its own
-    # then stand in, undeclared, one of them a counter.
-    metrics = declared_metrics(kind) if kind.strict else {"sample_ratio": 0.5, "seen_total": 3.0}
-    text = _exposition(tmp_path, _runs(word, kind, metrics))
-    assert promtool_complaints(text) == ""
-
-    families = {f.name: f for f in text_string_to_metric_families(text)}
-    for name, declared in kind.metrics.items():
-        family = families[f"wardready_{word}_{name.removesuffix('_total')}"]
-        assert family.type == declared.kind, name
-        assert family.documentation.startswith(declared.help.strip()), name
-        assert len(family.samples) == (len(ITEMS) if declared.per_item else 1) * 2, name
-    if not kind.strict:
-        pytest.skip(f"{word} declares no metrics yet: checked with undeclared names only")
+    text = _exposition(tmp_path, _runs(word, kind, stand_ins(kind)))
+    assert_clean_and_declared(text, word, kind)
 
 
 def test_promtool_finds_nothing_wrong_with_every_check_type_at_once(tmp_path: Path) -> None:

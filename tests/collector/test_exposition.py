@@ -13,7 +13,12 @@ from prometheus_client.parser import text_string_to_metric_families
 from checks.registry import REGISTRY
 from collector import exposition, tokens, wards
 from collector.service import Service
-from tests.promlint import ITEMS, declared_metrics, promtool_complaints
+from tests.promlint import (
+    assert_clean_and_declared,
+    declared_metrics,
+    promtool_complaints,
+    stand_ins,
+)
 
 from .conftest import BROKEN, READY, auth, batch, body, broken_results, healthy_results, result
 
@@ -477,21 +482,8 @@ def test_promtool_finds_nothing_wrong_with_any_check_type(
     word: str, client: TestClient, service: Service
 ) -> None:
     kind = REGISTRY[word]
-    # TRANSITIONAL (issue 8): a type not yet converted declares nothing; names of its own
-    # then stand in, undeclared, one of them a counter.
-    metrics = declared_metrics(kind) if kind.strict else {"sample_ratio": 0.5, "seen_total": 3.0}
-    text = _scraped(client, service, _results(word, metrics))
-    assert promtool_complaints(text) == ""
-
-    families = {f.name: f for f in text_string_to_metric_families(text)}
-    for name, declared in kind.metrics.items():
-        family = families[f"wardready_{word}_{name.removesuffix('_total')}"]
-        assert family.type == declared.kind, name
-        assert family.documentation.startswith(declared.help.strip()), name
-        ours = [s for s in family.samples if s.labels["name"].startswith(f"{word}-")]
-        assert len(ours) == (len(ITEMS) if declared.per_item else 1) * 2, name
-    if not kind.strict:
-        pytest.skip(f"{word} declares no metrics yet: checked with undeclared names only")
+    text = _scraped(client, service, _results(word, stand_ins(kind)))
+    assert_clean_and_declared(text, word, kind)
 
 
 def test_promtool_finds_nothing_wrong_with_every_check_type_at_once(
