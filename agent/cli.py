@@ -16,7 +16,7 @@ import sqlite3
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from types import FrameType
 from typing import Any
@@ -30,7 +30,8 @@ from agent.metrics import AgentCollector, Board, MetricsServer, make_registry
 from agent.scheduler import CheckSpec, Scheduler
 from agent.shipper import Shipper
 from agent.spool import Spool
-from checks.core import Result, Target, run_check
+from checks.core import CheckType, Result, Target, run_check
+from shared.version import installed_version
 
 log = logging.getLogger("agent")
 
@@ -200,12 +201,14 @@ def _param_pairs(items: Sequence[str]) -> dict[str, Any]:
     return params
 
 
-def cmd_check(args: argparse.Namespace) -> int:
-    from checks.registry import REGISTRY
+def cmd_check(args: argparse.Namespace, registry: Mapping[str, CheckType] | None = None) -> int:
+    if registry is None:
+        from checks.registry import REGISTRY
 
-    kind = REGISTRY.get(args.type)
+        registry = REGISTRY
+    kind = registry.get(args.type)
     if kind is None:
-        known = ", ".join(sorted(REGISTRY))
+        known = ", ".join(sorted(registry))
         print(f"unknown check type {args.type!r} (known: {known})", file=sys.stderr)
         return 2
     try:
@@ -227,6 +230,12 @@ def cmd_check(args: argparse.Namespace) -> int:
             where = ".".join(str(p) for p in loc)
             print(f"--param {where}: {msg}" if where else f"--param: {msg}", file=sys.stderr)
         return 2
+    if kind.parse_target is not None:
+        try:
+            kind.parse_target(args.target)
+        except ValueError as exc:
+            print(f"target: {exc}", file=sys.stderr)
+            return 2
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(message)s")
     target = Target(name="cli", address=args.target)
     result = run_check(args.type, kind, target, params, timeout, name=args.type)
@@ -381,7 +390,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="wardready-agent", description="wardready agent: probes a ward's readiness."
     )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {installed_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("validate", help="check a config file and exit")

@@ -39,6 +39,7 @@ from __future__ import annotations
 import os
 import re
 import socket
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
@@ -310,6 +311,12 @@ class _Checker:
                 msg = f"unknown check type {kind_word!r} (known: {known})"
                 self.errors.append((("checks", i, "type"), msg))
             else:
+                target = item.get("target")
+                if kind.parse_target is not None and isinstance(target, str):
+                    try:
+                        kind.parse_target(target)
+                    except ValueError as exc:
+                        self.errors.append((("checks", i, "target"), str(exc)))
                 params = item.get("params", {})
                 if isinstance(params, dict):
                     try:
@@ -354,9 +361,17 @@ def _too_long(timeout: float, interval: float, own_t: bool = True, own_i: bool =
     return f"timeout {t} must be shorter than the interval {i}"
 
 
-def load_config(path: str | os.PathLike[str]) -> Config:
-    """Read and validate ``path``; raise ConfigError listing every problem found."""
-    from checks.registry import REGISTRY  # the check modules load only when a config is read
+def load_config(
+    path: str | os.PathLike[str], registry: Mapping[str, CheckType] | None = None
+) -> Config:
+    """Read and validate ``path``; raise ConfigError listing every problem found.
+
+    ``registry``: the check types a config may use, by default all of them.
+    """
+    if registry is None:
+        from checks.registry import REGISTRY  # the check modules load only when a config is read
+
+        registry = REGISTRY
 
     shown = os.fspath(path)
     source = Path(path)
@@ -381,13 +396,13 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     except ValidationError as exc:
         errors.extend(error_messages(exc, ConfigFile))
     checker = _Checker(raw, lines, source.absolute().parent)
-    checker.run(dict(REGISTRY))
+    checker.run(dict(registry))
     errors.extend(checker.errors)
 
     if errors or model is None:
         errors.sort(key=lambda e: line_of(lines, e[0]))  # stable: same line keeps its order
         raise ConfigError([located(shown, lines, loc, msg) for loc, msg in errors])
-    return _build(model, checker, source, dict(REGISTRY))
+    return _build(model, checker, source, dict(registry))
 
 
 def _build(

@@ -4,16 +4,14 @@ Families are built at scrape time from ``Board`` (latest Result per check, run a
 counters), so a check that is no longer configured simply stops appearing. Label values come
 from the config (check, name, target, config labels, ward), so their number is bounded by it.
 
-A check metric ``<metric>`` becomes the gauge ``wardready_<type>_<metric>`` (they are values of
-one run, even ``packets_sent``). A metric named ``<metric>__<item>`` (the host check's per-mount
-and per-interface values) becomes ``wardready_<type>_<metric>{item="<item>"}``, the empty item
-(the ``/`` mount) as ``item="/"``: one family per measured quantity, as Prometheus expects.
+A check metric ``<metric>`` becomes ``wardready_<type>_<metric>``, with the help text and the
+type (gauge or counter) its check type declares; ``<metric>__<item>`` adds the label ``item``
+(see :mod:`shared.families`).
 """
 
 from __future__ import annotations
 
 import logging
-import re
 import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -31,11 +29,11 @@ from prometheus_client.registry import Collector
 
 from agent.scheduler import CheckSpec
 from checks.core import Result
+from shared.families import Family, family_of
 
 log = logging.getLogger(__name__)
 
 _PROCESS = psutil.Process()
-_METRIC_WORD = re.compile(r"[a-z][a-z0-9_]{0,63}")
 
 
 def process_usage() -> tuple[int, float]:
@@ -157,8 +155,8 @@ class AgentCollector(Collector):
             "Failed runs of the check since the agent started, by reason",
             labels=["check", "name", "reason"],
         )
-        # (type, metric) -> [(label values, item, value)]; items come from `metric__item` names
-        per_type: dict[tuple[str, str], list[tuple[list[str], str | None, float]]] = {}
+        # sample name -> (its family, [(label values, item, value)])
+        per_family: dict[str, tuple[Family, list[tuple[list[str], str | None, float]]]] = {}
         kinds = {e.spec.name: e.spec.check for e in entries}
         for e in entries:
             runs.add_metric([e.spec.check, e.spec.name], e.runs)
@@ -168,11 +166,11 @@ class AgentCollector(Collector):
             success.add_metric(v, 1.0 if e.latest.success else 0.0)
             duration.add_metric(v, e.latest.duration_seconds)
             for metric, value in e.latest.metrics.items():
-                base, sep, item = metric.partition("__")
-                if not _METRIC_WORD.fullmatch(base):
+                family = family_of(e.spec.check, metric, e.spec.kind)
+                if family is None:
                     continue  # one malformed name must not break the whole scrape
-                samples = per_type.setdefault((e.spec.check, base), [])
-                samples.append((v, (item or "/") if sep else None, float(value)))
+                held = per_family.setdefault(family.sample_name, (family, []))
+                held[1].append((v, family.item, float(value)))
         for (name, reason), count in sorted(failures.items()):
             if name in kinds:
                 failed.add_metric([kinds[name], name, reason], count)
@@ -180,17 +178,8 @@ class AgentCollector(Collector):
         yield duration
         yield runs
         yield failed
-        for (kind, metric), samples in sorted(per_type.items()):
-            with_item = any(about is not None for _, about, _ in samples)
-            family = GaugeMetricFamily(
-                f"wardready_{kind}_{metric}",
-                f"{metric} from the latest {kind} check run"
-                + (" (item: the mount or interface it is about)" if with_item else ""),
-                labels=[*names, "item"] if with_item else names,
-            )
-            for v, about, value in samples:
-                family.add_metric([*v, about or ""] if with_item else v, value)
-            yield family
+        for _, (family, samples) in sorted(per_family.items()):
+            yield _exported(family, names, samples)
 
     def _agent(self) -> Iterable[Metric]:
         rss, cpu = process_usage()
@@ -247,6 +236,23 @@ class AgentCollector(Collector):
         info = InfoMetricFamily("wardready_agent", "The agent's version, ward and name")
         info.add_metric([], {"version": self.version, "ward": self.ward, "agent": self.agent})
         yield info
+
+
+def _exported(
+    family: Family, names: list[str], samples: list[tuple[list[str], str | None, float]]
+) -> Metric:
+    # A family whose first sample had no item may still get some with one (a check type
+    # unknown here), so the label set is decided by all of them.
+    with_item = any(item is not None for _, item, _ in samples)
+    labels = [*names, "item"] if with_item else names
+    out: GaugeMetricFamily | CounterMetricFamily
+    if family.kind == "counter":
+        out = CounterMetricFamily(family.name, family.help, labels=labels)
+    else:
+        out = GaugeMetricFamily(family.name, family.help, labels=labels)
+    for v, item, value in samples:
+        out.add_metric([*v, item or ""] if with_item else v, value)
+    return out
 
 
 class MetricsServer:

@@ -212,9 +212,10 @@ class CheckType:
 
     def metric(self, name: str) -> Metric | None:
         """The declaration behind a reported metric name (``base`` or ``base__item``)."""
-        base, item = split_item(name)
+        base, _ = split_item(name)
         declared = self.metrics.get(base)
-        if declared is None or declared.per_item != bool(item):
+        # ``disk_free_ratio__`` is an item too: the root mount's, whose name is empty.
+        if declared is None or declared.per_item != (base != name):
             return None
         return declared
 

@@ -30,9 +30,10 @@ from sqlalchemy.engine import make_url
 from collector import db, i18n, summary
 from collector import tokens as tokenstore
 from collector import wards as wardlist
-from collector.profile import ProfileError
+from collector.profile import ProfileError, read_profile
 from collector.state import DEFAULT_AGENT_SERIES, DEFAULT_WARD_SERIES
 from collector.summary import WardSummary
+from shared.version import installed_version
 
 log = logging.getLogger("collector")
 
@@ -459,8 +460,26 @@ def cmd_reflector(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_profile_check(args: argparse.Namespace) -> int:
+    """Exit 0 for a usable profile (warnings or not), 2 when it has errors."""
+    try:
+        profile, warnings = read_profile(args.file)
+    except ProfileError as exc:
+        for message in exc.messages:
+            print(message, file=sys.stderr)
+        for warning in exc.warnings:
+            print(f"warning: {warning}", file=sys.stderr)
+        return 2
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    n = len(profile.criteria)
+    print(f"{args.file}: OK ({n} criteri{'on' if n == 1 else 'a'})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="wardready-collector", description="Ward readiness collector.")
+    p.add_argument("--version", action="version", version=f"%(prog)s {installed_version()}")
     p.add_argument("--db", help="database URL (default: $WARDREADY_DB or sqlite:///wardready.db)")
     p.add_argument(
         "--profile", help="readiness profile YAML (default: $WARDREADY_PROFILE or the shipped one)"
@@ -534,6 +553,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     mg = sub.add_parser("migrate", help="bring the database schema up to date")
     mg.set_defaults(func=cmd_migrate)
+
+    pf = sub.add_parser("profile", help="readiness profiles").add_subparsers(
+        dest="profile_command", required=True, metavar="ACTION"
+    )
+    pc = pf.add_parser("check", help="validate a profile file: errors exit 2, warnings do not")
+    pc.add_argument("file", type=Path)
+    pc.set_defaults(func=cmd_profile_check)
 
     rf = sub.add_parser("reflector", help="answer the agents' stream checks (TWAMP-light, UDP)")
     rf.add_argument("--listen", default="127.0.0.1:862", help="HOST:PORT (default %(default)s)")

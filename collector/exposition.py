@@ -17,6 +17,9 @@ Choices:
   (same name and target, labels differing only outside role/line), the newest result wins.
   A metric ``<base>__<item>`` (one of several mounts, interfaces, supplies or trays) adds
   ``item``, as the agent's endpoint does: ``wardready_host_disk_free_ratio{item="var_lib"}``.
+- A check metric has the help text and the type (gauge or counter) its check type declares
+  (:mod:`shared.families`). A result of a check type this collector does not know is shown
+  all the same, each metric with a plain help text; it only counts if the profile says so.
 - The ward's name and working group are not repeated on every check series: at national
   scale that adds about 40% to each scrape (18 MB at 3,321 wards). ``wardready_ward_info``
   (value 1) carries them once per ward, and a query joins them where it needs them, the
@@ -49,8 +52,10 @@ from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from prometheus_client.registry import Collector, CollectorRegistry
 from prometheus_client.samples import Sample as PromSample
 
+from collector.declared import check_types
 from collector.readiness import AGENT_SILENT, FAILED, NO_DATA, UNKNOWN, Verdict
 from collector.state import Sample
+from shared.families import family_of
 
 if TYPE_CHECKING:
     from collector.service import Service
@@ -131,7 +136,7 @@ FIXED = {
 
 
 class _Family(Metric):
-    """A gauge family held as ready-made exposition lines.
+    """A gauge or counter family held as ready-made exposition lines.
 
     Every family of one check series (success, duration, start time, each metric) shares
     that series' label set: formatting it once per series and each value straight into its
@@ -141,15 +146,17 @@ class _Family(Metric):
     compare with :func:`render`.
     """
 
-    def __init__(self, name: str, documentation: str) -> None:
+    def __init__(self, name: str, documentation: str, kind: str = "gauge") -> None:
         self.lines: list[str] = []
         self.label_sets: list[Mapping[str, str]] = []
         self.values: list[float] = []
-        super().__init__(name, documentation, "gauge")
+        super().__init__(name, documentation, kind)
+        # The name each line starts with: a counter's samples end in _total, its family not.
+        self.sample_name = f"{name}_total" if kind == "counter" else name
 
     @property
     def samples(self) -> list[PromSample]:
-        name = self.name
+        name = self.sample_name
         return [
             PromSample(name, dict(lb), v)
             for lb, v in zip(self.label_sets, self.values, strict=True)
@@ -166,7 +173,7 @@ class _Family(Metric):
         value = float(value)
         if text is None:
             text = _label_text(labels)
-        self.lines.append(f"{self.name}{text} {_number(value)}\n")
+        self.lines.append(f"{self.sample_name}{text} {_number(value)}\n")
         self.label_sets.append(labels)
         self.values.append(value)
 
@@ -177,27 +184,21 @@ _Target = tuple[_Family, str | None, str] | None
 
 def _metric_target(families: dict[str, _Family], check: str, metric: str) -> _Target:
     """The family re-exporting one check metric, and its item; None if the family's name is
-    taken by a fixed one.
+    taken by a fixed one, or the metric's name cannot be part of a family name.
 
-    ``<base>__<item>`` (a host check's mount or interface, a printer's supply or tray)
-    becomes ``wardready_<check>_<base>{item="<item>"}``, the empty item as ``/`` (the root
-    mount): one family per measured quantity, named and labelled as the agent's own endpoint
-    names it.
+    Named, typed and labelled as the agent's own endpoint does (:mod:`shared.families`).
     """
-    base, sep, item = metric.partition("__")
-    name = f"wardready_{check}_{base}"
-    if name in FIXED:
+    found = family_of(check, metric, check_types().get(check))
+    if found is None or found.name in FIXED or found.sample_name in FIXED:
         return None
-    family = families.get(name)
+    # Keyed by the name its samples carry: a counter ``x_total`` and a gauge ``x`` of one
+    # check type are two families.
+    family = families.get(found.sample_name)
     if family is None:
-        doc = f"{base} of the newest {check} check result, as measured."
-        if sep:
-            doc += " item: the mount, interface, supply or tray it is about."
-        family = families[name] = _Family(name, doc)
-    if not sep:
+        family = families[found.sample_name] = _Family(found.name, found.help, found.kind)
+    if found.item is None:
         return family, None, ""
-    item = item or "/"
-    return family, item, f',item="{_label_value(item)}"'
+    return family, found.item, f',item="{_label_value(found.item)}"'
 
 
 def _family(name: str) -> _Family:
@@ -341,11 +342,11 @@ class ReadinessCollector(Collector):
                     family, item, item_text = where
                     value = float(raw)
                     if item is None:
-                        family.lines.append(f"{family.name}{text} {number(value)}\n")
+                        family.lines.append(f"{family.sample_name}{text} {number(value)}\n")
                         family.label_sets.append(base)
                     else:
                         family.lines.append(
-                            f"{family.name}{text[:-1]}{item_text}}} {number(value)}\n"
+                            f"{family.sample_name}{text[:-1]}{item_text}}} {number(value)}\n"
                         )
                         family.label_sets.append({**base, "item": item})
                     family.values.append(value)
@@ -384,7 +385,7 @@ def _number(value: float) -> str:
 
 
 def render(registry: CollectorRegistry) -> bytes:
-    """The registry in the Prometheus text format (0.0.4), for gauge families.
+    """The registry in the Prometheus text format (0.0.4), for gauge and counter families.
 
     Equivalent to ``generate_latest`` for what this module collects, but several times
     faster at national scale (hundreds of thousands of samples): this module's families
@@ -393,10 +394,13 @@ def render(registry: CollectorRegistry) -> bytes:
     """
     out: list[str] = []
     for family in registry.collect():
-        if family.type != "gauge":
-            raise ValueError(f"{family.name}: only gauges are rendered here, not {family.type}")
+        kind = family.type
+        if kind not in ("gauge", "counter"):
+            raise ValueError(f"{family.name}: only gauges and counters render here, not {kind}")
+        # prometheus_client names a counter family without _total; the text format with it.
+        name = f"{family.name}_total" if kind == "counter" else family.name
         doc = family.documentation.replace("\\", "\\\\").replace("\n", "\\n")
-        out.append(f"# HELP {family.name} {doc}\n# TYPE {family.name} gauge\n")
+        out.append(f"# HELP {name} {doc}\n# TYPE {name} {kind}\n")
         if isinstance(family, _Family):
             out.extend(family.lines)
         else:

@@ -5,6 +5,10 @@ endpoint only reads the body and maps :class:`IngestError` to a response. The or
 steps decides which error a client sees: 401 (who are you) before 413/422 (what did you
 send) before 403 (may you write there).
 
+A result of a check type this collector does not know is stored like any other (an agent
+upgraded first must not go silent); a value outside the plausible range its known check type
+declares for the metric is refused (a broken or hostile agent, not a measurement).
+
 Storing is idempotent: each (ward, agent, stream, seq) is stored once however often a batch
 is replayed, and only the results actually inserted are reported back as new, so the
 in-memory state never counts a replayed result twice.
@@ -12,19 +16,22 @@ in-memory state never counts a replayed result twice.
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
-from collections.abc import Collection
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from pydantic import ValidationError
 
 from collector import db
+from collector.declared import check_types
 from collector.tokens import Grant, TokenCache, bearer
 from shared.wire import MAX_BATCH_BYTES, WIRE_VERSION, Batch, ResultRecord, time_errors
+
+if TYPE_CHECKING:
+    from checks.core import CheckType
 
 log = logging.getLogger(__name__)
 
@@ -63,16 +70,9 @@ class Stored:
     last_seq: int | None
 
 
-@functools.cache
-def known_checks() -> frozenset[str] | None:
-    # The registry imports every probe module; if one of them cannot be imported here the
-    # collector still ingests (and says so once) rather than refusing every agent.
-    try:
-        from checks.registry import REGISTRY
-    except ImportError as exc:
-        log.warning("check registry unavailable (%s); check types are not verified", exc)
-        return None
-    return frozenset(REGISTRY)
+def known_checks() -> Mapping[str, CheckType]:
+    """The declarations :func:`check` holds results to."""
+    return check_types()
 
 
 def _unprocessable(errors: list[dict[str, str]]) -> IngestError:
@@ -108,8 +108,13 @@ def parse(body: bytes) -> Batch:
         raise _unprocessable(errors) from None
 
 
-def check(batch: Batch, grant: Grant, now: float, checks: Collection[str] | None) -> None:
-    """Refuse a well-formed batch this token may not write, or that makes no sense."""
+def check(
+    batch: Batch, grant: Grant, now: float, checks: Mapping[str, CheckType] | None = None
+) -> None:
+    """Refuse a well-formed batch this token may not write, or that makes no sense.
+
+    ``checks`` holds the known check types' declarations (none: nothing is range-checked).
+    """
     if batch.ward != grant.ward:
         raise IngestError(403, f"ward: this token writes ward {grant.ward!r}, not {batch.ward!r}")
     if grant.agent is not None and batch.agent != grant.agent:
@@ -138,14 +143,9 @@ def check(batch: Batch, grant: Grant, now: float, checks: Collection[str] | None
             errors.append(
                 {"field": f"results.{i}.address", "message": "must not contain NUL characters"}
             )
-        if checks is not None and r.check not in checks:
-            errors.append(
-                {
-                    "field": f"results.{i}.check",
-                    "message": f"unknown check type {r.check!r}; known: "
-                    + ", ".join(sorted(checks)),
-                }
-            )
+        kind = checks.get(r.check) if checks else None
+        if kind is not None:
+            errors.extend(_implausible(i, r, kind))
         if r.seq in seen:
             errors.append(
                 {
@@ -160,6 +160,22 @@ def check(batch: Batch, grant: Grant, now: float, checks: Collection[str] | None
         errors.append({"field": where, "message": message})
     if errors:
         raise _unprocessable(errors)
+
+
+def _implausible(i: int, r: ResultRecord, kind: CheckType) -> list[dict[str, str]]:
+    # A metric the type does not declare (yet: the agent may be newer) is stored as it is.
+    out = []
+    for name, value in r.metrics.items():
+        declared = kind.metric(name)
+        if declared is not None and not declared.admits(value):
+            span = f"{declared.low:g}..{declared.high:g}"
+            out.append(
+                {
+                    "field": f"results.{i}.metrics.{name}",
+                    "message": f"{value!r} is outside {span} declared for {r.check}",
+                }
+            )
+    return out
 
 
 _encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), check_circular=False).encode

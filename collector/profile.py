@@ -4,16 +4,23 @@ A profile is judged by :mod:`collector.readiness`; this module only parses and c
 Every error names the file, the line and the field path
 (``default.yaml:14: criteria[2].condition.op: Input should be '<', '<=', ...``), and all
 errors of a file are reported at once.
+
+Where the profile selects a check type this collector knows, the type's declaration is the
+list of metrics a criterion may read: a misspelt ``metric: los_ratio`` is an error here, not
+a criterion that stays unknown for ever. A check type it does not know is only a warning: the
+agents may be newer than the collector, and their results are stored all the same.
 """
 
 from __future__ import annotations
 
 import difflib
 import functools
+import logging
 import math
 import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -22,11 +29,13 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
 from pydantic_core import PydanticCustomError
 
+from collector.declared import check_types
 from shared.confload import (
     UNITS,
     DuplicateKeyError,
@@ -40,6 +49,11 @@ from shared.confload import (
     parse_duration,
 )
 from shared.wire import LabelValue, Name, Word
+
+if TYPE_CHECKING:
+    from checks.core import CheckType
+
+log = logging.getLogger(__name__)
 
 Severity = Literal["blocker", "warning"]
 Require = Literal["all", "any"]
@@ -92,17 +106,6 @@ def format_duration(seconds: float) -> str:
     return f"{seconds:g}s"
 
 
-@functools.cache
-def _known_check_types() -> frozenset[str] | None:
-    # The registry imports every check module; the collector must still load a profile when
-    # one of them (or its library) is unavailable, so an unimportable registry checks nothing.
-    try:
-        from checks.registry import REGISTRY
-    except ImportError:
-        return None
-    return frozenset(REGISTRY)
-
-
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -111,18 +114,6 @@ class Select(_Model):
     check: Word | None = None
     name: Name | None = None
     labels: dict[Word, LabelValue] = Field(default_factory=dict)
-
-    @field_validator("check")
-    @classmethod
-    def _known_check(cls, value: str | None) -> str | None:
-        known = _known_check_types()
-        if value is not None and known is not None and value not in known:
-            raise PydanticCustomError(
-                "unknown_check",
-                "unknown check type '{check}'; known: {known}",
-                {"check": value, "known": ", ".join(sorted(known))},
-            )
-        return value
 
     @model_validator(mode="after")
     def _not_empty(self) -> Select:
@@ -186,6 +177,48 @@ class Criterion(_Model):
         # Titles end up in one-line reasons and terminal tables; a YAML block keeps newlines.
         return None if value is None else " ".join(value.split())
 
+    @model_validator(mode="after")
+    def _declared_metric(self, info: ValidationInfo) -> Criterion:
+        check = self.select.check
+        kind = _checks(info).get(check) if check is not None else None
+        # TRANSITIONAL (issue 8): a type not yet converted to CHECK declares no metrics.
+        if check is None or kind is None or not kind.strict:
+            return self
+        problem = _undeclared(check, kind, self.condition.metric)
+        if problem is not None:
+            raise PydanticCustomError(
+                "undeclared_metric",
+                "{problem}",
+                {"problem": problem, "at": ("condition", "metric")},
+            )
+        return self
+
+
+def _checks(info: ValidationInfo) -> Mapping[str, CheckType]:
+    """The declarations to validate against: the caller's (``context={"checks": ...}``), or
+    the registry's."""
+    context = info.context if isinstance(info.context, dict) else {}
+    checks = context.get("checks")
+    return check_types() if checks is None else checks
+
+
+def _undeclared(check: str, kind: CheckType, metric: str) -> str | None:
+    """Why check type ``check`` never reports ``metric``; None when it may."""
+    if metric in (SUCCESS, DURATION) or kind.metric(metric) is not None:
+        return None
+    base, sep, _ = metric.partition("__")
+    declared = kind.metrics.get(base)
+    if declared is not None and declared.per_item:
+        return f"{check} reports {base} once per item: name one, as {base}__<item>"
+    if declared is not None:
+        return f"{check} reports {base} without items: name it {base!r}"
+    names = [f"{n}__<item>" if m.per_item else n for n, m in sorted(kind.metrics.items())]
+    close = difflib.get_close_matches(base, list(kind.metrics), n=1)
+    hint = f" (did you mean {close[0] + ('__<item>' if sep else '')!r}?)" if close else ""
+    return f"{check} reports no metric {metric!r}{hint}; it reports " + ", ".join(
+        [SUCCESS, DURATION, *names]
+    )
+
 
 class Profile(_Model):
     version: int
@@ -233,7 +266,12 @@ class Profile(_Model):
 
 
 class ProfileError(LoadError):
-    """A profile that cannot be used; ``messages`` holds one 'file:line: path: what' each."""
+    """A profile that cannot be used; ``messages`` holds one 'file:line: path: what' each,
+    ``warnings`` what would still be worth knowing once they are fixed."""
+
+    def __init__(self, messages: list[str], warnings: list[str] | None = None) -> None:
+        super().__init__(messages)
+        self.warnings = warnings or []
 
 
 def _messages(source: str, exc: ValidationError, lines: dict[Loc, int]) -> list[str]:
@@ -255,8 +293,43 @@ def _messages(source: str, exc: ValidationError, lines: dict[Loc, int]) -> list[
     return out
 
 
+def _unknown_checks(
+    source: str, data: dict[Any, Any], lines: dict[Loc, int], known: Mapping[str, CheckType]
+) -> list[str]:
+    """A ``file:line: field: ...`` warning for each check type the profile selects that this
+    collector does not know; read from the raw data, so they come with the errors too."""
+    criteria = data.get("criteria")
+    out = []
+    for i, c in enumerate(criteria if isinstance(criteria, list) else []):
+        select = c.get("select") if isinstance(c, dict) else None
+        check = select.get("check") if isinstance(select, dict) else None
+        if isinstance(check, str) and check not in known:
+            text = (
+                f"unknown check type {check!r}: its metrics cannot be verified "
+                f"(this collector knows {', '.join(sorted(known)) or 'none'})"
+            )
+            out.append(located(source, lines, ("criteria", i, "select", "check"), text))
+    return out
+
+
 def load_profile(path: str | Path) -> Profile:
-    """Read and validate a profile file; raises ProfileError listing every problem."""
+    """Read and validate a profile file; raises ProfileError listing every problem.
+
+    Warnings (check types this collector does not know) are logged.
+    """
+    profile, warnings = read_profile(path)
+    for warning in warnings:
+        log.warning("%s", warning)
+    return profile
+
+
+def read_profile(
+    path: str | Path, checks: Mapping[str, CheckType] | None = None
+) -> tuple[Profile, list[str]]:
+    """The profile and its warnings; raises ProfileError listing every problem, whose
+    ``warnings`` holds the warnings of the file. ``checks``: the check types known, by
+    default the registry's."""
+    known = check_types() if checks is None else checks
     source = str(path)
     try:
         text = Path(path).read_text(encoding="utf-8")
@@ -291,10 +364,11 @@ def load_profile(path: str | Path) -> Profile:
         raise ProfileError([f"{source}: the profile is empty"])
     if not isinstance(data, dict):
         raise ProfileError([f"{source}:1: the profile must be a mapping of keys to values"])
+    warnings = _unknown_checks(source, data, lines, known)
     try:
-        return Profile.model_validate(data)
+        return Profile.model_validate(data, context={"checks": known}), warnings
     except ValidationError as exc:
-        raise ProfileError(_messages(source, exc, lines)) from exc
+        raise ProfileError(_messages(source, exc, lines), warnings) from exc
 
 
 def default_profile_path() -> Path:

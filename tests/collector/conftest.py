@@ -38,7 +38,7 @@ criteria:
     title: PC disk has room
     severity: warning
     select: {check: host}
-    condition: {metric: disk_free_ratio, agg: last, last: 1, op: ">", threshold: 0.1}
+    condition: {metric: disk_free_ratio_min, agg: last, last: 1, op: ">", threshold: 0.1}
 """
 
 UNITS = """\
@@ -181,7 +181,7 @@ def healthy_results(start: int = 1) -> list[dict[str, Any]]:
             target="localhost",
             address="localhost",
             labels={"role": "host"},
-            metrics={"disk_free_ratio": 0.5},
+            metrics={"disk_free_ratio_min": 0.5},
             started=now - 10,
         ),
     ]

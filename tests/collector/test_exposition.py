@@ -10,8 +10,15 @@ from fastapi.testclient import TestClient
 from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from checks.registry import REGISTRY
 from collector import exposition, tokens, wards
 from collector.service import Service
+from tests.promlint import (
+    assert_clean_and_declared,
+    declared_metrics,
+    promtool_complaints,
+    stand_ins,
+)
 
 from .conftest import BROKEN, READY, auth, batch, body, broken_results, healthy_results, result
 
@@ -56,7 +63,7 @@ def test_metrics_parse_and_every_family_has_help(client: TestClient, service: Se
         "wardready_check_duration_seconds",
         "wardready_icmp_loss_ratio",
         "wardready_icmp_rtt_avg_seconds",
-        "wardready_host_disk_free_ratio",
+        "wardready_host_disk_free_ratio_min",
         "wardready_http_status_code",
     }
     assert expected <= set(families)
@@ -442,3 +449,84 @@ def test_family_samples_follow_what_was_added() -> None:
     assert family.samples[0].value == 2.0 and math.isnan(family.samples[1].value)
     with pytest.raises(TypeError, match="wardready_test_value"):
         family.samples = family.samples
+
+
+def _results(word: str, metrics: dict[str, float], start: int = 1) -> list[dict[str, Any]]:
+    """A passing and a failing result of a check of type ``word``, on two targets."""
+    kind = REGISTRY.get(word)
+    reason = sorted(kind.reasons)[0] if kind is not None and kind.reasons else "error"
+    return [
+        result(
+            start + i,
+            check=word,
+            name=f"{word}-{i}",
+            target=f"t{i}",
+            labels={"role": "wan", "line": "cáp quang"},
+            success=ok,
+            reason="ok" if ok else reason,
+            metrics=dict(metrics),
+        )
+        for i, ok in enumerate((True, False))
+    ]
+
+
+def _scraped(client: TestClient, service: Service, results: list[dict[str, Any]]) -> str:
+    token = tokens.create(service.engine, READY)
+    doc = body(batch(READY, results=results))
+    r = client.post("/api/v1/ingest", content=doc, headers=auth(token))
+    assert r.status_code == 200, r.text
+    feed(client, service)  # and wards with verdicts, criteria, reasons: every fixed family
+    text: str = client.get("/metrics").text
+    return text
+
+
+@pytest.mark.parametrize("word", sorted(REGISTRY))
+def test_promtool_finds_nothing_wrong_with_any_check_type(
+    word: str, client: TestClient, service: Service
+) -> None:
+    kind = REGISTRY[word]
+    text = _scraped(client, service, _results(word, stand_ins(kind)))
+    assert_clean_and_declared(text, word, kind)
+
+
+def test_promtool_finds_nothing_wrong_with_every_check_type_at_once(
+    client: TestClient, service: Service
+) -> None:
+    results = []
+    for word, kind in sorted(REGISTRY.items()):
+        results += _results(word, declared_metrics(kind), len(results) + 1)
+    unknown = {"aura_ratio": 0.5, "visions_total": 3.0, "glow__left": 1.0, "glow__": 2.0}
+    results += _results("telepathy", unknown, len(results) + 1)
+    text = _scraped(client, service, results)
+    assert promtool_complaints(text) == ""
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    # A check type this collector does not know: shown, as gauges and counters by name.
+    aura = families["wardready_telepathy_aura_ratio"]
+    assert aura.type == "gauge" and "not declared" in aura.documentation
+    visions = families["wardready_telepathy_visions"]
+    assert visions.type == "counter"
+    assert {s.name for s in visions.samples} == {"wardready_telepathy_visions_total"}
+    glow = families["wardready_telepathy_glow"]
+    assert sorted(s.labels["item"] for s in glow.samples) == ["/", "/", "left", "left"]
+    assert "_total gauge" not in text
+
+
+def test_fast_renderer_matches_generate_latest_for_counters(
+    client: TestClient, service: Service
+) -> None:
+    text = _scraped(client, service, _results("telepathy", {"visions_total": 3.0, "a_ratio": 1.0}))
+    assert "# TYPE wardready_telepathy_visions_total counter\n" in text
+    registry = exposition.registry_for(service)
+    theirs = generate_latest(registry).decode("utf-8")
+    assert "# TYPE wardready_telepathy_visions_total counter\n" in theirs
+
+    def visions(text: str) -> list[tuple[str, tuple[tuple[str, str], ...], float]]:
+        return sorted(
+            (s.name, tuple(sorted(s.labels.items())), s.value)
+            for f in text_string_to_metric_families(text)
+            if f.name == "wardready_telepathy_visions"
+            for s in f.samples
+        )
+
+    assert visions(text) == visions(theirs)
+    assert len(visions(text)) == 2

@@ -16,7 +16,9 @@ from collector.profile import (
     default_profile_path,
     format_duration,
     load_profile,
+    read_profile,
 )
+from tests.gadget import GADGET
 
 BROKEN = Path(__file__).parent / "profiles"
 DEMO = default_profile_path().parent / "demo.yaml"
@@ -42,9 +44,6 @@ INVALID: dict[str, list[str]] = {
     ],
     "bad_window.yaml": [
         "7: criteria[0].condition.window: expected a duration like 90s, 15m or 1h",
-    ],
-    "unknown_check.yaml": [
-        f"7: criteria[0].select.check: unknown check type 'snmp'; known: {KNOWN}",
     ],
     "bad_severity.yaml": [
         "5: criteria[0].severity: Input should be 'blocker' or 'warning'",
@@ -133,17 +132,25 @@ def test_default_profile_loads_and_covers_a_center() -> None:
     assert profile.retention_seconds() == 15 * 60 + 300
 
 
-def test_shipped_profiles_read_metrics_their_checks_report() -> None:
+def test_shipped_profiles_read_metrics_their_checks_declare() -> None:
     # A typo in a metric name would leave a criterion unknown forever, never failed.
+    undeclared: set[str] = set()
     for path in (default_profile_path(), DEMO):
-        for c in load_profile(path).criteria:
+        profile, warnings = read_profile(path)
+        assert warnings == [], warnings
+        for c in profile.criteria:
             metric, check = c.condition.metric, c.select.check
             # Selected by labels alone (a printer may be probed by SNMP or IPP): some check
-            # type must still document the metric.
-            kinds = [REGISTRY[check]] if check is not None else list(REGISTRY.values())
-            assert check is None or check in REGISTRY, (path.name, c.id)
-            if metric not in (SUCCESS, DURATION):
-                assert any(f"``{metric}``" in k.doc for k in kinds), (path.name, c.id, metric)
+            # type must still declare the metric.
+            words = [check] if check is not None else sorted(REGISTRY)
+            if metric in (SUCCESS, DURATION):
+                continue
+            if not all(REGISTRY[w].strict for w in words):  # TRANSITIONAL (issue 8)
+                undeclared.update(w for w in words if not REGISTRY[w].strict)
+                continue
+            assert any(REGISTRY[w].metric(metric) for w in words), (path.name, c.id, metric)
+    if undeclared:
+        pytest.skip(f"check types not declaring their metrics yet: {', '.join(sorted(undeclared))}")
 
 
 def test_demo_profile_turns_within_a_minute() -> None:
@@ -196,3 +203,86 @@ def test_titles_are_one_line(tmp_path: Path) -> None:
 )
 def test_format_duration(seconds: float, text: str) -> None:
     assert format_duration(seconds) == text
+
+
+CRITERION = """\
+  - id: {id}
+    title: Gadget
+    severity: blocker
+    select: {{check: {check}}}
+    condition: {{metric: {metric}, agg: avg, window: 5m, op: "<", threshold: 0.5}}
+"""
+
+
+def _profile(tmp_path: Path, *criteria: tuple[str, str]) -> Path:
+    path = tmp_path / "profile.yaml"
+    text = "version: 1\ncriteria:\n" + "".join(
+        CRITERION.format(id=f"c{i}", check=check, metric=metric)
+        for i, (check, metric) in enumerate(criteria)
+    )
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_a_metric_its_check_type_does_not_declare_is_an_error(tmp_path: Path) -> None:
+    path = _profile(
+        tmp_path,
+        ("gadget", "loss_ratio"),
+        ("gadget", "los_ratio"),
+        ("gadget", "free_ratio__var_lib"),
+        ("gadget", "free_ratio"),
+        ("gadget", "loss_ratio__wan"),
+        ("gadget", "temperature_celsius"),
+        ("gadget", "success"),
+        ("gadget", "duration_seconds"),
+    )
+    with pytest.raises(ProfileError) as caught:
+        read_profile(path, {"gadget": GADGET})
+    assert caught.value.messages == [
+        f"{path}:12: criteria[1].condition.metric: gadget reports no metric 'los_ratio' "
+        "(did you mean 'loss_ratio'?); it reports success, duration_seconds, errors_total, "
+        "free_ratio__<item>, loss_ratio, rtt_avg_seconds",
+        f"{path}:22: criteria[3].condition.metric: gadget reports free_ratio once per item: "
+        "name one, as free_ratio__<item>",
+        f"{path}:27: criteria[4].condition.metric: gadget reports loss_ratio without items: "
+        "name it 'loss_ratio'",
+        f"{path}:32: criteria[5].condition.metric: gadget reports no metric 'temperature_celsius'; "
+        "it reports success, duration_seconds, errors_total, free_ratio__<item>, loss_ratio, "
+        "rtt_avg_seconds",
+    ]
+    assert caught.value.warnings == []
+
+
+def test_the_registry_declarations_catch_a_misspelt_metric(tmp_path: Path) -> None:
+    declared = sorted(w for w, k in REGISTRY.items() if k.strict and k.metrics)
+    if not declared:  # TRANSITIONAL (issue 8): until the probe modules declare their metrics
+        pytest.skip("no check type in the registry declares its metrics yet")
+    word = "icmp" if "icmp" in declared else declared[0]
+    name = sorted(REGISTRY[word].metrics)[0]
+    path = _profile(tmp_path, (word, name.replace("_", "", 1)))
+    with pytest.raises(ProfileError) as caught:
+        load_profile(path)
+    (message,) = caught.value.messages
+    assert message.startswith(f"{path}:7: criteria[0].condition.metric: {word} reports no metric")
+
+
+def test_an_unknown_check_type_is_a_warning_not_an_error(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = _profile(tmp_path, ("telepathy", "aura_ratio"), ("gadget", "loss_ratio"))
+    profile, warnings = read_profile(path, {"gadget": GADGET})
+    assert [c.select.check for c in profile.criteria] == ["telepathy", "gadget"]
+    assert warnings == [
+        f"{path}:6: criteria[0].select.check: unknown check type 'telepathy': its metrics "
+        "cannot be verified (this collector knows gadget)"
+    ]
+    # Reported with the errors too, so one run shows everything.
+    bad = _profile(tmp_path, ("telepathy", "aura_ratio"), ("gadget", "los_ratio"))
+    with pytest.raises(ProfileError) as caught:
+        read_profile(bad, {"gadget": GADGET})
+    assert caught.value.warnings == warnings and len(caught.value.messages) == 1
+    # The collector itself logs them when it loads the profile.
+    assert "telepathy" not in REGISTRY
+    with caplog.at_level("WARNING", logger="collector.profile"):
+        load_profile(path)
+    assert "unknown check type 'telepathy'" in caplog.text

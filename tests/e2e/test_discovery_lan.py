@@ -110,10 +110,12 @@ def printer(lan: Lan, tmp_path: Path) -> Iterator[str]:
     conf.write_text(AVAHI_CONF.format(host=host, nic=nic))
     with private_bus(work) as bus:
         env = {"DBUS_SYSTEM_BUS_ADDRESS": bus}
-        # `ip netns exec` runs in a mount namespace of its own: the tmpfs over avahi's run
-        # directory (its pid file and socket) stays private to this avahi.
+        # `ip netns exec` runs in a mount namespace of its own. Avahi keeps its pid file and
+        # socket in /run/avahi-daemon, which exists only where avahi once ran: an empty tmpfs
+        # over all of /run, private to this avahi, makes the test the same on every machine
+        # (a fresh one has no such directory) and leaves any avahi of the host alone.
         script = (
-            "mount -t tmpfs tmpfs /run/avahi-daemon && "
+            "mount -t tmpfs tmpfs /run && mkdir /run/avahi-daemon && "
             f"exec {avahi} -f {conf} --no-chroot --no-drop-root --no-rlimits"
         )
         daemon = Proc(["ip", "netns", "exec", ns, "sh", "-c", script], work / "avahi.log", env)
