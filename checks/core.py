@@ -212,9 +212,10 @@ class CheckType:
 
     def metric(self, name: str) -> Metric | None:
         """The declaration behind a reported metric name (``base`` or ``base__item``)."""
-        base, item = split_item(name)
+        base, _ = split_item(name)
         declared = self.metrics.get(base)
-        if declared is None or declared.per_item != bool(item):
+        # "__" marks a per-item name even when the item is empty (the host check's "/" mount).
+        if declared is None or declared.per_item != ("__" in name):
             return None
         return declared
 
