@@ -54,6 +54,7 @@ CPU_HIGH = "cpu_high"
 _ORDER = (INTERFACE_MISSING, MOUNT_MISSING, LINK_DOWN, DISK_LOW, MEMORY_HIGH, CPU_HIGH)
 REASONS = frozenset(_ORDER)
 
+
 class Params(core.Params):
     cpu_max_ratio: float = Field(default=0.95, gt=0.0, le=1.0)
     memory_max_ratio: float = Field(default=0.95, gt=0.0, le=1.0)
