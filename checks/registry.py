@@ -52,7 +52,7 @@ def _entry(module: object) -> CheckType:
 
 REGISTRY: Mapping[str, CheckType] = MappingProxyType(
     {
-        "icmp": _entry(icmp),
+        "icmp": icmp.CHECK,
         "tcp": _entry(tcp),
         "http": _entry(http),
         "dns": _entry(dns),
@@ -62,10 +62,10 @@ REGISTRY: Mapping[str, CheckType] = MappingProxyType(
         "turn": _entry(turn),
         "h323": _entry(h323),
         "bandwidth": _entry(bandwidth),
-        "traceroute": _entry(traceroute),
-        "pmtu": _entry(pmtu),
+        "traceroute": traceroute.CHECK,
+        "pmtu": pmtu.CHECK,
         "link": link.CHECK,
-        "stream": _entry(stream),
+        "stream": stream.CHECK,
         "printer_snmp": _entry(printer_snmp),
         "printer_ipp": _entry(printer_ipp),
         "scanner_escl": _entry(scanner_escl),
