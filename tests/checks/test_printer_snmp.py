@@ -17,8 +17,9 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from checks._printer import Supply, Tray, ratio
 from checks.core import Target, run_check
-from checks.printer_snmp import Params, Snapshot, Supply, Tray, error_names, judge, ratio
+from checks.printer_snmp import Params, Snapshot, error_names, judge
 from checks.registry import REGISTRY
 from tests.checks.conftest import RunCheck
 from tests.devices import V3User, snmpd, snmpsim
