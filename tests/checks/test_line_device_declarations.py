@@ -1,0 +1,103 @@
+"""The line and device checks: each imports only the core, pure helpers and the private
+toolkit, and declares itself once, metrics included, as its registry entry."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+from checks import host, icmp, link, pmtu, printer_ipp, printer_snmp, stream, traceroute
+from checks.core import CheckType
+from checks.registry import REGISTRY
+
+CHECKS = Path(__file__).resolve().parents[2] / "checks"
+DECLARED: dict[str, CheckType] = {
+    "icmp": icmp.CHECK,
+    "pmtu": pmtu.CHECK,
+    "traceroute": traceroute.CHECK,
+    "stream": stream.CHECK,
+    "link": link.CHECK,
+    "host": host.CHECK,
+    "printer_snmp": printer_snmp.CHECK,
+    "printer_ipp": printer_ipp.CHECK,
+}
+PURE_HELPERS = {"core", "emodel", "twamp"}
+
+
+def _imported(word: str) -> set[str]:
+    """The ``checks`` modules that checks/<word>.py imports."""
+    tree = ast.parse((CHECKS / f"{word}.py").read_text())
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module == "checks":
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("checks."):
+            found.add((node.module or "").split(".")[1])
+        elif isinstance(node, ast.Import):
+            found |= {a.name.split(".")[1] for a in node.names if a.name.startswith("checks.")}
+    return found
+
+
+@pytest.mark.parametrize("word", sorted(DECLARED))
+def test_a_probe_imports_no_other_probe(word: str) -> None:
+    imported = _imported(word)
+    assert imported, word
+    probes = {m for m in imported if not m.startswith("_") and m not in PURE_HELPERS}
+    assert probes == set(), f"checks/{word}.py imports probe modules {sorted(probes)}"
+
+
+@pytest.mark.parametrize("word", sorted(DECLARED))
+def test_the_registry_holds_the_module_declaration(word: str) -> None:
+    check = DECLARED[word]
+    assert REGISTRY[word] is check
+    assert check.strict
+    assert check.metrics
+    for name in check.metrics:
+        # The docstring is the check's manual: every metric it may report is in it.
+        assert f"``{name}" in check.doc, (word, name)
+
+
+def test_host_nic_counters_are_counters() -> None:
+    for name in ("nic_errors_total", "nic_drops_total"):
+        declared = host.CHECK.metrics[name]
+        assert (declared.kind, declared.per_item) == ("counter", True)
+    assert host.CHECK.metric("nic_errors_total__eth0") is not None
+    assert host.CHECK.metric("disk_free_ratio__") is not None  # the "/" mount
+    assert host.CHECK.metric("disk_free_ratio") is None
+
+
+@pytest.mark.parametrize(
+    ("word", "address"),
+    [
+        ("icmp", "10.0.0.1:80"),
+        ("pmtu", ""),
+        ("traceroute", "2001:db8::1"),
+        ("stream", "[2001:db8::1"),
+        ("printer_snmp", "printer:99999"),
+        ("printer_ipp", "http://printer/"),
+    ],
+)
+def test_bad_targets_fail_at_config_load(word: str, address: str) -> None:
+    parse = DECLARED[word].parse_target
+    assert parse is not None
+    with pytest.raises(ValueError, match="address"):
+        parse(address)
+
+
+@pytest.mark.parametrize(
+    ("word", "address"),
+    [
+        ("icmp", "gw.example.vn"),
+        ("pmtu", "[2001:db8::1]"),
+        ("traceroute", "192.0.2.1"),
+        ("stream", "reflector.example.vn"),
+        ("printer_snmp", "[2001:db8::5]:1161"),
+        ("printer_ipp", "ipps://printer.example.vn/ipp/print"),
+    ],
+)
+def test_good_targets_pass_at_config_load(word: str, address: str) -> None:
+    parse = DECLARED[word].parse_target
+    assert parse is not None
+    parse(address)
