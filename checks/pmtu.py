@@ -219,11 +219,7 @@ class _Prober:
 
 def probe(target: Target, params: Params, timeout: float) -> Outcome:
     deadline = time.monotonic() + timeout
-    try:
-        echo = _icmp.open_echo(target.address, params, timeout)
-    except core.CheckFailed as failed:
-        return failed.outcome()
-    with echo:
+    with _icmp.open_echo(target.address, params, timeout) as echo:
         if echo.family == socket.AF_INET:
             echo.sock.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, PMTUDISC_PROBE)
         else:

@@ -327,6 +327,19 @@ def _pick_printer(
     return wanted
 
 
+def _rows(
+    table: Mapping[_snmp.Oid, Mapping[_snmp.Oid, Any]], index: int
+) -> list[tuple[int, dict[_snmp.Oid, Any]]]:
+    """This printer's rows of walked columns, as (row, {column: value}), in row order."""
+    # Tables are indexed (hrDeviceIndex, row): keep this printer's rows.
+    mine = {
+        column: {r[1]: v for r, v in rows.items() if len(r) == 2 and r[0] == index}
+        for column, rows in table.items()
+    }
+    found = sorted({i for rows in mine.values() for i in rows})
+    return [(i, {column: rows.get(i) for column, rows in mine.items()}) for i in found]
+
+
 async def _collect(ip: str, port: int, family: int, params: Params) -> Snapshot:
     with _snmp.engine() as engine:
         snmp = await _snmp.Session.open(
@@ -346,10 +359,6 @@ async def _collect(ip: str, port: int, family: int, params: Params) -> Snapshot:
         )
         inputs = await snmp.columns([INPUT_MAX, INPUT_LEVEL, INPUT_NAME], MAX_INPUTS)
 
-    def mine(rows: Mapping[tuple[int, ...], Any]) -> dict[int, Any]:
-        # Tables are indexed (hrDeviceIndex, row): keep this printer's rows.
-        return {r[1]: v for r, v in rows.items() if len(r) == 2 and r[0] == index}
-
     errors = printers[HR_PRINTER_ERRORS].get((index,))
     snap = Snapshot(
         sys_descr=_text(scalars.get(SYS_DESCR)),
@@ -357,28 +366,17 @@ async def _collect(ip: str, port: int, family: int, params: Params) -> Snapshot:
         printer_status=_int(printers[HR_PRINTER_STATUS].get((index,))),
         error_state=errors if isinstance(errors, bytes) else b"",
     )
-    s = {column: mine(rows) for column, rows in supplies.items()}
-    for i in sorted({i for rows in s.values() for i in rows}):
+    for i, row in _rows(supplies, index):
         snap.supplies.append(
-            Supply(
-                i,
-                klass=_int(s[SUPPLY_CLASS].get(i)),
-                kind=_int(s[SUPPLY_TYPE].get(i)),
-                description=_text(s[SUPPLY_DESCR].get(i)),
-                max_capacity=_int(s[SUPPLY_MAX].get(i)),
-                level=_int(s[SUPPLY_LEVEL].get(i)),
-            )
-        )
-    t = {column: mine(rows) for column, rows in inputs.items()}
-    for i in sorted({i for rows in t.values() for i in rows}):
+            Supply(i, klass=_int(row[SUPPLY_CLASS]), kind=_int(row[SUPPLY_TYPE]),
+                   description=_text(row[SUPPLY_DESCR]), max_capacity=_int(row[SUPPLY_MAX]),
+                   level=_int(row[SUPPLY_LEVEL]))
+        )  # fmt: skip
+    for i, row in _rows(inputs, index):
         snap.trays.append(
-            Tray(
-                i,
-                name=_text(t[INPUT_NAME].get(i)),
-                max_capacity=_int(t[INPUT_MAX].get(i)),
-                level=_int(t[INPUT_LEVEL].get(i)),
-            )
-        )
+            Tray(i, name=_text(row[INPUT_NAME]), max_capacity=_int(row[INPUT_MAX]),
+                 level=_int(row[INPUT_LEVEL]))
+        )  # fmt: skip
     return snap
 
 

@@ -305,12 +305,7 @@ def _trace(address: str, params: Params, timeout: float) -> Outcome:
     try:
         src = _route(dst, params)
     except OSError as exc:
-        reason = oserror_reason(exc)
-        return Outcome(
-            False,
-            reason if reason in REASONS else ERROR,
-            info={**info, "error": f"no route to {dst}: {exc.strerror or exc}"},
-        )
+        raise _os_failure(exc, f"no route to {dst}", dst) from exc
     wait = min(params.timeout_seconds, deadline - time.monotonic() - RESERVE_SECONDS)
     if wait <= 0:
         return Outcome(False, TIMEOUT, info={**info, "error": "no time left to wait for answers"})
@@ -344,18 +339,20 @@ def _trace(address: str, params: Params, timeout: float) -> Outcome:
         _attach_filter(sock.ins, dst)
         answers, _ = sndrcv(sock, packets, timeout=wait, verbose=0)
     except OSError as exc:
-        reason = oserror_reason(exc)
-        return Outcome(
-            False,
-            reason if reason in REASONS else ERROR,
-            info={**info, "error": f"sending probes: {exc.strerror or exc}"},
-        )
+        raise _os_failure(exc, "sending probes", dst) from exc
     finally:
         sock.close()
 
     hops: dict[int, _Hop] = {}
     _classify(hops, answers, dst, params.mode)
     return _outcome(hops, params, len(packets), info)
+
+
+def _os_failure(exc: OSError, doing: str, address: str) -> core.CheckFailed:
+    reason = oserror_reason(exc)
+    return core.CheckFailed(
+        reason if reason in REASONS else ERROR, f"{doing}: {exc.strerror or exc}", address=address
+    )
 
 
 def _outcome(hops: dict[int, _Hop], params: Params, sent: int, info: dict[str, str]) -> Outcome:
@@ -420,7 +417,10 @@ CHECK = core.CheckType(
 
 def _main(argv: list[str]) -> int:
     address, params_json, timeout = argv
-    outcome = _trace(address, Params.model_validate_json(params_json), float(timeout))
+    try:
+        outcome = _trace(address, Params.model_validate_json(params_json), float(timeout))
+    except core.CheckFailed as failed:
+        outcome = failed.outcome()
     print(json.dumps(dataclasses.asdict(outcome)))
     return 0
 
