@@ -84,8 +84,8 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from checks import _line, core, emodel, twamp
-from checks._line import NO_REPLY, LineParams, kernel_time_ns, train_metrics
+from checks import core, emodel, twamp
+from checks._line import NO_REPLY, SO_TIMESTAMPNS, LineParams, kernel_time_ns, train_metrics
 from checks._net import (
     PERMISSION_DENIED,
     REFUSED,
@@ -264,7 +264,7 @@ def _open(family: int, sockaddr: Any, params: Params) -> socket.socket | Outcome
         else:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS, twamp.SENDER_TTL)
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_TCLASS, params.dscp << 2)
-        sock.setsockopt(socket.SOL_SOCKET, _line.SO_TIMESTAMPNS, 1)
+        sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
         try:
             # Connected: the kernel passes only the reflector's datagrams, and reports its
             # ICMP errors (port unreachable) on this socket.
