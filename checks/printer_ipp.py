@@ -21,7 +21,7 @@ ippeveprinter among them, report even an empty toner as ``toner-empty-report``. 
 is kept in ``info.state_reasons``; keywords not named below are only listed there.
 
 Metrics:
-- ``printer_state``: 3 idle, 4 processing, 5 stopped;
+- ``printer_state``: 3 idle, 4 processing, 5 stopped (left out for any other value);
 - ``queued_jobs``: queued-job-count;
 - ``supply_level_ratio__<n>``: level of supply n (its printer-supply index, or its position
   in marker-levels counting from 1);

@@ -27,6 +27,7 @@ solidWax or ribbonWax that are consumed (not receptacles).
 Metrics:
 - ``device_status``: hrDeviceStatus (1 unknown, 2 running, 3 warning, 4 testing, 5 down);
 - ``printer_status``: hrPrinterStatus (1 other, 2 unknown, 3 idle, 4 printing, 5 warmup);
+  either is left out when the agent answers a value outside its enumeration;
 - ``error_conditions``: how many hrPrinterDetectedErrorState bits are set;
 - ``supply_level_ratio__<n>``: level of marker supply n (its prtMarkerSuppliesIndex);
 - ``toner_min_ratio``: the lowest ratio among toner supplies (absent when none is known);
@@ -383,7 +384,7 @@ async def _collect(ip: str, port: int, family: int, params: Params) -> Snapshot:
 def probe(target: Target, params: Params, timeout: float) -> Outcome:
     deadline = time.monotonic() + timeout
     try:
-        host, port = parse_address(target.address, 161)
+        host, port = parse_target(target.address)
     except ValueError as exc:
         return Outcome(False, ERROR, info={"error": str(exc)})
     try:

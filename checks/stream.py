@@ -282,7 +282,7 @@ def _open(family: int, sockaddr: Any, params: Params) -> socket.socket | Outcome
 def probe(target: Target, params: Params, timeout: float) -> Outcome:
     deadline = time.monotonic() + timeout
     try:
-        host, port = parse_address(target.address, twamp.DEFAULT_PORT)
+        host, port = parse_target(target.address)
     except ValueError as exc:
         return Outcome(False, ERROR, info={"error": str(exc)})
     try:
