@@ -19,15 +19,6 @@ def _need_root() -> None:
     need(os.geteuid() == 0, "needs root (raw ICMP sockets)")
 
 
-def test_paris_word_keeps_the_checksum_whatever_ident_and_seq() -> None:
-    pairs = [(0, 0), (1, 2), (0xFFFF, 0xFFFF), (0x1234, 77)]
-    sums = {
-        _icmp.checksum(_icmp.echo_request(socket.AF_INET, i, s, _icmp.paris_word(i, s), False))
-        for i, s in pairs
-    }
-    assert len(sums) == 1
-
-
 def test_echo_request_with_a_summed_payload_matches_a_full_checksum() -> None:
     payload = bytes(range(251))  # odd length: the last byte is padded
     whole = _icmp.echo_request(socket.AF_INET, 7, 9, payload, with_checksum=True)
