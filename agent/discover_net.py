@@ -1,6 +1,6 @@
 """The three ways ``discover`` finds hosts: ARP sweep (scapy), mDNS/DNS-SD browse (zeroconf)
-and SNMP probes (pysnmp). Each library is imported inside its function: the agent daemon
-never pays for them.
+and SNMP probes (``checks._snmp``, over pysnmp). Each library is imported inside its function:
+the agent daemon never pays for them.
 
 Every function takes the addresses it may touch already confined to the subnet asked for
 (see :func:`agent.discover.confine`), and every exchange has a timeout.
@@ -10,16 +10,20 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import socket
 import threading
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-SYS_DESCR = "1.3.6.1.2.1.1.1.0"
-SYS_OBJECT_ID = "1.3.6.1.2.1.1.2.0"
-SYS_NAME = "1.3.6.1.2.1.1.5.0"
-PRINTER_MIB = "1.3.6.1.2.1.43"  # RFC 3805: any object under it means a printer agent
+from checks import _snmp
+from checks.core import CheckFailed
+
+SYS_DESCR = (1, 3, 6, 1, 2, 1, 1, 1, 0)
+SYS_OBJECT_ID = (1, 3, 6, 1, 2, 1, 1, 2, 0)
+SYS_NAME = (1, 3, 6, 1, 2, 1, 1, 5, 0)
+PRINTER_MIB = (1, 3, 6, 1, 2, 1, 43)  # RFC 3805: any object under it means a printer agent
 
 SERVICE_TYPES = (
     "_ipp._tcp.local.",
@@ -164,49 +168,34 @@ def mdns_browse(
 
 
 async def _probe_one(
-    hl: Any,
-    engine: Any,
-    address: str,
-    port: int,
-    community: str,
-    timeout: float,
+    engine: Any, address: str, port: int, community: str, timeout: float
 ) -> SnmpAnswer | None:
-    auth = hl.CommunityData(community, mpModel=1)
-    transport = await hl.UdpTransportTarget.create((address, port), timeout=timeout, retries=0)
-    ctx = hl.ContextData()
-    absent = (hl.NoSuchInstance, hl.NoSuchObject, hl.EndOfMibView)
-    indication, status, _, binds = await hl.get_cmd(
-        engine, auth, transport, ctx,
-        *(hl.ObjectType(hl.ObjectIdentity(o)) for o in (SYS_DESCR, SYS_OBJECT_ID, SYS_NAME)),
-        lookupMib=False,
-    )  # fmt: skip
-    if indication or status:
+    session = await _snmp.Session.open(
+        engine, _snmp.community(community), (address, port), socket.AF_INET, timeout, 0
+    )
+    try:
+        values = await session.get([SYS_DESCR, SYS_OBJECT_ID, SYS_NAME])
+    except CheckFailed:
         return None
-    values: list[str] = []
-    for _name, value in binds:
-        if isinstance(value, absent):
-            values.append("")
-        elif hasattr(value, "asOctets") and not hasattr(value, "asTuple"):
-            values.append(bytes(value.asOctets()).decode("utf-8", "replace"))
-        else:
-            values.append(value.prettyPrint())
-    indication, status, _, binds = await hl.next_cmd(
-        engine, auth, transport, ctx, hl.ObjectType(hl.ObjectIdentity(PRINTER_MIB)),
-        lookupMib=False,
-    )  # fmt: skip
-    printer = False
-    if not indication and not status and binds:
-        name, value = binds[0]
-        printer = not isinstance(value, absent) and str(name).startswith(PRINTER_MIB + ".")
-    return SnmpAnswer(address, values[0], values[1], values[2], printer)
+    try:
+        printer = bool((await session.columns([PRINTER_MIB], 1))[PRINTER_MIB])
+    except CheckFailed:
+        printer = False
+    text = [_text(values.get(oid)) for oid in (SYS_DESCR, SYS_OBJECT_ID, SYS_NAME)]
+    return SnmpAnswer(address, text[0], text[1], text[2], printer)
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return str(value)
 
 
 async def _probe_all(
     targets: Sequence[str], port: int, community: str, timeout: float, rate: float, workers: int
 ) -> list[SnmpAnswer]:
-    from pysnmp.hlapi.v3arch import asyncio as hl  # type: ignore[import-untyped]
-
-    engine = hl.SnmpEngine()
     pace = Pace(rate)
     gate = asyncio.Semaphore(workers)
 
@@ -216,15 +205,13 @@ async def _probe_all(
             try:
                 # Bounded even if pysnmp's own timeout misbehaves: two requests per host.
                 return await asyncio.wait_for(
-                    _probe_one(hl, engine, address, port, community, timeout), 2 * timeout + 1
+                    _probe_one(engine, address, port, community, timeout), 2 * timeout + 1
                 )
             except (TimeoutError, OSError):
                 return None
 
-    try:
+    with _snmp.engine() as engine:
         answers = await asyncio.gather(*(one(a) for a in targets))
-    finally:
-        engine.close_dispatcher()
     return [a for a in answers if a is not None]
 
 

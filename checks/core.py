@@ -192,8 +192,6 @@ class CheckType:
     # Checks a configured target before any run (raises ValueError saying what is wrong), so a
     # tcp target without a port fails at config load, not at every run.
     parse_target: Callable[[str], object] | None = None
-    # TRANSITIONAL (issue 8): False only for modules not yet converted to CHECK; removed after.
-    strict: bool = True
 
     def __post_init__(self) -> None:
         for name, metric in self.metrics.items():
@@ -214,15 +212,13 @@ class CheckType:
         """The declaration behind a reported metric name (``base`` or ``base__item``)."""
         base, _ = split_item(name)
         declared = self.metrics.get(base)
-        # ``disk_free_ratio__`` is an item too: the root mount's, whose name is empty.
-        if declared is None or declared.per_item != (base != name):
+        # "__" marks a per-item name even when the item is empty (the host check's "/" mount).
+        if declared is None or declared.per_item != ("__" in name):
             return None
         return declared
 
     def refusal(self, metrics: Mapping[str, float]) -> str | None:
         """Why these metrics cannot be shipped; None when each is declared and plausible."""
-        if not self.strict:
-            return None
         for name, value in metrics.items():
             declared = self.metric(name)
             if declared is None:

@@ -33,7 +33,6 @@ Privileges: none.
 from __future__ import annotations
 
 import os
-import re
 import time
 from typing import Any
 
@@ -41,6 +40,7 @@ import psutil
 from pydantic import Field, field_validator
 
 from checks import core
+from checks._items import MAX_ITEMS, MAX_SUFFIX, suffix, unique_suffixes
 from checks.core import Outcome, Target
 
 INTERFACE_MISSING = "interface_missing"
@@ -53,28 +53,6 @@ CPU_HIGH = "cpu_high"
 # Precedence order: a missing thing explains more than a threshold crossed.
 _ORDER = (INTERFACE_MISSING, MOUNT_MISSING, LINK_DOWN, DISK_LOW, MEMORY_HIGH, CPU_HIGH)
 REASONS = frozenset(_ORDER)
-
-# Keeps the metric map within the wire limit of 64: 5 + 1 + 2*8 + 4*8 = 54.
-MAX_ITEMS = 8
-# Longest suffix that keeps every metric name within the wire's 64 characters.
-MAX_SUFFIX = 32
-
-
-def suffix(name: str) -> str:
-    """The metric-name suffix of a mount path or an interface name."""
-    return re.sub(r"[^a-z0-9]", "_", name.lower().removeprefix("/"))
-
-
-def _unique_suffixes(names: list[str], what: str) -> list[str]:
-    seen: dict[str, str] = {}
-    for name in names:
-        key = suffix(name)
-        if len(key) > MAX_SUFFIX:
-            raise ValueError(f"{what} {name!r}: name too long for a metric (max {MAX_SUFFIX})")
-        if key in seen:
-            raise ValueError(f"{what}s {seen[key]!r} and {name!r} give the same metric name")
-        seen[key] = name
-    return names
 
 
 class Params(core.Params):
@@ -92,7 +70,7 @@ class Params(core.Params):
         for path in value:
             if not path.startswith("/"):
                 raise ValueError(f"mount {path!r}: must be an absolute path")
-        return _unique_suffixes(value, "mount")
+        return unique_suffixes(value, "mount")
 
     @field_validator("interfaces")
     @classmethod
@@ -100,7 +78,7 @@ class Params(core.Params):
         for name in value:
             if not name or len(name) > 15 or "/" in name or name.strip() != name:
                 raise ValueError(f"interface {name!r}: not an interface name")
-        return _unique_suffixes(value, "interface")
+        return unique_suffixes(value, "interface")
 
 
 def _mounted(path: str) -> bool:
@@ -201,3 +179,35 @@ def probe(target: Target, params: Params, timeout: float) -> Outcome:
         return Outcome(True, metrics=metrics, info=info)
     info["failures"] = "; ".join(f"{r}: {', '.join(items)}" for r, items in failed)[:1000]
     return Outcome(False, failed[0][0], metrics, info)
+
+
+CHECK = core.CheckType(
+    params=Params,
+    probe=probe,
+    reasons=REASONS,
+    metrics={
+        "cpu_ratio": core.ratio("Busy share of all CPUs over the sample."),
+        "memory_used_ratio": core.ratio("Share of memory in use: 1 - available / total."),
+        "memory_available_bytes": core.gauge("Memory available to new programs.", 0.0),
+        "disk_free_bytes": core.per_item(
+            core.gauge("Space an unprivileged user may still write on the mount.", 0.0)
+        ),
+        "disk_free_ratio": core.per_item(
+            core.ratio("Space an unprivileged user may still write, over the mount's size.")
+        ),
+        "disk_free_ratio_min": core.ratio("The lowest disk_free_ratio over the mounts."),
+        "nic_up": core.per_item(core.gauge("1 when the network interface is up, else 0.", 0, 1)),
+        "nic_speed_bits_per_second": core.per_item(
+            core.gauge("Negotiated speed of the network interface.", 0.0)
+        ),
+        "nic_errors_total": core.per_item(
+            core.counter("Receive plus transmit errors on the network interface since boot.")
+        ),
+        "nic_drops_total": core.per_item(
+            core.counter("Receive plus transmit drops on the network interface since boot.")
+        ),
+        "boot_time_seconds": core.gauge("When the machine booted, in seconds since the epoch.", 0),
+        "uptime_seconds": core.seconds("Time since the machine booted."),
+    },
+    doc=__doc__ or "",
+)

@@ -46,7 +46,6 @@ on Linux before 5.7 (later kernels let any user pin a socket that is not pinned 
 
 from __future__ import annotations
 
-import errno
 import itertools
 import math
 import os
@@ -54,102 +53,32 @@ import secrets
 import select
 import socket
 import statistics
-import struct
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Literal
 
-from pydantic import Field, IPvAnyAddress, field_validator
+from pydantic import Field
 
-from checks import core
-from checks._net import (
-    RESOLVE_FAILED,
-    SOURCE_UNAVAILABLE,
-    UNREACHABLE,
-    Family,
-    Interface,
-    ResolveError,
-    family_from_number,
-    pin,
-    resolve,
-)
+from checks import _icmp, core
+from checks._icmp import TOKEN_BYTES, UNREACHABLE_ERRNOS, Heard
+from checks._line import NO_REPLY, kernel_time_ns, parse_host, train_metrics
+from checks._net import PERMISSION_DENIED, RESOLVE_FAILED, SOURCE_UNAVAILABLE, UNREACHABLE
 from checks.core import ERROR, TIMEOUT, Outcome, Target
-
-NO_REPLY = "no_reply"
-PERMISSION_DENIED = "permission_denied"
 
 REASONS = frozenset(
     {NO_REPLY, UNREACHABLE, RESOLVE_FAILED, PERMISSION_DENIED, SOURCE_UNAVAILABLE, TIMEOUT}
 )
 
-TOKEN_BYTES = 8
 MIN_UNPRIVILEGED_INTERVAL = 0.01
-
-# Linux values that the socket module does not export.
-SO_TIMESTAMPNS = 35
-IP_RECVERR = 11
-IPV6_RECVERR = 25
-SOL_RAW = 255
-ICMP_FILTER = 1
-ICMP6_FILTER = 1
-SO_EE_ORIGIN_LOCAL = 1
-
-ECHO_REQUEST: dict[int, int] = {socket.AF_INET: 8, socket.AF_INET6: 128}
-ECHO_REPLY: dict[int, int] = {socket.AF_INET: 0, socket.AF_INET6: 129}
-# Errors that quote our request back: v4 unreachable, time exceeded, parameter problem;
-# v6 unreachable, packet too big, time exceeded, parameter problem.
-ERROR_TYPES: dict[int, frozenset[int]] = {
-    socket.AF_INET: frozenset({3, 11, 12}),
-    socket.AF_INET6: frozenset({1, 2, 3, 4}),
-}
-ERROR_NAMES: dict[tuple[int, int], str] = {
-    (socket.AF_INET, 3): "destination unreachable",
-    (socket.AF_INET, 11): "time exceeded",
-    (socket.AF_INET, 12): "parameter problem",
-    (socket.AF_INET6, 1): "destination unreachable",
-    (socket.AF_INET6, 2): "packet too big",
-    (socket.AF_INET6, 3): "time exceeded",
-    (socket.AF_INET6, 4): "parameter problem",
-}
-UNREACHABLE_ERRNOS = frozenset(
-    {
-        errno.EHOSTUNREACH,
-        errno.ENETUNREACH,
-        errno.EHOSTDOWN,
-        errno.EACCES,
-        errno.EPERM,
-        errno.EADDRNOTAVAIL,
-    }
-)
 # Most messages a single wake-up reads before the schedule is looked at again.
 MAX_DRAIN = 256
 
 
-class Params(core.Params):
+class Params(_icmp.EchoParams):
     count: int = Field(default=5, ge=1, le=1000)
     interval_seconds: float = Field(default=0.2, ge=0.001, le=60.0)
     size: int = Field(default=56, ge=TOKEN_BYTES, le=65000, description="payload bytes")
     timeout_seconds: float = Field(default=1.0, gt=0.0, le=60.0)
-    source: IPvAnyAddress | None = None
-    interface: Interface | None = None
-    family: Family = "auto"
-    mode: Literal["auto", "raw", "dgram"] = "auto"
-
-    _family_number = field_validator("family", mode="before")(family_from_number)
-
-
-@dataclass
-class _Heard:
-    """One parsed ICMP message that may concern us."""
-
-    is_reply: bool
-    ident: int
-    seq: int
-    payload: bytes
-    icmp_type: int = 0
-    icmp_code: int = 0
-    quoted_dst: bytes = b""
 
 
 @dataclass
@@ -175,125 +104,7 @@ class _Run:
         return i if i in self.send_ns else None
 
 
-def _word_sum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    total: int = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    return total
-
-
-def checksum(data: bytes, partial: int = 0) -> int:
-    """The Internet checksum (RFC 1071) of data, plus ``partial`` already summed words."""
-    total = partial + _word_sum(data)
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
-
-
-def echo_request(
-    family: int,
-    ident: int,
-    seq: int,
-    payload: bytes,
-    with_checksum: bool,
-    payload_sum: int | None = None,
-) -> bytes:
-    """An echo request; ``payload_sum`` spares re-summing a large payload for every packet."""
-    kind = ECHO_REQUEST[family]
-    header = struct.pack("!BBHHH", kind, 0, 0, ident, seq)
-    if with_checksum:
-        partial = _word_sum(payload) if payload_sum is None else payload_sum
-        header = struct.pack("!BBHHH", kind, 0, checksum(header, partial), ident, seq)
-    return header + payload
-
-
-def parse(family: int, data: bytes, has_ip_header: bool) -> _Heard | None:
-    """Read an echo reply or an ICMP error quoting an echo request; None for anything else."""
-    if has_ip_header:
-        if len(data) < 20:
-            return None
-        data = data[(data[0] & 0x0F) * 4 :]
-    if len(data) < 8:
-        return None
-    kind, code, _, ident, seq = struct.unpack("!BBHHH", data[:8])
-    if kind == ECHO_REPLY[family]:
-        return _Heard(True, ident, seq, data[8:], kind, code)
-    if kind not in ERROR_TYPES[family]:
-        return None
-    inner = data[8:]
-    if family == socket.AF_INET:
-        if len(inner) < 20 or inner[9] != socket.IPPROTO_ICMP:
-            return None
-        dst, quoted = inner[16:20], inner[(inner[0] & 0x0F) * 4 :]
-    else:
-        if len(inner) < 40 or inner[6] != socket.IPPROTO_ICMPV6:
-            return None
-        dst, quoted = inner[24:40], inner[40:]
-    if len(quoted) < 8 or quoted[0] != ECHO_REQUEST[family]:
-        return None
-    q_ident, q_seq = struct.unpack("!HH", quoted[4:8])
-    return _Heard(False, q_ident, q_seq, quoted[8:], kind, code, dst)
-
-
-def _open(family: int, mode: str) -> tuple[socket.socket, bool]:
-    proto = socket.IPPROTO_ICMP if family == socket.AF_INET else socket.IPPROTO_ICMPV6
-    kinds = {"raw": [True], "dgram": [False], "auto": [True, False]}[mode]
-    for raw in kinds:
-        try:
-            sock = socket.socket(family, socket.SOCK_RAW if raw else socket.SOCK_DGRAM, proto)
-        except PermissionError:
-            continue
-        return sock, raw
-    raise PermissionError(_permission_help(mode))
-
-
-def _permission_help(mode: str) -> str:
-    try:
-        with open("/proc/sys/net/ipv4/ping_group_range") as f:
-            current = " ".join(f.read().split())
-    except OSError:
-        current = "unknown"
-    parts = []
-    if mode != "dgram":
-        parts.append("no raw ICMP socket (needs root or CAP_NET_RAW)")
-    if mode != "raw":
-        parts.append(
-            f"no ICMP datagram socket (group {os.getegid()} is outside "
-            f"net.ipv4.ping_group_range = {current!r})"
-        )
-    return (
-        "; ".join(parts) + ": grant the agent CAP_NET_RAW (setcap cap_net_raw+ep) or run "
-        "sysctl -w net.ipv4.ping_group_range='0 2147483647'"
-    )
-
-
-def _configure(sock: socket.socket, family: int, raw: bool) -> None:
-    sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
-    sock.setblocking(False)
-    if raw and family == socket.AF_INET:
-        # Raw v4 sockets see every ICMP packet on the host: let only replies and errors in.
-        allowed = sum(1 << t for t in (ECHO_REPLY[family], *ERROR_TYPES[family]))
-        sock.setsockopt(SOL_RAW, ICMP_FILTER, struct.pack("I", ~allowed & 0xFFFFFFFF))
-    elif raw:
-        words = [0xFFFFFFFF] * 8
-        for t in (ECHO_REPLY[family], *ERROR_TYPES[family]):
-            words[t >> 5] &= ~(1 << (t & 31))
-        sock.setsockopt(socket.IPPROTO_ICMPV6, ICMP6_FILTER, struct.pack("8I", *words))
-    elif family == socket.AF_INET:
-        sock.setsockopt(socket.IPPROTO_IP, IP_RECVERR, 1)
-    else:
-        sock.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVERR, 1)
-
-
-def _kernel_time_ns(ancdata: list[tuple[int, int, bytes]]) -> int | None:
-    for level, kind, data in ancdata:
-        if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(data) >= 16:
-            sec, nsec = struct.unpack("@ll", data[:16])
-            return int(sec) * 1_000_000_000 + int(nsec)
-    return None
-
-
-def _note_reply(run: _Run, heard: _Heard, recv_ns: int | None, recv_mono: float) -> None:
+def _note_reply(run: _Run, heard: Heard, recv_ns: int | None, recv_mono: float) -> None:
     if run.raw and heard.ident != run.ident:
         return
     i = run.index(heard.seq)
@@ -314,7 +125,7 @@ def _note_reply(run: _Run, heard: _Heard, recv_ns: int | None, recv_mono: float)
     run.outstanding.discard(i)
 
 
-def _note_error(run: _Run, heard: _Heard, sender: str) -> None:
+def _note_error(run: _Run, heard: Heard, sender: str) -> None:
     if heard.ident != run.ident or heard.quoted_dst != run.dst:
         return
     i = run.index(heard.seq)
@@ -323,8 +134,7 @@ def _note_error(run: _Run, heard: _Heard, sender: str) -> None:
         return
     run.outstanding.discard(i)
     run.unreachable = True
-    name = ERROR_NAMES.get((run.family, heard.icmp_type), f"type {heard.icmp_type}")
-    run.icmp_error = f"{name} (code {heard.icmp_code}) from {sender}"
+    run.icmp_error = _icmp.describe(run.family, heard.icmp_type, heard.icmp_code, sender)
 
 
 def _receive(sock: socket.socket, run: _Run, bufsize: int) -> None:
@@ -340,48 +150,28 @@ def _receive(sock: socket.socket, run: _Run, bufsize: int) -> None:
                 run.icmp_error = run.icmp_error or os.strerror(exc.errno or 0)
             return
         recv_mono = time.monotonic()
-        heard = parse(run.family, data, run.raw and run.family == socket.AF_INET)
+        heard = _icmp.parse(run.family, data, run.raw and run.family == socket.AF_INET)
         if heard is None:
             continue
         if heard.is_reply:
-            _note_reply(run, heard, _kernel_time_ns(ancdata), recv_mono)
+            _note_reply(run, heard, kernel_time_ns(ancdata), recv_mono)
         elif run.raw:
             _note_error(run, heard, str(sender[0]))
 
 
 def _receive_errors(sock: socket.socket, run: _Run, bufsize: int) -> None:
     """Read ICMP errors that a datagram socket queues on its error queue (IP_RECVERR)."""
-    for _ in range(MAX_DRAIN):
-        try:
-            data, ancdata, _, _ = sock.recvmsg(bufsize, 512, socket.MSG_ERRQUEUE)
-        except OSError:  # BlockingIOError included: the queue is empty
-            return
-        for level, kind, cdata in ancdata:
-            if (level, kind) not in {
-                (socket.IPPROTO_IP, IP_RECVERR),
-                (socket.IPPROTO_IPV6, IPV6_RECVERR),
-            }:
-                continue
-            ee_errno, origin, icmp_type, code = struct.unpack("=IBBB", cdata[:7])
-            offender = _offender(cdata[16:])
-            if len(data) >= 8:
-                i = run.index(struct.unpack("!H", data[6:8])[0])
-                if i is not None and run.token.startswith(data[8 : 8 + TOKEN_BYTES]):
-                    run.outstanding.discard(i)
-            if origin == SO_EE_ORIGIN_LOCAL:
-                run.send_error = os.strerror(ee_errno)
-            else:
-                run.unreachable = True
-                name = ERROR_NAMES.get((run.family, icmp_type), f"type {icmp_type}")
-                run.icmp_error = f"{name} (code {code}) from {offender}"
-
-
-def _offender(sockaddr: bytes) -> str:
-    if len(sockaddr) >= 8 and struct.unpack("=H", sockaddr[:2])[0] == socket.AF_INET:
-        return socket.inet_ntop(socket.AF_INET, sockaddr[4:8])
-    if len(sockaddr) >= 24 and struct.unpack("=H", sockaddr[:2])[0] == socket.AF_INET6:
-        return socket.inet_ntop(socket.AF_INET6, sockaddr[8:24])
-    return "unknown"
+    for queued in _icmp.error_queue(sock, bufsize, MAX_DRAIN):
+        i = None if queued.seq is None else run.index(queued.seq)
+        if i is not None and run.token.startswith(queued.data[8 : 8 + TOKEN_BYTES]):
+            run.outstanding.discard(i)
+        if queued.origin == _icmp.SO_EE_ORIGIN_LOCAL:
+            run.send_error = os.strerror(queued.errno)
+        else:
+            run.unreachable = True
+            run.icmp_error = _icmp.describe(
+                run.family, queued.icmp_type, queued.icmp_code, queued.offender
+            )
 
 
 def _schedule(count: int, interval: float, start: float) -> Iterator[tuple[int, float]]:
@@ -391,39 +181,17 @@ def _schedule(count: int, interval: float, start: float) -> Iterator[tuple[int, 
 
 def probe(target: Target, params: Params, timeout: float) -> Outcome:
     deadline = time.monotonic() + timeout
-    host = target.address.strip()
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
     try:
-        addrs = resolve(host, 0, params.family, timeout, socket.SOCK_DGRAM, params.source)
-    except ResolveError as exc:
-        return Outcome(False, RESOLVE_FAILED, info={"error": str(exc)})
-    family, sockaddr = addrs[0]
-    info = {"address": str(sockaddr[0])}
-
-    try:
-        sock, raw = _open(family, params.mode)
-    except PermissionError as exc:
-        return Outcome(False, PERMISSION_DENIED, info={**info, "error": str(exc)})
-    with sock:
-        info["socket"] = "raw" if raw else "dgram"
-        _configure(sock, family, raw)
-        failed = pin(sock, params.interface, params.source)
-        if failed is not None:
-            return Outcome(False, failed[0], info={**info, "error": failed[1]})
-        return _ping(sock, raw, family, sockaddr, params, deadline, timeout, info)
+        echo = _icmp.open_echo(target.address, params, timeout)
+    except core.CheckFailed as failed:
+        # An Outcome, not a raise: the probe is run directly too (without CAP_NET_RAW, say).
+        return failed.outcome()
+    with echo:
+        return _ping(echo, params, deadline, timeout)
 
 
-def _ping(
-    sock: socket.socket,
-    raw: bool,
-    family: int,
-    sockaddr: tuple[str, int] | tuple[str, int, int, int],
-    params: Params,
-    deadline: float,
-    timeout: float,
-    info: dict[str, str],
-) -> Outcome:
+def _ping(echo: _icmp.Echo, params: Params, deadline: float, timeout: float) -> Outcome:
+    sock, raw, family, sockaddr, info = echo.sock, echo.raw, echo.family, echo.sockaddr, echo.info
     interval = params.interval_seconds
     if interval < MIN_UNPRIVILEGED_INTERVAL and os.geteuid() != 0:
         interval = MIN_UNPRIVILEGED_INTERVAL
@@ -452,7 +220,7 @@ def _ping(
     filler = bytes(i & 0xFF for i in range(params.size - TOKEN_BYTES))
     payload = run.token + filler
     with_checksum = raw and family == socket.AF_INET
-    payload_sum = _word_sum(payload) if with_checksum else 0
+    payload_sum = _icmp.word_sum(payload) if with_checksum else 0
     bufsize = min(params.size + 1024, 65535)
     poller = select.poll()
     poller.register(sock, select.POLLIN | select.POLLERR)
@@ -466,7 +234,7 @@ def _ping(
         if pending is not None and now >= pending[1]:
             i = pending[0]
             seq = (run.seq_base + i) & 0xFFFF
-            packet = echo_request(family, run.ident, seq, payload, with_checksum, payload_sum)
+            packet = _icmp.echo_request(family, run.ident, seq, payload, with_checksum, payload_sum)
             last_send = time.monotonic()
             sent_ns = time.time_ns()
             try:
@@ -524,3 +292,18 @@ def _outcome(run: _Run, info: dict[str, str]) -> Outcome:
     if not sent:
         return Outcome(False, ERROR, metrics, {**info, "error": "no packet could be sent"})
     return Outcome(False, NO_REPLY, metrics, info)
+
+
+CHECK = core.CheckType(
+    params=Params,
+    probe=probe,
+    reasons=REASONS,
+    metrics={
+        **train_metrics("Echo request"),
+        "rtt_stddev_seconds": core.seconds(
+            "Population standard deviation of the run's round-trip times."
+        ),
+    },
+    doc=__doc__ or "",
+    parse_target=parse_host,
+)

@@ -38,13 +38,9 @@ import psutil
 from pydantic import Field, field_validator
 
 from checks import core
+from checks._items import MAX_ITEMS, suffix, unique_suffixes
+from checks._net import Interface
 from checks.core import Outcome, Target
-from checks.host import MAX_ITEMS, _unique_suffixes, suffix
-
-__all__ = ["MAX_ITEMS", "REASONS", "Params", "probe"]
-from checks._net import (
-    Interface,
-)
 
 INTERFACE_MISSING = "interface_missing"
 LINK_DOWN = "link_down"
@@ -60,7 +56,7 @@ class Params(core.Params):
     @field_validator("interfaces")
     @classmethod
     def _distinct(cls, value: list[str]) -> list[str]:
-        return _unique_suffixes(value, "interface")
+        return unique_suffixes(value, "interface")
 
 
 @dataclass(frozen=True)
@@ -147,3 +143,27 @@ def probe(target: Target, params: Params, timeout: float) -> Outcome:
         return Outcome(True, metrics=metrics, info=info)
     info["failures"] = "; ".join(failures)[:1000]
     return Outcome(False, INTERFACE_MISSING if missing else LINK_DOWN, metrics, info)
+
+
+CHECK = core.CheckType(
+    params=Params,
+    probe=probe,
+    reasons=REASONS,
+    metrics={
+        "up": core.per_item(
+            core.gauge("1 when the link is administratively up and has carrier, else 0.", 0, 1)
+        ),
+        "speed_bits_per_second": core.per_item(
+            core.gauge("Negotiated speed of the link, when the driver knows it.", 0.0)
+        ),
+        "duplex_full": core.per_item(core.gauge("1 full duplex, 0 half duplex.", 0, 1)),
+        "mtu_bytes": core.per_item(core.gauge("MTU of the interface.", 0.0)),
+        "errors_per_second": core.per_item(
+            core.gauge("Receive plus transmit errors per second since the previous run.", 0.0)
+        ),
+        "drops_per_second": core.per_item(
+            core.gauge("Receive plus transmit drops per second since the previous run.", 0.0)
+        ),
+    },
+    doc=__doc__ or "",
+)

@@ -42,36 +42,15 @@ import socket
 import struct
 import time
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import Field, IPvAnyAddress, field_validator, model_validator
+from pydantic import Field, model_validator
 
-from checks import core
-from checks._net import (
-    RESOLVE_FAILED,
-    SOURCE_UNAVAILABLE,
-    UNREACHABLE,
-    Family,
-    Interface,
-    ResolveError,
-    family_from_number,
-    pin,
-    resolve,
-)
+from checks import _icmp, core
+from checks._icmp import TOKEN_BYTES, UNREACHABLE_ERRNOS
+from checks._line import NO_REPLY, parse_host
+from checks._net import PERMISSION_DENIED, RESOLVE_FAILED, SOURCE_UNAVAILABLE, UNREACHABLE
 from checks.core import TIMEOUT, Outcome, Target
-from checks.icmp import (
-    ERROR_NAMES,
-    IP_RECVERR,
-    IPV6_RECVERR,
-    NO_REPLY,
-    PERMISSION_DENIED,
-    TOKEN_BYTES,
-    UNREACHABLE_ERRNOS,
-    _configure,
-    _open,
-    echo_request,
-    parse,
-)
 
 MTU_LOW = "mtu_low"
 
@@ -83,27 +62,20 @@ REASONS = frozenset(
 IP_MTU_DISCOVER = 10
 IPV6_MTU_DISCOVER = 23
 PMTUDISC_PROBE = 3  # IP_PMTUDISC_PROBE and IPV6_PMTUDISC_PROBE: DF set, the path cache ignored
-SO_EE_ORIGIN_ICMP = 2
-SO_EE_ORIGIN_ICMP6 = 3
 
 HEADER_BYTES: dict[int, int] = {socket.AF_INET: 20 + 8, socket.AF_INET6: 40 + 8}
 IPV6_MIN_MTU = 1280
+MAX_IP_PACKET = 65535
 # (family, ICMP type, code) of "too big for the next link", whose header carries the MTU.
 _TOO_BIG = {(socket.AF_INET, 3, 4), (socket.AF_INET6, 2, 0)}
 
 
-class Params(core.Params):
+class Params(_icmp.EchoParams):
     min_bytes: int = Field(default=576, ge=68, le=65535)
     max_bytes: int = Field(default=1500, ge=68, le=65535)
     threshold_bytes: int = Field(default=1400, ge=0, le=65535)
     timeout_seconds: float = Field(default=1.0, gt=0.0, le=30.0, description="per probe")
     attempts: int = Field(default=2, ge=1, le=5, description="tries before a size is too big")
-    source: IPvAnyAddress | None = None
-    interface: Interface | None = None
-    family: Family = "auto"
-    mode: Literal["auto", "raw", "dgram"] = "auto"
-
-    _family_number = field_validator("family", mode="before")(family_from_number)
 
     @model_validator(mode="after")
     def _ordered(self) -> Params:
@@ -158,7 +130,7 @@ class _Prober:
         self.seq = (self.seq + 1) & 0xFFFF
         payload = self.token + bytes(size - HEADER_BYTES[self.family] - TOKEN_BYTES)
         with_checksum = self.raw and self.family == socket.AF_INET
-        packet = echo_request(self.family, self.ident, self.seq, payload, with_checksum)
+        packet = _icmp.echo_request(self.family, self.ident, self.seq, payload, with_checksum)
         try:
             self.sock.sendto(packet, self.sockaddr)
         except OSError as exc:
@@ -200,7 +172,7 @@ class _Prober:
 
     def _match(self, data: bytes, sender: str) -> _Answer | None:
         has_ip_header = self.raw and self.family == socket.AF_INET
-        heard = parse(self.family, data, has_ip_header)
+        heard = _icmp.parse(self.family, data, has_ip_header)
         if heard is None or heard.seq != self.seq:
             return None
         if self.raw and heard.ident != self.ident:
@@ -219,33 +191,25 @@ class _Prober:
             )
             return self._too_big(mtu, sender)
         return _Answer(
-            unreachable=_icmp_error(self.family, heard.icmp_type, heard.icmp_code, sender)
+            unreachable=_icmp.describe(self.family, heard.icmp_type, heard.icmp_code, sender)
         )
 
     def _read_errors(self, bufsize: int) -> _Answer | None:
         """A datagram socket's ICMP errors arrive on its error queue (IP_RECVERR)."""
-        for _ in range(64):
-            try:
-                data, ancdata, _, _ = self.sock.recvmsg(bufsize, 512, socket.MSG_ERRQUEUE)
-            except OSError:
-                return None
-            if len(data) < 8 or struct.unpack("!H", data[6:8])[0] != self.seq:
+        for queued in _icmp.error_queue(self.sock, bufsize, 64):
+            if queued.seq != self.seq:
                 continue
-            for level, kind, cdata in ancdata:
-                if (level, kind) not in {
-                    (socket.IPPROTO_IP, IP_RECVERR),
-                    (socket.IPPROTO_IPV6, IPV6_RECVERR),
-                }:
-                    continue
-                ee_errno, origin, icmp_type, code, _, ee_info = struct.unpack("=IBBBBI", cdata[:12])
-                if origin not in {SO_EE_ORIGIN_ICMP, SO_EE_ORIGIN_ICMP6}:
-                    if ee_errno == errno.EMSGSIZE:
-                        return _Answer(too_big=True)
-                    continue
-                if (self.family, icmp_type, code) in _TOO_BIG:
-                    return self._too_big(ee_info, _offender(cdata[16:]))
-                offender = _offender(cdata[16:])
-                return _Answer(unreachable=_icmp_error(self.family, icmp_type, code, offender))
+            if queued.origin not in {_icmp.SO_EE_ORIGIN_ICMP, _icmp.SO_EE_ORIGIN_ICMP6}:
+                if queued.errno == errno.EMSGSIZE:
+                    return _Answer(too_big=True)
+                continue
+            if (self.family, queued.icmp_type, queued.icmp_code) in _TOO_BIG:
+                return self._too_big(queued.info, queued.offender)
+            return _Answer(
+                unreachable=_icmp.describe(
+                    self.family, queued.icmp_type, queued.icmp_code, queued.offender
+                )
+            )
         return None
 
     def _too_big(self, mtu: int, sender: str) -> _Answer:
@@ -253,45 +217,15 @@ class _Prober:
         return _Answer(too_big=True, mtu_hint=mtu or None)
 
 
-def _icmp_error(family: int, icmp_type: int, code: int, sender: str) -> str:
-    name = ERROR_NAMES.get((family, icmp_type), f"ICMP type {icmp_type}")
-    return f"{name} (code {code}) from {sender}"
-
-
-def _offender(sockaddr: bytes) -> str:
-    family = struct.unpack("=H", sockaddr[:2])[0] if len(sockaddr) >= 2 else 0
-    if family == socket.AF_INET and len(sockaddr) >= 8:
-        return socket.inet_ntop(socket.AF_INET, sockaddr[4:8])
-    if family == socket.AF_INET6 and len(sockaddr) >= 24:
-        return socket.inet_ntop(socket.AF_INET6, sockaddr[8:24])
-    return "unknown"
-
-
 def probe(target: Target, params: Params, timeout: float) -> Outcome:
     deadline = time.monotonic() + timeout
-    host = target.address.strip().removeprefix("[").removesuffix("]")
-    try:
-        addrs = resolve(host, 0, params.family, timeout, socket.SOCK_DGRAM, params.source)
-    except ResolveError as exc:
-        return Outcome(False, RESOLVE_FAILED, info={"error": str(exc)})
-    family, sockaddr = addrs[0]
-    info = {"address": str(sockaddr[0])}
-    try:
-        sock, raw = _open(family, params.mode)
-    except PermissionError as exc:
-        return Outcome(False, PERMISSION_DENIED, info={**info, "error": str(exc)})
-    with sock:
-        info["socket"] = "raw" if raw else "dgram"
-        _configure(sock, family, raw)
-        if family == socket.AF_INET:
-            sock.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, PMTUDISC_PROBE)
+    with _icmp.open_echo(target.address, params, timeout) as echo:
+        if echo.family == socket.AF_INET:
+            echo.sock.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, PMTUDISC_PROBE)
         else:
-            sock.setsockopt(socket.IPPROTO_IPV6, IPV6_MTU_DISCOVER, PMTUDISC_PROBE)
-        failed = pin(sock, params.interface, params.source)
-        if failed is not None:
-            return Outcome(False, failed[0], info={**info, "error": failed[1]})
-        prober = _Prober(sock, raw, family, sockaddr, params, deadline)
-        return _search(prober, params, family, info)
+            echo.sock.setsockopt(socket.IPPROTO_IPV6, IPV6_MTU_DISCOVER, PMTUDISC_PROBE)
+        prober = _Prober(echo.sock, echo.raw, echo.family, echo.sockaddr, params, deadline)
+        return _search(prober, params, echo.family, echo.info)
 
 
 def _search(prober: _Prober, params: Params, family: int, info: dict[str, str]) -> Outcome:
@@ -338,3 +272,21 @@ def _search(prober: _Prober, params: Params, family: int, info: dict[str, str]) 
         info["error"] = f"path MTU {lo} bytes is below {params.threshold_bytes}"
         return Outcome(False, MTU_LOW, metrics, info)
     return Outcome(True, metrics=metrics, info=info)
+
+
+CHECK = core.CheckType(
+    params=Params,
+    probe=probe,
+    reasons=REASONS,
+    metrics={
+        "path_mtu_bytes": core.gauge(
+            "Largest IP packet, headers included, that crossed the path whole (0: not even "
+            "min_bytes did).",
+            0,
+            MAX_IP_PACKET,
+        ),
+        "probes_sent": core.gauge("Echo requests sent by the search.", 0.0),
+    },
+    doc=__doc__ or "",
+    parse_target=parse_host,
+)

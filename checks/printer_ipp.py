@@ -12,7 +12,7 @@ queued-job-count, printer-make-and-model, the supply levels, and printer-input-t
 Supply levels come from printer-supply (PWG 5100.13: class, type, max capacity and level of
 each supply, as in the Printer MIB) when the printer has it, else from marker-levels,
 marker-names and marker-types (percentages). The special levels mean what they mean over
-SNMP (see ``checks.printer_snmp``): -1 unrestricted or unavailable, -2 unknown, -3 some
+SNMP (see ``checks._printer``): -1 unrestricted or unavailable, -2 unknown, -3 some
 remaining (not empty); none of them gives a ratio.
 
 printer-state-reasons keywords may carry a ``-report``, ``-warning`` or ``-error`` suffix
@@ -21,7 +21,7 @@ ippeveprinter among them, report even an empty toner as ``toner-empty-report``. 
 is kept in ``info.state_reasons``; keywords not named below are only listed there.
 
 Metrics:
-- ``printer_state``: 3 idle, 4 processing, 5 stopped;
+- ``printer_state``: 3 idle, 4 processing, 5 stopped (left out for any other value);
 - ``queued_jobs``: queued-job-count;
 - ``supply_level_ratio__<n>``: level of supply n (its printer-supply index, or its position
   in marker-levels counting from 1);
@@ -58,13 +58,13 @@ import socket
 import ssl
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
 from pydantic import Field
 
-from checks import core
+from checks import _printer, core
 from checks._net import (
     REFUSED,
     RESOLVE_FAILED,
@@ -76,16 +76,8 @@ from checks._net import (
     resolve,
     tls_context,
 )
+from checks._printer import CONSUMED, RECEPTACLE, SUPPLY_TYPE_NAMES, Judgement, Supply, Tray
 from checks.core import ERROR, TIMEOUT, Outcome, Target
-from checks.printer_snmp import (
-    RECEPTACLE,
-    SUPPLY_TYPE_NAMES,
-    Supply,
-    Tray,
-    assess_levels,
-    describe_supplies,
-    describe_trays,
-)
 
 MEDIA_JAM = "media_jam"
 DOOR_OPEN = "door_open"
@@ -161,10 +153,9 @@ ATTRIBUTES = [
 # Keeps the metric map within the wire limit of 64 metrics (4 + supplies + trays).
 MAX_SUPPLIES = 32
 MAX_TRAYS = 24
-MAX_TEXT = 200
 
 _KIND_BY_NAME = {name.lower(): code for code, name in SUPPLY_TYPE_NAMES.items()}
-_CLASS_BY_NAME = {"supplythatisconsumed": 3, "receptaclethatisfilled": RECEPTACLE}
+_CLASS_BY_NAME = {"supplythatisconsumed": CONSUMED, "receptaclethatisfilled": RECEPTACLE}
 # marker-types that are receptacles rather than supplies.
 _WASTE_KINDS = frozenset({"wastetoner", "wasteink", "wastewax", "wastewater", "wastepaper"})
 
@@ -275,7 +266,7 @@ def supplies_from(attrs: dict[str, Any]) -> list[Supply]:
         out.append(
             Supply(
                 position + 1,
-                klass=RECEPTACLE if waste else 3,
+                klass=RECEPTACLE if waste else CONSUMED,
                 kind=kind,
                 description=names[position] if position < len(names) else "",
                 max_capacity=100,
@@ -296,14 +287,6 @@ def trays_from(attrs: dict[str, Any]) -> list[Tray]:
     return out
 
 
-@dataclass
-class Judgement:
-    faults: list[str]
-    warnings: list[str]
-    metrics: dict[str, float] = field(default_factory=dict)
-    info: dict[str, str] = field(default_factory=dict)
-
-
 def judge(attrs: dict[str, Any], toner_low_ratio: float) -> Judgement:
     """Faults, warnings, metrics and info from one printer's attributes (as pyipp parses them)."""
     raw = [_text(k) for k in as_list(attrs.get("printer-state-reasons"))]
@@ -311,7 +294,7 @@ def judge(attrs: dict[str, Any], toner_low_ratio: float) -> Judgement:
     state = attrs.get("printer-state")
     state_code = int(state) if isinstance(state, int) else None
     supplies, trays = supplies_from(attrs), trays_from(attrs)
-    levels = assess_levels(supplies, trays, toner_low_ratio)
+    levels = _printer.assess_levels(supplies, trays, toner_low_ratio)
 
     found = {FAULT_KEYWORDS[k] for k in keywords if k in FAULT_KEYWORDS}
     if levels.toner_empty:
@@ -336,10 +319,10 @@ def judge(attrs: dict[str, Any], toner_low_ratio: float) -> Judgement:
     warnings = sorted(warned)
 
     metrics = dict(levels.metrics)
-    if state_code is not None:
+    if state_code in STATE_NAMES:
         metrics["printer_state"] = float(state_code)
     jobs = attrs.get("queued-job-count")
-    if isinstance(jobs, int):
+    if isinstance(jobs, int) and jobs >= 0:
         metrics["queued_jobs"] = float(jobs)
     info = {"state_reasons": ",".join(raw)[:1000] or "none"}
     if state_code is not None:
@@ -348,11 +331,11 @@ def judge(attrs: dict[str, Any], toner_low_ratio: float) -> Judgement:
                       ("make_and_model", "printer-make-and-model")):  # fmt: skip
         text = _text(attrs.get(attr)).strip()
         if text:
-            info[key] = text[:MAX_TEXT]
+            info[key] = text[: _printer.MAX_TEXT]
     if supplies:
-        info["supplies"] = describe_supplies(supplies)
+        info["supplies"] = _printer.describe_supplies(supplies)
     if trays:
-        info["inputs"] = describe_trays(trays)
+        info["inputs"] = _printer.describe_trays(trays)
     if faults:
         info["faults"] = ",".join(faults)
     if warnings:
@@ -363,30 +346,26 @@ def judge(attrs: dict[str, Any], toner_low_ratio: float) -> Judgement:
 # ---- the request (pyipp and aiohttp, imported only here) -------------------------------------
 
 
-class IppFailure(Exception):
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
-
-
-def _connection_failure(exc: BaseException, tls: bool) -> IppFailure:
+def _connection_failure(exc: BaseException, tls: bool) -> core.CheckFailed:
     import aiohttp
 
     cause = exc.__cause__ or exc
     if isinstance(cause, asyncio.TimeoutError):
-        return IppFailure(TIMEOUT, "no answer in time")
+        return core.CheckFailed(TIMEOUT, "no answer in time")
     if isinstance(cause, aiohttp.ClientConnectorCertificateError):
-        return IppFailure(TLS_ERROR, f"tls: {cause.certificate_error}")
+        return core.CheckFailed(TLS_ERROR, f"tls: {cause.certificate_error}")
     if isinstance(cause, aiohttp.ClientSSLError | ssl.SSLError):
-        return IppFailure(TLS_ERROR, f"tls: {cause}")
+        return core.CheckFailed(TLS_ERROR, f"tls: {cause}")
     if isinstance(cause, aiohttp.ClientConnectorError):
         reason = oserror_reason(cause.os_error)
         detail = cause.os_error.strerror or cause.os_error
         if tls and reason == ERROR:
             # A server that cannot (or will not) speak TLS typically drops the handshake.
-            return IppFailure(TLS_ERROR, f"tls: connection lost during the handshake ({detail})")
-        return IppFailure(reason, f"connect: {detail}")
-    return IppFailure(BAD_RESPONSE, f"{type(cause).__name__}: {cause}")
+            return core.CheckFailed(
+                TLS_ERROR, f"tls: connection lost during the handshake ({detail})"
+            )
+        return core.CheckFailed(reason, f"connect: {detail}")
+    return core.CheckFailed(BAD_RESPONSE, f"{type(cause).__name__}: {cause}")
 
 
 def _status_text(exc: Exception) -> str:
@@ -453,28 +432,23 @@ async def _fetch(
                 {"operation-attributes-tag": {"requested-attributes": ATTRIBUTES}},
             )
         except IPPConnectionUpgradeRequired as exc:
-            raise IppFailure(TLS_ERROR, "the printer requires TLS (HTTP 426): use ipps://") from exc
+            raise core.CheckFailed(
+                TLS_ERROR, "the printer requires TLS (HTTP 426): use ipps://"
+            ) from exc
         except IPPConnectionError as exc:
             raise _connection_failure(exc, uri.tls) from exc
         except IPPResponseError as exc:
             status = exc.args[1].get("status-code") if len(exc.args) > 1 else "?"
-            raise IppFailure(IPP_ERROR, f"HTTP {status} from {uri.path}") from exc
+            raise core.CheckFailed(IPP_ERROR, f"HTTP {status} from {uri.path}") from exc
         except IPPParseError as exc:
-            raise IppFailure(BAD_RESPONSE, "the answer is not an IPP message") from exc
+            raise core.CheckFailed(BAD_RESPONSE, "the answer is not an IPP message") from exc
         except IPPError as exc:
-            raise IppFailure(IPP_ERROR, _status_text(exc)) from exc
+            raise core.CheckFailed(IPP_ERROR, _status_text(exc)) from exc
     printers = answer.get("printers") or []
     if not printers:
-        raise IppFailure(BAD_RESPONSE, "the answer holds no printer attributes")
+        raise core.CheckFailed(BAD_RESPONSE, "the answer holds no printer attributes")
     attrs: dict[str, Any] = printers[0]
     return attrs
-
-
-async def _bounded(
-    uri: PrinterUri, addrs: Sequence[tuple[int, Any]], ctx: ssl.SSLContext, budget: float
-) -> dict[str, Any]:
-    async with asyncio.timeout(budget):
-        return await _fetch(uri, addrs, ctx, budget)
 
 
 def probe(target: Target, params: Params, timeout: float) -> Outcome:
@@ -491,20 +465,25 @@ def probe(target: Target, params: Params, timeout: float) -> Outcome:
         addrs = resolve(uri.host, uri.port, "auto", timeout, socket.SOCK_STREAM)
     except ResolveError as exc:
         return Outcome(False, RESOLVE_FAILED, info={"error": str(exc)})
-    budget = deadline - time.monotonic()
-    t0 = time.perf_counter()
     try:
-        if budget <= 0:
-            raise TimeoutError
-        attrs = asyncio.run(_bounded(uri, addrs, ctx, budget))
+        attrs, elapsed = _printer.ask(lambda budget: _fetch(uri, addrs, ctx, budget), deadline)
     except TimeoutError:
         return Outcome(False, TIMEOUT, info={"error": f"no IPP answer within {timeout:g} s"})
-    except IppFailure as exc:
-        return Outcome(False, exc.reason, info={"error": str(exc)})
-    elapsed = time.perf_counter() - t0
-
     verdict = judge(attrs, params.toner_low_ratio)
     verdict.metrics["request_seconds"] = elapsed
-    if verdict.faults:
-        return Outcome(False, verdict.faults[0], verdict.metrics, verdict.info)
-    return Outcome(True, metrics=verdict.metrics, info=verdict.info)
+    return verdict.outcome()
+
+
+CHECK = core.CheckType(
+    params=Params,
+    probe=probe,
+    reasons=REASONS,
+    metrics={
+        "printer_state": core.gauge("printer-state: 3 idle, 4 processing, 5 stopped.", 3, 5),
+        "queued_jobs": core.gauge("queued-job-count: jobs waiting or printing.", 0),
+        **_printer.LEVEL_METRICS,
+        "request_seconds": core.seconds("Time of the IPP request, connection included."),
+    },
+    doc=__doc__ or "",
+    parse_target=parse_uri,
+)

@@ -27,6 +27,7 @@ solidWax or ribbonWax that are consumed (not receptacles).
 Metrics:
 - ``device_status``: hrDeviceStatus (1 unknown, 2 running, 3 warning, 4 testing, 5 down);
 - ``printer_status``: hrPrinterStatus (1 other, 2 unknown, 3 idle, 4 printing, 5 warmup);
+  either is left out when the agent answers a value outside its enumeration;
 - ``error_conditions``: how many hrPrinterDetectedErrorState bits are set;
 - ``supply_level_ratio__<n>``: level of marker supply n (its prtMarkerSuppliesIndex);
 - ``toner_min_ratio``: the lowest ratio among toner supplies (absent when none is known);
@@ -62,16 +63,15 @@ Privileges: none.
 
 from __future__ import annotations
 
-import asyncio
 import socket
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from pydantic import ConfigDict, Field, SecretStr, field_validator, model_validator
 
-from checks import core
+from checks import _printer, _snmp, core
 from checks._net import (
     RESOLVE_FAILED,
     Family,
@@ -80,6 +80,8 @@ from checks._net import (
     parse_address,
     resolve,
 )
+from checks._printer import Judgement, Supply, Tray
+from checks._snmp import AUTH_FAILED
 from checks.core import ERROR, TIMEOUT, Outcome, Target
 
 JAMMED = "jammed"
@@ -89,7 +91,6 @@ PAPER_EMPTY = "paper_empty"
 OFFLINE = "offline"
 SERVICE_REQUESTED = "service_requested"
 DEVICE_DOWN = "device_down"
-AUTH_FAILED = "auth_failed"
 NOT_PRINTER = "not_printer"
 
 REASONS = frozenset(
@@ -129,33 +130,8 @@ ERROR_BITS = (
 )
 
 DEVICE_RUNNING, DEVICE_WARNING, DEVICE_TESTING, DEVICE_DOWN_CODE = 2, 3, 4, 5
-
-# Level and max-capacity special values (RFC 3805 prtMarkerSuppliesLevel, prtInputCurrentLevel).
-UNRESTRICTED, UNKNOWN, SOME_REMAINING = -1, -2, -3
-
-RECEPTACLE = 4  # prtMarkerSuppliesClass receptacleThatIsFilled
-# PrtMarkerSuppliesTypeTC: toner 3, ink 5, inkCartridge 6, inkRibbon 7, solidWax 12,
-# ribbonWax 13, tonerCartridge 21.
-COLORANT_TYPES = frozenset({3, 5, 6, 7, 12, 13, 21})
-SUPPLY_TYPE_NAMES = {
-    1: "other",
-    2: "unknown",
-    3: "toner",
-    4: "wasteToner",
-    5: "ink",
-    6: "inkCartridge",
-    7: "inkRibbon",
-    8: "wasteInk",
-    9: "opc",
-    10: "developer",
-    11: "fuserOil",
-    12: "solidWax",
-    13: "ribbonWax",
-    14: "wasteWax",
-    15: "fuser",
-    20: "transferUnit",
-    21: "tonerCartridge",
-}
+# hrDeviceStatus and hrPrinterStatus are enumerations 1..5: anything else is not reported.
+STATUS_CODES = range(1, 6)
 
 SYS_DESCR = (1, 3, 6, 1, 2, 1, 1, 1, 0)
 HR_DEVICE_STATUS = (1, 3, 6, 1, 2, 1, 25, 3, 2, 1, 5)
@@ -172,11 +148,6 @@ SUPPLY_MAX, SUPPLY_LEVEL = (*_SUPPLY, 8), (*_SUPPLY, 9)
 MAX_SUPPLIES = 32
 MAX_INPUTS = 24
 MAX_PRINTERS = 16
-# Variable bindings asked for per GETBULK request; halved when the agent answers tooBig.
-BULK_VARBINDS = 48
-TOO_BIG = 1
-AUTHORIZATION_ERROR = 16
-MAX_TEXT = 200
 
 V2C_HINT = "no answer: wrong community? (SNMPv2c agents ignore requests with a wrong community)"
 V3_HINT = "no answer: wrong privacy key? (agents drop what they cannot decrypt)"
@@ -222,38 +193,6 @@ class Params(core.Params):
         return self
 
 
-class SnmpFailure(Exception):
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
-
-
-@dataclass
-class Supply:
-    index: int
-    klass: int | None
-    kind: int | None
-    description: str
-    max_capacity: int | None
-    level: int | None
-
-    @property
-    def colorant(self) -> bool:
-        return self.kind in COLORANT_TYPES and self.klass != RECEPTACLE
-
-    @property
-    def receptacle(self) -> bool:
-        return self.klass == RECEPTACLE
-
-
-@dataclass
-class Tray:
-    index: int
-    name: str
-    max_capacity: int | None
-    level: int | None
-
-
 @dataclass
 class Snapshot:
     """What the agent answered, as plain values."""
@@ -276,109 +215,21 @@ def error_names(state: bytes) -> list[str]:
     return names
 
 
-def ratio(level: int | None, max_capacity: int | None) -> float | None:
-    """level / max in 0..1 when both are known numbers; None for the special values."""
-    if level is None or max_capacity is None or level < 0 or max_capacity <= 0:
-        return None
-    return min(max(level / max_capacity, 0.0), 1.0)
-
-
-def _describe_level(level: int | None, max_capacity: int | None) -> str:
-    r = ratio(level, max_capacity)
-    if r is not None:
-        return f"{r:.0%}"
-    return {
-        UNRESTRICTED: "unrestricted",
-        SOME_REMAINING: "some remaining",
-        0: "empty",
-    }.get(level if level is not None else UNKNOWN, "unknown")
-
-
-@dataclass
-class Judgement:
-    faults: list[str]
-    warnings: list[str]
-    metrics: dict[str, float]
-    info: dict[str, str]
-
-
 def _add(items: list[str], word: str) -> None:
     if word not in items:
         items.append(word)
-
-
-@dataclass
-class Levels:
-    """What the supply and tray levels say, shared with the IPP check."""
-
-    metrics: dict[str, float]
-    toner_empty: bool = False
-    toner_low: bool = False
-    supply_low: bool = False
-    waste_full: bool = False
-    trays_known: int = 0
-    trays_empty: int = 0
-
-
-def assess_levels(supplies: Sequence[Supply], trays: Sequence[Tray], low: float) -> Levels:
-    """Ratios as metrics, and which thresholds the levels cross (see the module docstring)."""
-    out = Levels(metrics={})
-    toner_ratios: list[float] = []
-    for s in supplies:
-        r = ratio(s.level, s.max_capacity)
-        if r is not None:
-            out.metrics[f"supply_level_ratio__{s.index}"] = r
-        if s.colorant:
-            if r is not None:
-                toner_ratios.append(r)
-            if s.level == 0:
-                out.toner_empty = True
-            elif r is not None and r < low:
-                out.toner_low = True
-        elif s.receptacle:
-            out.waste_full = out.waste_full or (r is not None and r >= 1.0)
-        elif s.level == 0 or (r is not None and r < low):
-            out.supply_low = True
-    if toner_ratios:
-        out.metrics["toner_min_ratio"] = min(toner_ratios)
-    for t in trays:
-        r = ratio(t.level, t.max_capacity)
-        if r is not None:
-            out.metrics[f"input_level_ratio__{t.index}"] = r
-        if t.level is not None and t.level != UNKNOWN:
-            out.trays_known += 1
-            out.trays_empty += t.level == 0
-    return out
-
-
-def describe_supplies(supplies: Sequence[Supply]) -> str:
-    return _clip(
-        "; ".join(
-            f"{s.index} {s.description or '?'} ({SUPPLY_TYPE_NAMES.get(s.kind or 2, 'other')}): "
-            f"{_describe_level(s.level, s.max_capacity)}"
-            for s in supplies
-        )
-    )
-
-
-def describe_trays(trays: Sequence[Tray]) -> str:
-    return _clip(
-        "; ".join(
-            f"{t.index} {t.name or '?'}: {_describe_level(t.level, t.max_capacity)}" for t in trays
-        )
-    )
 
 
 def judge(snap: Snapshot, toner_low_ratio: float) -> Judgement:
     """Faults, warnings, metrics and info from what the printer reported."""
     bits = set(error_names(snap.error_state))
     down = snap.device_status == DEVICE_DOWN_CODE
-    levels = assess_levels(snap.supplies, snap.trays, toner_low_ratio)
+    levels = _printer.assess_levels(snap.supplies, snap.trays, toner_low_ratio)
     metrics: dict[str, float] = {"error_conditions": float(len(bits))}
-    if snap.device_status is not None:
-        metrics["device_status"] = float(snap.device_status)
-    if snap.printer_status is not None:
-        metrics["printer_status"] = float(snap.printer_status)
+    for name, code in (("device_status", snap.device_status),
+                       ("printer_status", snap.printer_status)):  # fmt: skip
+        if code is not None and code in STATUS_CODES:
+            metrics[name] = float(code)
     metrics.update(levels.metrics)
     toner_empty = levels.toner_empty or "noToner" in bits
     toner_low = levels.toner_low or "lowToner" in bits
@@ -422,20 +273,16 @@ def judge(snap: Snapshot, toner_low_ratio: float) -> Judgement:
 
     info = {"error_state": ",".join(error_names(snap.error_state)) or "none"}
     if snap.sys_descr:
-        info["sys_descr"] = snap.sys_descr[:MAX_TEXT]
+        info["sys_descr"] = snap.sys_descr[: _printer.MAX_TEXT]
     if snap.supplies:
-        info["supplies"] = describe_supplies(snap.supplies)
+        info["supplies"] = _printer.describe_supplies(snap.supplies)
     if snap.trays:
-        info["inputs"] = describe_trays(snap.trays)
+        info["inputs"] = _printer.describe_trays(snap.trays)
     if faults:
         info["faults"] = ",".join(faults)
     if warnings:
         info["warnings"] = ",".join(warnings)
     return Judgement(faults, warnings, metrics, info)
-
-
-def _clip(text: str, limit: int = 1000) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _text(value: Any) -> str:
@@ -451,131 +298,17 @@ def _int(value: Any) -> int | None:
 # ---- the SNMP exchange (pysnmp, imported only here) -----------------------------------------
 
 
-class _Session:
-    """A few GET/GETBULK helpers over one pysnmp engine, raising SnmpFailure."""
-
-    def __init__(self, hl: Any, engine: Any, auth: Any, transport: Any, context: Any) -> None:
-        self.hl = hl
-        self.engine = engine
-        self.auth = auth
-        self.transport = transport
-        self.context = context
-        self.bulk = BULK_VARBINDS
-        self.absent = (hl.NoSuchInstance, hl.NoSuchObject, hl.EndOfMibView)
-
-    def _plain(self, value: Any) -> Any:
-        if isinstance(value, self.absent):
-            return None
-        if hasattr(value, "asOctets"):
-            return bytes(value.asOctets())
-        try:
-            return int(value)
-        except (TypeError, ValueError):
-            return None
-
-    def _check(self, indication: Any, status: Any) -> None:
-        if indication:
-            raise _failure(indication)
-        if status and int(status) == AUTHORIZATION_ERROR:
-            raise SnmpFailure(AUTH_FAILED, "the agent refused access (authorizationError)")
-        if status and int(status) != TOO_BIG:
-            raise SnmpFailure(ERROR, f"agent error: {status.prettyPrint()}")
-
-    def _vars(self, oids: Sequence[tuple[int, ...]]) -> list[Any]:
-        hl = self.hl
-        return [hl.ObjectType(hl.ObjectIdentity(".".join(map(str, o)))) for o in oids]
-
-    async def get(self, oids: Sequence[tuple[int, ...]]) -> dict[tuple[int, ...], Any]:
-        indication, status, _, binds = await self.hl.get_cmd(
-            self.engine, self.auth, self.transport, self.context, *self._vars(oids),
-            lookupMib=False,
-        )  # fmt: skip
-        self._check(indication, status)
-        return {tuple(name): self._plain(value) for name, value in binds}
-
-    async def columns(
-        self, columns: Sequence[tuple[int, ...]], max_rows: int
-    ) -> dict[tuple[int, ...], dict[tuple[int, ...], Any]]:
-        """Walk table columns side by side with GETBULK: ``{column: {row index: value}}``."""
-        out: dict[tuple[int, ...], dict[tuple[int, ...], Any]] = {c: {} for c in columns}
-        cursor: dict[tuple[int, ...], tuple[int, ...]] = {c: c for c in columns}
-        for _ in range(max_rows * len(columns) + 8):  # bounded even if the agent never ends
-            active = [c for c in columns if c in cursor]
-            if not active:
-                break
-            reps = max(1, min(max_rows, self.bulk // len(active)))
-            indication, status, _, binds = await self.hl.bulk_cmd(
-                self.engine, self.auth, self.transport, self.context, 0, reps,
-                *self._vars([cursor[c] for c in active]), lookupMib=False,
-            )  # fmt: skip
-            self._check(indication, status)
-            if status and int(status) == TOO_BIG:
-                if self.bulk <= len(active):
-                    raise SnmpFailure(ERROR, "agent error: tooBig even for one row per column")
-                self.bulk = max(len(active), self.bulk // 2)
-                continue
-            if not binds:
-                break
-            for i, (name, value) in enumerate(binds):
-                column = active[i % len(active)]
-                if column not in cursor:
-                    continue
-                oid = tuple(name)
-                ended = isinstance(value, self.hl.EndOfMibView)
-                if ended or oid[: len(column)] != column or oid <= cursor[column]:
-                    del cursor[column]
-                    continue
-                rows = out[column]
-                rows[oid[len(column) :]] = self._plain(value)
-                cursor[column] = oid
-                if len(rows) >= max_rows:
-                    del cursor[column]
-        return out
-
-
-def _failure(indication: Any) -> SnmpFailure:
-    from pysnmp.proto import errind  # type: ignore[import-untyped]
-
-    text = str(indication)
-    if isinstance(indication, errind.RequestTimedOut):
-        return SnmpFailure(TIMEOUT, text)
-    auth_errors = (
-        errind.UnknownUserName,
-        errind.WrongDigest,
-        errind.DecryptionError,
-        errind.UnknownSecurityName,
-        errind.UnsupportedSecurityLevel,
-        errind.AuthenticationError,
-        errind.AuthenticationFailure,
-    )
-    if isinstance(indication, auth_errors):
-        return SnmpFailure(AUTH_FAILED, f"the agent reported: {text}")
-    return SnmpFailure(ERROR, text)
-
-
-def _auth(hl: Any, params: Params) -> Any:
+def _auth(params: Params) -> Any:
     if params.version == "2c":
-        return hl.CommunityData(params.community.get_secret_value(), mpModel=1)
-    auth = {
-        "MD5": hl.usmHMACMD5AuthProtocol,
-        "SHA": hl.usmHMACSHAAuthProtocol,
-        "SHA224": hl.usmHMAC128SHA224AuthProtocol,
-        "SHA256": hl.usmHMAC192SHA256AuthProtocol,
-        "SHA384": hl.usmHMAC256SHA384AuthProtocol,
-        "SHA512": hl.usmHMAC384SHA512AuthProtocol,
-    }[params.auth_protocol]
-    priv = {
-        "AES": hl.usmAesCfb128Protocol,
-        "AES192": hl.usmAesCfb192Protocol,
-        "AES256": hl.usmAesCfb256Protocol,
-    }[params.priv_protocol]
-    assert params.auth_key is not None and params.priv_key is not None  # checked by Params
-    return hl.UsmUserData(
+        return _snmp.community(params.community.get_secret_value())
+    assert params.user is not None  # checked by Params
+    assert params.auth_key is not None and params.priv_key is not None
+    return _snmp.usm(
         params.user,
         params.auth_key.get_secret_value(),
         params.priv_key.get_secret_value(),
-        authProtocol=auth,
-        privProtocol=priv,
+        params.auth_protocol,
+        params.priv_protocol,
     )
 
 
@@ -584,27 +317,41 @@ def _pick_printer(
 ) -> int:
     indexes = sorted({row[0] for rows in table.values() for row in rows if len(row) == 1})
     if not indexes:
-        raise SnmpFailure(NOT_PRINTER, "the agent answers but has no hrPrinterTable row")
+        raise core.CheckFailed(NOT_PRINTER, "the agent answers but has no hrPrinterTable row")
     if wanted is None:
         return indexes[0]
     if wanted not in indexes:
         known = ", ".join(map(str, indexes))
-        raise SnmpFailure(NOT_PRINTER, f"no printer at hrDeviceIndex {wanted} (printers: {known})")
+        raise core.CheckFailed(
+            NOT_PRINTER, f"no printer at hrDeviceIndex {wanted} (printers: {known})"
+        )
     return wanted
 
 
+def _rows(
+    table: Mapping[_snmp.Oid, Mapping[_snmp.Oid, Any]], index: int
+) -> list[tuple[int, dict[_snmp.Oid, Any]]]:
+    """This printer's rows of walked columns, as (row, {column: value}), in row order."""
+    # Tables are indexed (hrDeviceIndex, row): keep this printer's rows.
+    mine = {
+        column: {r[1]: v for r, v in rows.items() if len(r) == 2 and r[0] == index}
+        for column, rows in table.items()
+    }
+    found = sorted({i for rows in mine.values() for i in rows})
+    return [(i, {column: rows.get(i) for column, rows in mine.items()}) for i in found]
+
+
 async def _collect(ip: str, port: int, family: int, params: Params) -> Snapshot:
-    from pysnmp.hlapi.v3arch import asyncio as hl  # type: ignore[import-untyped]
-
-    engine = hl.SnmpEngine()
-    try:
-        kind = hl.Udp6TransportTarget if family == socket.AF_INET6 else hl.UdpTransportTarget
-        transport = await kind.create(
-            (ip, port), timeout=params.request_timeout_seconds, retries=params.retries
+    with _snmp.engine() as engine:
+        snmp = await _snmp.Session.open(
+            engine,
+            _auth(params),
+            (ip, port),
+            family,
+            params.request_timeout_seconds,
+            params.retries,
+            params.context,
         )
-        context = hl.ContextData(contextName=params.context.encode())
-        snmp = _Session(hl, engine, _auth(hl, params), transport, context)
-
         printers = await snmp.columns([HR_PRINTER_STATUS, HR_PRINTER_ERRORS], MAX_PRINTERS)
         index = _pick_printer(printers, params.device_index)
         scalars = await snmp.get([SYS_DESCR, (*HR_DEVICE_STATUS, index)])
@@ -612,12 +359,6 @@ async def _collect(ip: str, port: int, family: int, params: Params) -> Snapshot:
             [SUPPLY_CLASS, SUPPLY_TYPE, SUPPLY_DESCR, SUPPLY_MAX, SUPPLY_LEVEL], MAX_SUPPLIES
         )
         inputs = await snmp.columns([INPUT_MAX, INPUT_LEVEL, INPUT_NAME], MAX_INPUTS)
-    finally:
-        engine.close_dispatcher()
-
-    def mine(rows: Mapping[tuple[int, ...], Any]) -> dict[int, Any]:
-        # Tables are indexed (hrDeviceIndex, row): keep this printer's rows.
-        return {r[1]: v for r, v in rows.items() if len(r) == 2 and r[0] == index}
 
     errors = printers[HR_PRINTER_ERRORS].get((index,))
     snap = Snapshot(
@@ -626,40 +367,24 @@ async def _collect(ip: str, port: int, family: int, params: Params) -> Snapshot:
         printer_status=_int(printers[HR_PRINTER_STATUS].get((index,))),
         error_state=errors if isinstance(errors, bytes) else b"",
     )
-    s = {column: mine(rows) for column, rows in supplies.items()}
-    for i in sorted({i for rows in s.values() for i in rows}):
+    for i, row in _rows(supplies, index):
         snap.supplies.append(
-            Supply(
-                i,
-                klass=_int(s[SUPPLY_CLASS].get(i)),
-                kind=_int(s[SUPPLY_TYPE].get(i)),
-                description=_text(s[SUPPLY_DESCR].get(i)),
-                max_capacity=_int(s[SUPPLY_MAX].get(i)),
-                level=_int(s[SUPPLY_LEVEL].get(i)),
-            )
-        )
-    t = {column: mine(rows) for column, rows in inputs.items()}
-    for i in sorted({i for rows in t.values() for i in rows}):
+            Supply(i, klass=_int(row[SUPPLY_CLASS]), kind=_int(row[SUPPLY_TYPE]),
+                   description=_text(row[SUPPLY_DESCR]), max_capacity=_int(row[SUPPLY_MAX]),
+                   level=_int(row[SUPPLY_LEVEL]))
+        )  # fmt: skip
+    for i, row in _rows(inputs, index):
         snap.trays.append(
-            Tray(
-                i,
-                name=_text(t[INPUT_NAME].get(i)),
-                max_capacity=_int(t[INPUT_MAX].get(i)),
-                level=_int(t[INPUT_LEVEL].get(i)),
-            )
-        )
+            Tray(i, name=_text(row[INPUT_NAME]), max_capacity=_int(row[INPUT_MAX]),
+                 level=_int(row[INPUT_LEVEL]))
+        )  # fmt: skip
     return snap
-
-
-async def _bounded(ip: str, port: int, family: int, params: Params, budget: float) -> Snapshot:
-    async with asyncio.timeout(budget):
-        return await _collect(ip, port, family, params)
 
 
 def probe(target: Target, params: Params, timeout: float) -> Outcome:
     deadline = time.monotonic() + timeout
     try:
-        host, port = parse_address(target.address, 161)
+        host, port = parse_target(target.address)
     except ValueError as exc:
         return Outcome(False, ERROR, info={"error": str(exc)})
     try:
@@ -668,25 +393,47 @@ def probe(target: Target, params: Params, timeout: float) -> Outcome:
         return Outcome(False, RESOLVE_FAILED, info={"error": str(exc)})
     family, sockaddr = addrs[0]
     hint = V2C_HINT if params.version == "2c" else V3_HINT
-    budget = deadline - time.monotonic()
-    t0 = time.perf_counter()
     try:
-        if budget <= 0:
-            raise TimeoutError
-        snap = asyncio.run(_bounded(sockaddr[0], port, family, params, budget))
+        snap, elapsed = _printer.ask(
+            lambda _: _collect(sockaddr[0], port, family, params), deadline
+        )
     except TimeoutError:
         return Outcome(
             False, TIMEOUT, info={"error": f"no complete answer within {timeout:g} s", "hint": hint}
         )
-    except SnmpFailure as exc:
-        info = {"error": str(exc)}
-        if exc.reason == TIMEOUT:
-            info["hint"] = hint
-        return Outcome(False, exc.reason, info=info)
-    elapsed = time.perf_counter() - t0
-
+    except core.CheckFailed as failed:
+        if failed.reason == TIMEOUT:
+            failed.info["hint"] = hint
+        raise
     verdict = judge(snap, params.toner_low_ratio)
     verdict.metrics["query_seconds"] = elapsed
-    if verdict.faults:
-        return Outcome(False, verdict.faults[0], verdict.metrics, verdict.info)
-    return Outcome(True, metrics=verdict.metrics, info=verdict.info)
+    return verdict.outcome()
+
+
+def parse_target(address: str) -> tuple[str, int]:
+    """``host[:port]``, the port defaulting to SNMP's."""
+    return parse_address(address, 161)
+
+
+CHECK = core.CheckType(
+    params=Params,
+    probe=probe,
+    reasons=REASONS,
+    metrics={
+        "device_status": core.gauge(
+            "hrDeviceStatus: 1 unknown, 2 running, 3 warning, 4 testing, 5 down.", 1, 5
+        ),
+        "printer_status": core.gauge(
+            "hrPrinterStatus: 1 other, 2 unknown, 3 idle, 4 printing, 5 warmup.", 1, 5
+        ),
+        "error_conditions": core.gauge(
+            "hrPrinterDetectedErrorState bits set (jammed, noToner, doorOpen...).",
+            0,
+            len(ERROR_BITS),
+        ),
+        **_printer.LEVEL_METRICS,
+        "query_seconds": core.seconds("Time of the SNMP exchange."),
+    },
+    doc=__doc__ or "",
+    parse_target=parse_target,
+)

@@ -1,8 +1,10 @@
 """The literal map from a config's ``type:`` word to its check.
 
-Adding a check type: write ``checks/<word>.py`` with ``Params``, ``REASONS`` and ``probe``, add
-one line here, and add its tests. The module name, the type word and the metric prefix are the
-same word.
+Adding a check type: write ``checks/<word>.py`` ending in its one declaration,
+``CHECK = core.CheckType(params=..., probe=..., reasons=..., metrics=...)``, add one line here,
+and add ``tests/checks/test_<word>.py``. The module name, the type word and the metric prefix
+are the same word. A probe imports ``checks.core`` and the private toolkit (``checks._*``),
+never another probe.
 """
 
 from __future__ import annotations
@@ -33,41 +35,24 @@ from checks import (
 )
 from checks.core import CheckType
 
-
-def _entry(module: object) -> CheckType:
-    # TRANSITIONAL (issue 8): a converted module declares CHECK; its registry line then
-    # becomes ``"word": word.CHECK`` and, once all are, this function goes.
-    check = getattr(module, "CHECK", None)
-    if isinstance(check, CheckType):
-        return check
-    return CheckType(
-        params=module.Params,  # type: ignore[attr-defined]
-        probe=module.probe,  # type: ignore[attr-defined]
-        reasons=frozenset(module.REASONS),  # type: ignore[attr-defined]
-        metrics={},
-        doc=module.__doc__ or "",
-        strict=False,
-    )
-
-
 REGISTRY: Mapping[str, CheckType] = MappingProxyType(
     {
-        "icmp": _entry(icmp),
+        "icmp": icmp.CHECK,
         "tcp": tcp.CHECK,
         "http": http.CHECK,
         "dns": dns.CHECK,
-        "host": _entry(host),
+        "host": host.CHECK,
         "sip": sip.CHECK,
         "stun": stun.CHECK,
         "turn": turn.CHECK,
         "h323": h323.CHECK,
         "bandwidth": bandwidth.CHECK,
-        "traceroute": _entry(traceroute),
-        "pmtu": _entry(pmtu),
-        "link": _entry(link),
-        "stream": _entry(stream),
-        "printer_snmp": _entry(printer_snmp),
-        "printer_ipp": _entry(printer_ipp),
+        "traceroute": traceroute.CHECK,
+        "pmtu": pmtu.CHECK,
+        "link": link.CHECK,
+        "stream": stream.CHECK,
+        "printer_snmp": printer_snmp.CHECK,
+        "printer_ipp": printer_ipp.CHECK,
         "scanner_escl": scanner_escl.CHECK,
         "scanner_usb": scanner_usb.CHECK,
         "ssh": ssh.CHECK,

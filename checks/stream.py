@@ -47,7 +47,7 @@ Metrics:
   ``plc``, with one-way delay Ta = mean RTT / 2 + ``jitter_buffer_seconds`` and packet loss
   Ppl = (lost + late) / sent with its burst ratio from the pattern of lost and late packets.
   Round-trip loss stands for one direction's: pessimistic by up to two times when both ways
-  lose alike.
+  lose alike. R is held to G.107's scale, 0..100.
 
 Delay and jitter metrics need one reply (jitter two); ``r_factor`` and ``mos`` need one.
 
@@ -77,33 +77,29 @@ import os
 import select
 import socket
 import statistics
-import struct
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from pydantic import Field, IPvAnyAddress, field_validator
+from pydantic import Field
 
 from checks import core, emodel, twamp
+from checks._line import NO_REPLY, SO_TIMESTAMPNS, LineParams, kernel_time_ns, train_metrics
 from checks._net import (
+    PERMISSION_DENIED,
     REFUSED,
     RESOLVE_FAILED,
     SOURCE_UNAVAILABLE,
     UNREACHABLE,
-    Family,
-    Interface,
     ResolveError,
-    family_from_number,
     parse_address,
     pin,
     resolve,
 )
 from checks.core import ERROR, TIMEOUT, Outcome, Target
 
-NO_REPLY = "no_reply"
 BAD_REPLY = "bad_reply"
-PERMISSION_DENIED = "permission_denied"
 
 REASONS = frozenset(
     {
@@ -120,8 +116,6 @@ REASONS = frozenset(
 
 Codec = Literal["g711", "g729a", "g722", "opus"]
 
-# Linux's SO_TIMESTAMPNS, which the socket module does not export.
-SO_TIMESTAMPNS = 35
 # Time kept back from the budget for turning the replies into figures.
 ANALYSIS_SECONDS = 0.05
 # Most datagrams one wake-up reads before the send schedule is looked at again.
@@ -131,7 +125,7 @@ UNREACHABLE_ERRNOS = frozenset(
 )
 
 
-class Params(core.Params):
+class Params(LineParams):
     rate_pps: int = Field(default=50, ge=1, le=1000, description="packets per second")
     duration_seconds: float = Field(default=5.0, gt=0.0, le=600.0)
     payload_bytes: int = Field(
@@ -142,11 +136,6 @@ class Params(core.Params):
     plc: bool = True
     jitter_buffer_seconds: float = Field(default=0.040, ge=0.0, le=1.0)
     dscp: int = Field(default=0, ge=0, le=63)
-    source: IPvAnyAddress | None = None
-    interface: Interface | None = None
-    family: Family = "auto"
-
-    _family_number = field_validator("family", mode="before")(family_from_number)
 
 
 @dataclass(frozen=True)
@@ -180,14 +169,6 @@ class _Run:
     unreachable: bool = False
     send_error: str = ""
     sent: int = 0
-
-
-def _kernel_time_ns(ancdata: list[tuple[int, int, bytes]]) -> int | None:
-    for level, kind, data in ancdata:
-        if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(data) >= 16:
-            sec, nsec = struct.unpack("@ll", data[:16])
-            return int(sec) * 1_000_000_000 + int(nsec)
-    return None
 
 
 def note_reply(run: _Run, data: bytes, recv_ns: int, recv_mono: float) -> None:
@@ -242,7 +223,7 @@ def _receive(sock: socket.socket, run: _Run, bufsize: int) -> None:
                 continue
             raise
         recv_mono = time.monotonic()
-        recv_ns = _kernel_time_ns(ancdata) or time.time_ns()
+        recv_ns = kernel_time_ns(ancdata) or time.time_ns()
         note_reply(run, data, recv_ns, recv_mono)
 
 
@@ -301,7 +282,7 @@ def _open(family: int, sockaddr: Any, params: Params) -> socket.socket | Outcome
 def probe(target: Target, params: Params, timeout: float) -> Outcome:
     deadline = time.monotonic() + timeout
     try:
-        host, port = parse_address(target.address, twamp.DEFAULT_PORT)
+        host, port = parse_target(target.address)
     except ValueError as exc:
         return Outcome(False, ERROR, info={"error": str(exc)})
     try:
@@ -451,7 +432,46 @@ def _delays(
     runs = bursts(unplayed)
     burst = emodel.burst_ratio(ppl, statistics.fmean(runs) if runs else 0.0)
     ta = out["rtt_avg_seconds"] / 2 + params.jitter_buffer_seconds
-    r = emodel.r_factor(ta, ppl * 100.0, params.codec, params.plc, burst)
+    # G.107's scale is 0..100: a call that loses nearly everything would model below 0.
+    r = min(max(emodel.r_factor(ta, ppl * 100.0, params.codec, params.plc, burst), 0.0), 100.0)
     out["r_factor"] = r
     out["mos"] = emodel.mos(r)
     return out
+
+
+def parse_target(address: str) -> tuple[str, int]:
+    """``host[:port]`` of the reflector, the port defaulting to TWAMP's."""
+    return parse_address(address, twamp.DEFAULT_PORT)
+
+
+CHECK = core.CheckType(
+    params=Params,
+    probe=probe,
+    reasons=REASONS,
+    metrics={
+        **train_metrics("TWAMP test packet"),
+        "burst_loss_max_packets": core.gauge("Longest run of consecutive lost packets.", 0),
+        "burst_count": core.gauge("Runs of consecutive lost packets.", 0),
+        "burst_loss_mean_packets": core.gauge("Mean length of the runs of lost packets.", 0),
+        "reorder_ratio": core.ratio(
+            "Share of replies that arrived after a reply with a higher sequence number."
+        ),
+        "rtt_p95_seconds": core.seconds("95th percentile (nearest rank) of the round-trip times."),
+        "forward_delay_seconds": core.gauge(
+            "Mean one-way delay out (T2 - T1); carries the clocks' offset, may be negative."
+        ),
+        "backward_delay_seconds": core.gauge(
+            "Mean one-way delay back (T4 - T3); carries the clocks' offset, may be negative."
+        ),
+        "forward_jitter_seconds": core.seconds(
+            "Mean absolute difference of consecutive one-way delays out (RFC 3550)."
+        ),
+        "packets_late": core.gauge(
+            "Replies a fixed jitter buffer of jitter_buffer_seconds would have discarded.", 0
+        ),
+        "r_factor": core.gauge("ITU-T G.107 E-model transmission rating R of the call.", 0, 100),
+        "mos": core.gauge("Estimated conversational MOS of the call (G.107 Annex B).", 1, 5),
+    },
+    doc=__doc__ or "",
+    parse_target=parse_target,
+)

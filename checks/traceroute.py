@@ -72,8 +72,10 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from checks import core
+from checks import _icmp, core
+from checks._line import bare_host, parse_host
 from checks._net import (
+    PERMISSION_DENIED,
     RESOLVE_FAILED,
     SOURCE_UNAVAILABLE,
     UNREACHABLE,
@@ -86,7 +88,6 @@ from checks._net import (
 from checks.core import ERROR, TIMEOUT, Outcome, Target
 
 NOT_REACHED = "not_reached"
-PERMISSION_DENIED = "permission_denied"
 
 REASONS = frozenset(
     {NOT_REACHED, UNREACHABLE, RESOLVE_FAILED, PERMISSION_DENIED, SOURCE_UNAVAILABLE, TIMEOUT}
@@ -98,9 +99,6 @@ MAX_INFO = 1000
 # Time kept back from the check timeout for building packets and reading the answers.
 RESERVE_SECONDS = 0.5
 
-ICMP_ECHO_REPLY = 0
-ICMP_UNREACHABLE = 3
-ICMP_TIME_EXCEEDED = 11
 # Destination-unreachable codes that mean the probe reached the target itself.
 _ARRIVED_CODES = {"icmp": {2, 3}, "udp": {3}, "tcp": {2, 3}}
 
@@ -180,13 +178,6 @@ def _attach_filter(sock: socket.socket, dst: str) -> None:
         sock.setsockopt(socket.SOL_SOCKET, _SO_ATTACH_FILTER, fprog)
 
 
-def _paris_word(ident: int, seq: int) -> bytes:
-    """A payload word that keeps the ICMP checksum the same whatever ident and seq are."""
-    total = ident + seq
-    total = (total & 0xFFFF) + (total >> 16)
-    return struct.pack("!H", 0xFFFF - total)
-
-
 def _probes(dst: str, src: str, params: Params, dport: int) -> list[Any]:
     from scapy.layers.inet import ICMP, IP, TCP, UDP
 
@@ -200,7 +191,7 @@ def _probes(dst: str, src: str, params: Params, dport: int) -> list[Any]:
             ip = IP(src=src, dst=dst, ttl=ttl, id=(ip_base + n) & 0xFFFF)
             layer: Any
             if params.mode == "icmp":
-                layer = ICMP(type=8, id=icmp_ident, seq=n) / _paris_word(icmp_ident, n)
+                layer = ICMP(type=8, id=icmp_ident, seq=n) / _icmp.paris_word(icmp_ident, n)
             elif params.mode == "udp":
                 layer = UDP(sport=params.sport, dport=dport) / b"wardready"
             else:
@@ -222,9 +213,9 @@ def _classify(hops: dict[int, _Hop], answers: Any, dst: str, mode: str) -> None:
         hop.heard(sender, rtt)
         if received.haslayer(ICMP):
             kind, code = int(received[ICMP].type), int(received[ICMP].code)
-            if kind == ICMP_ECHO_REPLY and sender == dst:
+            if kind == _icmp.V4_ECHO_REPLY and sender == dst:
                 hop.arrived = True
-            elif kind == ICMP_UNREACHABLE:
+            elif kind == _icmp.V4_UNREACHABLE:
                 if sender == dst and code in _ARRIVED_CODES[mode]:
                     hop.arrived = True
                 else:
@@ -300,7 +291,7 @@ def _in_child(address: str, params: Params, timeout: float) -> Outcome:
 
 def _trace(address: str, params: Params, timeout: float) -> Outcome:
     deadline = time.monotonic() + timeout
-    host = address.strip().removeprefix("[").removesuffix("]")
+    host = bare_host(address)
     try:
         if ipaddress.ip_address(host).version == 6:
             return Outcome(False, ERROR, info={"error": f"{host}: only IPv4 can be traced"})
@@ -314,12 +305,7 @@ def _trace(address: str, params: Params, timeout: float) -> Outcome:
     try:
         src = _route(dst, params)
     except OSError as exc:
-        reason = oserror_reason(exc)
-        return Outcome(
-            False,
-            reason if reason in REASONS else ERROR,
-            info={**info, "error": f"no route to {dst}: {exc.strerror or exc}"},
-        )
+        raise _os_failure(exc, f"no route to {dst}", dst) from exc
     wait = min(params.timeout_seconds, deadline - time.monotonic() - RESERVE_SECONDS)
     if wait <= 0:
         return Outcome(False, TIMEOUT, info={**info, "error": "no time left to wait for answers"})
@@ -353,18 +339,20 @@ def _trace(address: str, params: Params, timeout: float) -> Outcome:
         _attach_filter(sock.ins, dst)
         answers, _ = sndrcv(sock, packets, timeout=wait, verbose=0)
     except OSError as exc:
-        reason = oserror_reason(exc)
-        return Outcome(
-            False,
-            reason if reason in REASONS else ERROR,
-            info={**info, "error": f"sending probes: {exc.strerror or exc}"},
-        )
+        raise _os_failure(exc, "sending probes", dst) from exc
     finally:
         sock.close()
 
     hops: dict[int, _Hop] = {}
     _classify(hops, answers, dst, params.mode)
     return _outcome(hops, params, len(packets), info)
+
+
+def _os_failure(exc: OSError, doing: str, address: str) -> core.CheckFailed:
+    reason = oserror_reason(exc)
+    return core.CheckFailed(
+        reason if reason in REASONS else ERROR, f"{doing}: {exc.strerror or exc}", address=address
+    )
 
 
 def _outcome(hops: dict[int, _Hop], params: Params, sent: int, info: dict[str, str]) -> Outcome:
@@ -395,9 +383,44 @@ def _outcome(hops: dict[int, _Hop], params: Params, sent: int, info: dict[str, s
     return Outcome(False, NOT_REACHED, metrics, info)
 
 
+def parse_target(address: str) -> str:
+    """A host name or an IPv4 address: only IPv4 can be traced."""
+    host = parse_host(address)
+    if ":" in host:
+        raise ValueError(f"address {address!r}: only IPv4 can be traced")
+    return host
+
+
+CHECK = core.CheckType(
+    params=Params,
+    probe=probe,
+    reasons=REASONS,
+    metrics={
+        "hop_count": core.gauge(
+            "Hops listed: up to the target when reached, else up to the last that answered.", 0
+        ),
+        "reached": core.gauge("1 when the target answered within max_hops, else 0.", 0, 1),
+        "rtt_last_hop_seconds": core.seconds("Mean round-trip time of the last listed hop."),
+        "hops_silent": core.gauge("Listed hops that never answered.", 0),
+        "probes_sent": core.gauge("Probes sent in the run.", 0),
+        "path_changed": core.gauge(
+            "1 when the target was reached by another path than the previous run that reached "
+            "it, else 0.",
+            0,
+            1,
+        ),
+    },
+    doc=__doc__ or "",
+    parse_target=parse_target,
+)
+
+
 def _main(argv: list[str]) -> int:
     address, params_json, timeout = argv
-    outcome = _trace(address, Params.model_validate_json(params_json), float(timeout))
+    try:
+        outcome = _trace(address, Params.model_validate_json(params_json), float(timeout))
+    except core.CheckFailed as failed:
+        outcome = failed.outcome()
     print(json.dumps(dataclasses.asdict(outcome)))
     return 0
 

@@ -181,8 +181,7 @@ class Criterion(_Model):
     def _declared_metric(self, info: ValidationInfo) -> Criterion:
         check = self.select.check
         kind = _checks(info).get(check) if check is not None else None
-        # TRANSITIONAL (issue 8): a type not yet converted to CHECK declares no metrics.
-        if check is None or kind is None or not kind.strict:
+        if check is None or kind is None:
             return self
         problem = _undeclared(check, kind, self.condition.metric)
         if problem is not None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 import subprocess
 
-import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from checks.core import CheckType, Metric
@@ -61,10 +60,8 @@ def promtool_complaints(exposition: str) -> str:
 
 
 def stand_ins(kind: CheckType) -> dict[str, float]:
-    """What a run of ``kind`` could report: its declared metrics, or for a type that declares
-    none yet, names of its own, undeclared, one of them a counter."""
-    # TRANSITIONAL (issue 8): only until every probe module declares its metrics.
-    return declared_metrics(kind) if kind.strict else {"sample_ratio": 0.5, "seen_total": 3.0}
+    """What a run of ``kind`` could report: every metric it declares."""
+    return declared_metrics(kind)
 
 
 def assert_clean_and_declared(text: str, word: str, kind: CheckType) -> None:
@@ -78,5 +75,3 @@ def assert_clean_and_declared(text: str, word: str, kind: CheckType) -> None:
         assert family.documentation.startswith(declared.help.strip()), name
         ours = [s for s in family.samples if s.labels["name"].startswith(f"{word}-")]
         assert len(ours) == (len(ITEMS) if declared.per_item else 1) * 2, name
-    if not kind.strict:  # TRANSITIONAL (issue 8)
-        pytest.skip(f"{word} declares no metrics yet: checked with undeclared names only")

@@ -399,8 +399,6 @@ def test_check_refuses_a_target_its_type_cannot_parse(capsys: pytest.CaptureFixt
 def test_check_tcp_without_a_port_exits_2_naming_the_target(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    if REGISTRY["tcp"].parse_target is None:  # TRANSITIONAL (issue 8): set by the tcp module
-        pytest.skip("the tcp check type does not parse its targets yet")
     assert main(["check", "tcp", "127.0.0.1"]) == 2
     out, err = capsys.readouterr()
     assert out == ""

@@ -281,8 +281,6 @@ def test_a_target_its_check_type_cannot_parse_is_refused_at_load(tmp_path: Path)
 def test_validate_refuses_a_tcp_target_without_a_port(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    if REGISTRY["tcp"].parse_target is None:  # TRANSITIONAL (issue 8): set by the tcp module
-        pytest.skip("the tcp check type does not parse its targets yet")
     path = tmp_path / "agent.yaml"
     path.write_text(
         "ward: ward-1\ncollector: {url: 'https://c.example', token: t}\n"

@@ -5,12 +5,10 @@ Real sockets on loopback only; the TLS peers are the shared fixtures' HTTPS serv
 
 from __future__ import annotations
 
-import ast
 import socket
 import ssl
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,24 +19,6 @@ from checks._net import TLS_EXPIRED, parse_address
 from checks.core import CheckFailed
 from checks.registry import REGISTRY
 from tests.checks.conftest import Certs
-
-CHECKS_DIR = Path(__file__).resolve().parents[2] / "checks"
-# The network checks converted to the toolkit (issue 8).
-MINE = (
-    "tcp",
-    "http",
-    "dns",
-    "sip",
-    "stun",
-    "turn",
-    "h323",
-    "bandwidth",
-    "ssh",
-    "scanner_escl",
-    "scanner_usb",
-)
-# Not probes: pure helpers any check may import.
-HELPERS = {"core", "emodel", "twamp", "registry"}
 
 
 def port_of(url: str) -> int:
@@ -228,27 +208,6 @@ def test_parse_url() -> None:
 # ---- declarations --------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("check", MINE)
-def test_check_is_declared_once_in_its_module(check: str) -> None:
-    module = __import__(f"checks.{check}", fromlist=["CHECK"])
-    assert REGISTRY[check] is module.CHECK
-    assert REGISTRY[check].strict
-    assert REGISTRY[check].metrics, "a check that reports nothing declares nothing"
-
-
-@pytest.mark.parametrize("check", MINE)
-def test_probe_imports_no_other_probe(check: str) -> None:
-    tree = ast.parse((CHECKS_DIR / f"{check}.py").read_text(encoding="utf-8"))
-    imported: set[str] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom) and node.module == "checks":
-            imported |= {alias.name for alias in node.names}
-        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("checks."):
-            imported.add(str(node.module).split(".")[1])
-        elif isinstance(node, ast.Import):
-            imported |= {a.name.split(".")[1] for a in node.names if a.name.startswith("checks.")}
-    probes = {name for name in imported if not name.startswith("_")} - HELPERS
-    assert probes == set(), f"checks/{check}.py imports probe modules {sorted(probes)}"
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 import pytest
 from pydantic import ValidationError
 
-from checks import host
+from checks import _items, host
 from checks.core import Result
 from shared.wire import MAX_METRICS
 from tests.helpers import need
@@ -126,9 +126,9 @@ def test_reasons_in_precedence_order(run: RunCheck) -> None:
 
 
 def test_suffix() -> None:
-    assert host.suffix("/") == ""
-    assert host.suffix("/var/lib") == "var_lib"
-    assert host.suffix("br-LAN.10") == "br_lan_10"
+    assert _items.suffix("/") == ""
+    assert _items.suffix("/var/lib") == "var_lib"
+    assert _items.suffix("br-LAN.10") == "br_lan_10"
 
 
 def test_params() -> None:

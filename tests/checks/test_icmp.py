@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from checks import icmp
+from checks import _icmp, icmp
 from checks.core import Result
 from tests.helpers import need, need_program
 
@@ -34,7 +34,7 @@ PING_GROUP_RANGE = Path("/proc/sys/net/ipv4/ping_group_range")
 # Runs probes inside a namespace; prints {address: outcome}.
 SCRIPT = """
 import json, sys
-from checks import icmp
+from checks import _icmp, icmp
 from checks.core import Target
 out = {}
 for address, params in json.loads(sys.argv[1]):
@@ -193,9 +193,9 @@ def test_source_address(run: RunCheck) -> None:
 
 def test_checksum_of_a_known_packet() -> None:
     # Echo request id 0x1234 seq 1 payload "abcd": the words sum to 0xDEFB, complement 0x2104.
-    packet = icmp.echo_request(socket.AF_INET, 0x1234, 1, b"abcd", with_checksum=True)
+    packet = _icmp.echo_request(socket.AF_INET, 0x1234, 1, b"abcd", with_checksum=True)
     assert struct.unpack("!H", packet[2:4])[0] == 0x2104
-    assert icmp.checksum(packet) == 0
+    assert _icmp.checksum(packet) == 0
 
 
 def _run_state(wait: float = 1.0) -> icmp._Run:
@@ -204,7 +204,7 @@ def _run_state(wait: float = 1.0) -> icmp._Run:
         raw=True,
         ident=0x4242,
         seq_base=65534,
-        token=b"T" * icmp.TOKEN_BYTES,
+        token=b"T" * _icmp.TOKEN_BYTES,
         dst=socket.inet_aton("127.0.0.1"),
         wait=wait,
     )
@@ -217,16 +217,16 @@ def test_replies_are_matched_and_duplicates_counted() -> None:
         run.outstanding.add(i)
     ip_header = bytes([0x45]) + bytes(19)
 
-    def reply(ident: int, seq: int, token: bytes) -> icmp._Heard:
+    def reply(ident: int, seq: int, token: bytes) -> _icmp.Heard:
         data = ip_header + struct.pack("!BBHHH", 0, 0, 0, ident, seq) + token + b"pad"
-        heard = icmp.parse(socket.AF_INET, data, has_ip_header=True)
+        heard = _icmp.parse(socket.AF_INET, data, has_ip_header=True)
         assert heard is not None and heard.is_reply
         return heard
 
     icmp._note_reply(run, reply(0x4242, 0, run.token), 1_000_500_000, 100.0005)
     icmp._note_reply(run, reply(0x4242, 0, run.token), 1_000_600_000, 100.0006)
     icmp._note_reply(run, reply(0x4243, 65534, run.token), 1_000_500_000, 100.0005)
-    icmp._note_reply(run, reply(0x4242, 65535, b"X" * icmp.TOKEN_BYTES), 1_000_500_000, 100.0005)
+    icmp._note_reply(run, reply(0x4242, 65535, b"X" * _icmp.TOKEN_BYTES), 1_000_500_000, 100.0005)
     assert run.rtts == {2: pytest.approx(0.0005)}
     assert run.duplicates == 1
     assert run.outstanding == {0, 1}
@@ -236,29 +236,29 @@ def test_late_reply_is_lost_and_clock_steps_fall_back_to_monotonic() -> None:
     run = _run_state(wait=0.2)
     run.send_ns[0], run.send_mono[0] = 5_000_000_000, 10.0
     run.send_ns[1], run.send_mono[1] = 5_000_000_000, 10.0
-    late = icmp._Heard(True, run.ident, run.seq_base, run.token)
+    late = _icmp.Heard(True, run.ident, run.seq_base, run.token)
     icmp._note_reply(run, late, 5_300_000_000, 10.3)
     assert run.rtts == {}
-    stepped = icmp._Heard(True, run.ident, run.seq_base + 1, run.token)
+    stepped = _icmp.Heard(True, run.ident, run.seq_base + 1, run.token)
     icmp._note_reply(run, stepped, 1_000_000_000, 10.001)  # wall clock went back 4 s
     assert run.rtts == {1: pytest.approx(0.001)}
 
 
 def test_parse_destination_unreachable_quoting_our_request() -> None:
-    request = icmp.echo_request(socket.AF_INET, 0x4242, 7, b"T" * 8, with_checksum=True)
+    request = _icmp.echo_request(socket.AF_INET, 0x4242, 7, b"T" * 8, with_checksum=True)
     quoted_ip = (
         bytes([0x45, 0, 0, 0, 0, 0, 0, 0, 64, 1, 0, 0])
         + socket.inet_aton("198.51.100.1")
         + socket.inet_aton("203.0.113.5")
     )
     error = struct.pack("!BBHI", 3, 1, 0, 0) + quoted_ip + request
-    heard = icmp.parse(socket.AF_INET, bytes([0x45]) + bytes(19) + error, has_ip_header=True)
+    heard = _icmp.parse(socket.AF_INET, bytes([0x45]) + bytes(19) + error, has_ip_header=True)
     assert heard is not None
     assert (heard.is_reply, heard.icmp_type, heard.icmp_code) == (False, 3, 1)
     assert (heard.ident, heard.seq) == (0x4242, 7)
     assert heard.quoted_dst == socket.inet_aton("203.0.113.5")
     assert heard.payload == b"T" * 8
-    assert icmp.parse(socket.AF_INET, bytes([0x45]) + bytes(19) + b"\x08\x00", True) is None
+    assert _icmp.parse(socket.AF_INET, bytes([0x45]) + bytes(19) + b"\x08\x00", True) is None
 
 
 def test_params() -> None:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import pytest
 from pydantic import ValidationError
 
-from checks import link
+from checks import _items, link
 from checks.core import Result
 from shared.wire import MAX_INFO, MAX_METRICS
 from tests.helpers import need, need_root
@@ -159,8 +159,8 @@ def test_names_are_wire_words_within_the_limits(run: RunCheck) -> None:
     assert r.info["state__lo"] == "up"
     assert all(WIRE_WORD.match(name) for name in [*r.metrics, *r.info])
     # Eight interfaces, every metric and info present, stay within the wire's limits.
-    assert 6 * link.MAX_ITEMS <= MAX_METRICS
-    assert 2 * link.MAX_ITEMS + 1 <= MAX_INFO
+    assert 6 * _items.MAX_ITEMS <= MAX_METRICS
+    assert 2 * _items.MAX_ITEMS + 1 <= MAX_INFO
 
 
 @pytest.mark.parametrize(
@@ -169,7 +169,7 @@ def test_names_are_wire_words_within_the_limits(run: RunCheck) -> None:
         {},
         {"interfaces": []},
         {"interfaces": ["eth-0", "eth_0"]},  # the same metric suffix
-        {"interfaces": [f"eth{i}" for i in range(link.MAX_ITEMS + 1)]},
+        {"interfaces": [f"eth{i}" for i in range(_items.MAX_ITEMS + 1)]},
         {"interfaces": ["has space"]},
         {"interfaces": ["x" * 16]},
     ],

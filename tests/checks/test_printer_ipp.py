@@ -324,3 +324,12 @@ def test_toner_low_leaves_the_ward_ready_with_a_warning(
     v = verdict(result, full)
     assert (status(v, "counter_devices"), status(v, "counter_toner")) == ("ok", "failed")
     assert not any(x.startswith("counter_devices") for x in v.reasons)
+
+
+def test_figures_outside_their_range_are_not_reported() -> None:
+    # A declared metric stays within its range: the runner would refuse the whole result.
+    j = judge({"printer-state": 9, "queued-job-count": -1}, 0.1)
+    assert "printer_state" not in j.metrics and "queued_jobs" not in j.metrics
+    assert j.info["printer_state"] == "9"
+    j = judge({"printer-state": 4, "queued-job-count": 2}, 0.1)
+    assert (j.metrics["printer_state"], j.metrics["queued_jobs"]) == (4, 2)

@@ -17,8 +17,9 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from checks._printer import Supply, Tray, ratio
 from checks.core import Target, run_check
-from checks.printer_snmp import Params, Snapshot, Supply, Tray, error_names, judge, ratio
+from checks.printer_snmp import Params, Snapshot, error_names, judge
 from checks.registry import REGISTRY
 from tests.checks.conftest import RunCheck
 from tests.devices import V3User, snmpd, snmpsim
@@ -274,3 +275,11 @@ def test_judging_device_status_and_trays() -> None:
     trays.append(Tray(3, "c", 100, -3))
     j = judge(Snapshot(device_status=2, trays=trays), 0.1)
     assert (j.faults, j.warnings) == ([], ["paper_low"])
+
+
+def test_statuses_outside_their_enumeration_are_not_reported() -> None:
+    # A declared metric stays within its range: the runner would refuse the whole result.
+    j = judge(Snapshot(device_status=9, printer_status=0), 0.1)
+    assert "device_status" not in j.metrics and "printer_status" not in j.metrics
+    j = judge(Snapshot(device_status=2, printer_status=3), 0.1)
+    assert (j.metrics["device_status"], j.metrics["printer_status"]) == (2, 3)

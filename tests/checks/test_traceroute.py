@@ -201,11 +201,11 @@ def test_fingerprint_follows_the_ordered_hops() -> None:
 
 
 def test_paris_word_keeps_the_icmp_checksum_constant() -> None:
-    from checks.icmp import checksum, echo_request
+    from checks._icmp import checksum, echo_request, paris_word
 
     pairs = [(0, 0), (1, 2), (0xFFFF, 0xFFFF), (0x1234, 77), (0x8000, 0x8001)]
     packets = [
-        echo_request(socket.AF_INET, ident, seq, traceroute._paris_word(ident, seq), False)
+        echo_request(socket.AF_INET, ident, seq, paris_word(ident, seq), False)
         for ident, seq in pairs
     ]
     assert len({checksum(packet) for packet in packets}) == 1

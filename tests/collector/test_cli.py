@@ -267,9 +267,6 @@ def test_profile_check_exits_2_on_errors_and_prints_warnings(
 def test_profile_check_refuses_a_metric_the_registry_does_not_declare(
     tmp_path: Path, capsys: Capture
 ) -> None:
-    icmp = REGISTRY["icmp"]
-    if not icmp.strict:  # TRANSITIONAL (issue 8): until icmp declares its metrics
-        pytest.skip("icmp does not declare its metrics yet")
     path = one_criterion(tmp_path / "typo.yaml", "icmp", "los_ratio")
     code, out, err = run(capsys, "profile", "check", str(path))
     assert (code, out) == (2, "")

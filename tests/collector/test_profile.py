@@ -134,7 +134,6 @@ def test_default_profile_loads_and_covers_a_center() -> None:
 
 def test_shipped_profiles_read_metrics_their_checks_declare() -> None:
     # A typo in a metric name would leave a criterion unknown forever, never failed.
-    undeclared: set[str] = set()
     for path in (default_profile_path(), DEMO):
         profile, warnings = read_profile(path)
         assert warnings == [], warnings
@@ -145,12 +144,7 @@ def test_shipped_profiles_read_metrics_their_checks_declare() -> None:
             words = [check] if check is not None else sorted(REGISTRY)
             if metric in (SUCCESS, DURATION):
                 continue
-            if not all(REGISTRY[w].strict for w in words):  # TRANSITIONAL (issue 8)
-                undeclared.update(w for w in words if not REGISTRY[w].strict)
-                continue
             assert any(REGISTRY[w].metric(metric) for w in words), (path.name, c.id, metric)
-    if undeclared:
-        pytest.skip(f"check types not declaring their metrics yet: {', '.join(sorted(undeclared))}")
 
 
 def test_demo_profile_turns_within_a_minute() -> None:
@@ -254,10 +248,7 @@ def test_a_metric_its_check_type_does_not_declare_is_an_error(tmp_path: Path) ->
 
 
 def test_the_registry_declarations_catch_a_misspelt_metric(tmp_path: Path) -> None:
-    declared = sorted(w for w, k in REGISTRY.items() if k.strict and k.metrics)
-    if not declared:  # TRANSITIONAL (issue 8): until the probe modules declare their metrics
-        pytest.skip("no check type in the registry declares its metrics yet")
-    word = "icmp" if "icmp" in declared else declared[0]
+    word = "icmp"
     name = sorted(REGISTRY[word].metrics)[0]
     path = _profile(tmp_path, (word, name.replace("_", "", 1)))
     with pytest.raises(ProfileError) as caught:
