@@ -328,7 +328,7 @@ def _sig(value: float) -> str:
 
 def humanize(metric: str, value: float) -> str:
     """A metric value for a person, in the unit its name carries (``rtt_avg_seconds``,
-    ``bytes_free``, ``loss_ratio``, ``..._bits_per_second``); other values as plain numbers."""
+    ``bytes_free``, ``loss_ratio``, ``..._bytes_per_second``); other values as plain numbers."""
     value = float(value)
     if not math.isfinite(value):
         return str(value)
@@ -348,6 +348,9 @@ def humanize(metric: str, value: float) -> str:
             if size < limit:
                 return f"{_sig(value / div)} {unit}"
         return f"{value / 86400:.1f} d"
+    if "bytes" in words and rate:
+        # Lines are sold and spoken of in bit/s: a 10 Mbit/s line, not 1.19 MiB/s.
+        words, value = {"bits"}, value * 8
     if "bytes" in words:
         for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
             if abs(value) < 1024 or unit == "TiB":

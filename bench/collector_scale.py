@@ -86,7 +86,7 @@ def metrics_for(check: str, rng: random.Random) -> dict[str, float]:
         return {
             "duration_seconds": rng.uniform(0.05, 0.3),
             "status_code": 200,
-            "cert_days_left": 90,
+            "cert_expiry_seconds": 90 * 86400,
             "content_length_bytes": 5120,
         }
     if check == "host":
@@ -95,7 +95,7 @@ def metrics_for(check: str, rng: random.Random) -> dict[str, float]:
         "stream": {"mos": rng.uniform(4.1, 4.4), "loss_ratio": 0.0, "jitter_seconds": 0.003,
                    "rtt_p95_seconds": rng.uniform(0.01, 0.05), "r_factor": 90.0},
         "sip": {"status_code": 200.0, "rtt_seconds": 0.02},
-        "bandwidth": {"upload_bits_per_second": 9e6, "download_bits_per_second": 9.5e6},
+        "bandwidth": {"upload_bytes_per_second": 9e6 / 8, "download_bytes_per_second": 9.5e6 / 8},
         "pmtu": {"path_mtu_bytes": 1500.0},
         "traceroute": {"path_changed": 0.0, "hop_count": 6.0},
         "printer_ipp": {"toner_min_ratio": rng.uniform(0.2, 0.9), "queued_jobs": 0.0},

@@ -101,9 +101,6 @@ CERT_METRICS: Mapping[str, core.Metric] = {
     "cert_expiry_seconds": core.gauge(
         "Seconds until the server certificate's notAfter; negative once it has expired."
     ),
-    "cert_days_left": core.gauge(
-        "Days until the server certificate's notAfter; negative once it has expired."
-    ),
 }
 
 DIAL_METRICS: Mapping[str, core.Metric] = {

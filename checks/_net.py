@@ -246,7 +246,7 @@ def expiry_metrics(not_after: float | None) -> dict[str, float]:
     if not_after is None:
         return {}
     left = not_after - time.time()
-    return {"cert_expiry_seconds": left, "cert_days_left": left / 86400.0}
+    return {"cert_expiry_seconds": left}
 
 
 def tls_context(verify: bool, ca_file: str | None) -> ssl.SSLContext:

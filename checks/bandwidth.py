@@ -15,9 +15,10 @@ so). Give the check a timeout of at least ``directions x (duration_seconds + 3)`
 run it rarely (hourly, say): every run fills the line for its duration, and one iperf3 server
 serves one client at a time.
 
-Metrics (per direction run): ``upload_bits_per_second``, ``download_bits_per_second``,
-``upload_retransmits``, ``download_retransmits`` (TCP retransmissions of the sending side;
-absent when the sender's system does not report them).
+Metrics (per direction run): ``upload_bytes_per_second``, ``download_bytes_per_second``
+(Prometheus's base unit: 375,000 bytes/s is 3 Mbit/s), ``upload_retransmits``,
+``download_retransmits`` (TCP retransmissions of the sending side; absent when the sender's
+system does not report them).
 
 Info: ``address``, ``clamped``, ``error`` (iperf3's own message).
 
@@ -186,7 +187,7 @@ def _measure(report: dict[str, Any], word: str) -> dict[str, float]:
     bps = received.get("bits_per_second", sent.get("bits_per_second"))
     if not isinstance(bps, int | float):
         raise CheckFailed(ERROR, "iperf3: no end.sum_received.bits_per_second in its report")
-    metrics = {f"{word}_bits_per_second": float(bps)}
+    metrics = {f"{word}_bytes_per_second": float(bps) / 8}
     retransmits = sent.get("retransmits")
     if isinstance(retransmits, int | float):
         metrics[f"{word}_retransmits"] = float(retransmits)
@@ -274,11 +275,11 @@ CHECK = core.CheckType(
     probe=probe,
     reasons=REASONS,
     metrics={
-        "upload_bits_per_second": core.gauge(
-            "Upload throughput, ward to server, as the server counted it received.", 0
+        "upload_bytes_per_second": core.gauge(
+            "Upload throughput in bytes/s, ward to server, as the server counted it received.", 0
         ),
-        "download_bits_per_second": core.gauge(
-            "Download throughput, server to ward, as the ward counted it received.", 0
+        "download_bytes_per_second": core.gauge(
+            "Download throughput in bytes/s, server to ward, as the ward counted it received.", 0
         ),
         "upload_retransmits": core.gauge("TCP retransmissions by the ward in the upload run.", 0),
         "download_retransmits": core.gauge(

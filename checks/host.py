@@ -13,7 +13,7 @@ empty suffix, ``/var/lib`` is ``var_lib``):
 - ``memory_used_ratio`` (1 - available / total), ``memory_available_bytes``;
 - per mount: ``disk_free_bytes__<mount>``, ``disk_free_ratio__<mount>`` (space an unprivileged
   user may still write over total), and ``disk_free_ratio_min`` over the mounts;
-- per interface: ``nic_up__<iface>`` (1/0), ``nic_speed_bits_per_second__<iface>`` (when the
+- per interface: ``nic_up__<iface>`` (1/0), ``nic_speed_bytes_per_second__<iface>`` (when the
   driver knows it), ``nic_errors_total__<iface>`` and ``nic_drops_total__<iface>`` (receive plus
   transmit, cumulative since boot);
 - ``boot_time_seconds`` (epoch), ``uptime_seconds``.
@@ -135,7 +135,7 @@ def _nics(
         st = stats[name]
         metrics[f"nic_up__{key}"] = 1.0 if st.isup else 0.0
         if st.speed > 0:
-            metrics[f"nic_speed_bits_per_second__{key}"] = st.speed * 1e6
+            metrics[f"nic_speed_bytes_per_second__{key}"] = st.speed * 1e6 / 8
         io = counters.get(name)
         if io is not None:
             metrics[f"nic_errors_total__{key}"] = float(io.errin + io.errout)
@@ -197,8 +197,8 @@ CHECK = core.CheckType(
         ),
         "disk_free_ratio_min": core.ratio("The lowest disk_free_ratio over the mounts."),
         "nic_up": core.per_item(core.gauge("1 when the network interface is up, else 0.", 0, 1)),
-        "nic_speed_bits_per_second": core.per_item(
-            core.gauge("Negotiated speed of the network interface.", 0.0)
+        "nic_speed_bytes_per_second": core.per_item(
+            core.gauge("Negotiated speed of the network interface, in bytes/s.", 0.0)
         ),
         "nic_errors_total": core.per_item(
             core.counter("Receive plus transmit errors on the network interface since boot.")

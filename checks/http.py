@@ -14,8 +14,8 @@ Metrics:
   lookup and TCP connect), ``tls_seconds`` (TLS handshake), ``processing_seconds`` (request
   sent to response headers received), ``transfer_seconds`` (reading the body);
 - HTTPS only: ``tls_verified`` (1 when the chain and name were verified, 0 with
-  ``verify: false``), ``cert_expiry_seconds`` and ``cert_days_left`` of the final server's
-  certificate (with ``verify: false`` they need the optional ``cryptography`` package).
+  ``verify: false``), ``cert_expiry_seconds`` of the final server's certificate
+  (with ``verify: false`` it needs the optional ``cryptography`` package).
 
 Info: ``http_version``, ``final_url`` (after redirects, without query), ``tls_version``,
 ``error``. Request headers are never reported: they may hold credentials.

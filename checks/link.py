@@ -7,7 +7,7 @@ Metrics per interface, named ``<metric>__<suffix>`` as in the host check (the su
 interface name lower-cased, every character outside ``a-z0-9`` turned into ``_``; the agent
 exports it as an ``item`` label):
 - ``up__<if>``: 1 when the link is administratively up and has carrier, else 0;
-- ``speed_bits_per_second__<if>``: negotiated speed, when the driver knows it;
+- ``speed_bytes_per_second__<if>``: negotiated speed in bytes/s, when the driver knows it;
 - ``duplex_full__<if>``: 1 full duplex, 0 half duplex; absent when the driver does not say;
 - ``mtu_bytes__<if>``;
 - ``errors_per_second__<if>``, ``drops_per_second__<if>``: receive plus transmit errors (and
@@ -120,7 +120,7 @@ def probe(target: Target, params: Params, timeout: float) -> Outcome:
         if not st.isup:
             down.append(f"{name} {state.replace('_', ' ')}")
         if st.speed > 0:
-            metrics[f"speed_bits_per_second__{key}"] = st.speed * 1e6
+            metrics[f"speed_bytes_per_second__{key}"] = st.speed * 1e6 / 8
         duplex = _DUPLEX.get(st.duplex, "unknown")
         info[f"duplex__{key}"] = duplex
         if duplex != "unknown":
@@ -153,8 +153,8 @@ CHECK = core.CheckType(
         "up": core.per_item(
             core.gauge("1 when the link is administratively up and has carrier, else 0.", 0, 1)
         ),
-        "speed_bits_per_second": core.per_item(
-            core.gauge("Negotiated speed of the link, when the driver knows it.", 0.0)
+        "speed_bytes_per_second": core.per_item(
+            core.gauge("Negotiated speed of the link in bytes/s, when the driver knows it.", 0.0)
         ),
         "duplex_full": core.per_item(core.gauge("1 full duplex, 0 half duplex.", 0, 1)),
         "mtu_bytes": core.per_item(core.gauge("MTU of the interface.", 0.0)),

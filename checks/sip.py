@@ -23,8 +23,8 @@ Metrics:
   retransmissions included: it is how long a caller would wait);
 - ``status_code``: the final response's code, present whenever one came back;
 - ``retransmissions``: requests resent over UDP;
-- ``connect_seconds`` (tcp, tls), ``tls_handshake_seconds``, ``cert_expiry_seconds`` and
-  ``cert_days_left`` (tls; as in the tcp check).
+- ``connect_seconds`` (tcp, tls), ``tls_handshake_seconds`` and ``cert_expiry_seconds``
+  (tls; as in the tcp check).
 
 Info: ``address`` (the IP that answered), ``status_text`` (the reason phrase), ``server`` (the
 Server or User-Agent header), ``tls_version``, ``error``. Text from the peer is cut to 128

@@ -14,8 +14,8 @@ Metrics:
 - ``rtt_seconds``: first transmission to the response (retransmissions included);
 - ``retransmissions``: requests resent (UDP);
 - ``error_code``: the STUN error code of an error response;
-- ``connect_seconds``, ``tls_handshake_seconds``, ``cert_expiry_seconds``, ``cert_days_left``
-  over TCP/TLS, as in the tcp check.
+- ``connect_seconds``, ``tls_handshake_seconds``, ``cert_expiry_seconds`` over
+  TCP/TLS, as in the tcp check.
 
 Info: ``mapped_address`` (``ip:port`` from XOR-MAPPED-ADDRESS, or MAPPED-ADDRESS from an old
 RFC 3489 server), ``address`` (the server IP), ``software`` (its SOFTWARE attribute),

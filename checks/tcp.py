@@ -10,7 +10,6 @@ Metrics:
 - ``cert_expiry_seconds``: seconds until the server certificate's notAfter (negative when
   expired). Always reported when verification is on; with ``verify: false`` it needs the
   optional ``cryptography`` package to read the unverified certificate.
-- ``cert_days_left``: the same in days.
 
 Info: ``address`` (the IP that answered), ``tls_version``, ``error``.
 

@@ -24,8 +24,8 @@ Metrics:
 - ``lifetime_seconds``: the allocation lifetime the server granted;
 - ``error_code``: the STUN error code of the response that ended the check;
 - ``retransmissions``: requests resent over UDP, all transactions together;
-- ``connect_seconds``, ``tls_handshake_seconds``, ``cert_expiry_seconds``, ``cert_days_left``
-  over TCP/TLS, as in the tcp check.
+- ``connect_seconds``, ``tls_handshake_seconds``, ``cert_expiry_seconds`` over
+  TCP/TLS, as in the tcp check.
 
 Info: ``relayed_address`` and ``mapped_address`` (``ip:port``), ``realm``, ``address`` (the
 server IP), ``released`` (``yes``, ``no`` with the error, or ``skipped`` when the deadline had

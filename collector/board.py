@@ -132,7 +132,7 @@ def _ward_charts(service: Service, ward: str, page: Page) -> list[str]:
                      [(s.key, charts.metric_points(s, "mos")) for s in stream],
                      start, end, TZ, lambda v: f"{v:.1f}", floor=4.0),
         charts.lines(_("Bandwidth"),
-                     [(f"{s.key} {_(d)}", charts.metric_points(s, f"{d}_bits_per_second", 1e-6))
+                     [(f"{s.key} {_(d)}", charts.metric_points(s, f"{d}_bytes_per_second", 8e-6))
                       for s in bw for d in ("upload", "download")],
                      start, end, TZ, lambda v: f"{v:g} Mbit/s"),
     ]  # fmt: skip

@@ -176,6 +176,14 @@ def _values(
     return values, at
 
 
+def _figure(value: float, small: str) -> str:
+    # Base units make big plain numbers (14 days is 1209600 seconds, 3 Mbit/s 375000 bytes/s):
+    # written out whole they read better than 1.21e+06.
+    if 1e4 <= abs(value) < 1e15:
+        return f"{value:.0f}"
+    return format(value, small)
+
+
 def _plural(n: int, word: str) -> str:
     return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
@@ -210,8 +218,8 @@ def _judge(c: Criterion, series: Series, now: float) -> Evidence:
         return Evidence(sid, None, thr, op, agg, span, n, at, UNKNOWN, detail)
     ok = _COMPARE[op](observed, thr)
     detail = (
-        f"{cond.metric} {agg} {observed:.4g} over {span} ({_plural(n, 'sample')}) "
-        f"{_HOLDS[op] if ok else _FAILS[op]} {thr:g}"
+        f"{cond.metric} {agg} {_figure(observed, '.4g')} over {span} ({_plural(n, 'sample')}) "
+        f"{_HOLDS[op] if ok else _FAILS[op]} {_figure(thr, 'g')}"
     )
     if not ok and not samples[-1].success:
         # What the agent saw is what the officer on site acts on: refused, no_reply, ...

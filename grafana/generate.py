@@ -534,11 +534,11 @@ def ward_detail() -> Any:
             series_panel(
                 "Bandwidth (upload, download)",
                 query(
-                    f"wardready_bandwidth_upload_bits_per_second{{{ward}}}",
+                    f"8 * wardready_bandwidth_upload_bytes_per_second{{{ward}}}",
                     "up {{name}} {{line}}",
                 ),
                 query(
-                    f"wardready_bandwidth_download_bits_per_second{{{ward}}}",
+                    f"8 * wardready_bandwidth_download_bytes_per_second{{{ward}}}",
                     "down {{name}} {{line}}",
                 ),
                 unit="bps",
@@ -700,9 +700,9 @@ def shared_systems() -> Any:
             level_gauge(
                 "TLS certificate days left",
                 query(
-                    'min by (name) (wardready_http_cert_days_left{role="shared_system", '
-                    'name=~"$system"} or wardready_tcp_cert_days_left{role="mail", '
-                    'name=~"$system"})',
+                    'min by (name) (wardready_http_cert_expiry_seconds{role="shared_system", '
+                    'name=~"$system"} or wardready_tcp_cert_expiry_seconds{role="mail", '
+                    'name=~"$system"}) / 86400',
                     "{{name}}",
                     instant=True,
                 ),

@@ -215,7 +215,7 @@ def test_param_values_are_yaml() -> None:
         ("packets_sent", 10.0, "10"),
         ("boot_time_seconds", 1_700_000_000, "2023-11-14 22:13:20 UTC"),
         ("link_speed_bits_per_second", 1e9, "1 Gbit/s"),
-        ("received_bytes_per_second", 2.5 * 1024**2, "2.5 MiB/s"),
+        ("download_bytes_per_second", 1.25e6, "10 Mbit/s"),
         ("temperature_celsius", 61.5, "61.5 °C"),
     ],
 )

@@ -90,7 +90,7 @@ def test_a_healthy_pair_and_its_drop_rate(run: RunCheck, pair: Pair) -> None:
     assert (first.success, first.reason) == (True, "ok"), first.info
     for dev in (pair.a, pair.b):
         assert first.metrics[f"up__{dev}"] == 1
-        assert first.metrics[f"speed_bits_per_second__{dev}"] == 10e9  # veth says 10 Gbit/s
+        assert first.metrics[f"speed_bytes_per_second__{dev}"] == 10e9 / 8  # veth says 10 Gbit/s
         assert first.metrics[f"duplex_full__{dev}"] == 1
         assert first.metrics[f"mtu_bytes__{dev}"] == 1500
         assert first.info[f"state__{dev}"] == "up"

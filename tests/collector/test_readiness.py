@@ -439,7 +439,7 @@ FULL_WARD = [
              role="counter_device", device="printer"), {"toner_min_ratio": 0.6}),
     (_series("scanner_escl", "counter-1-scanner", "http://scanner-1", role="counter_device"), {}),
     (_series("bandwidth", "bw-fibre", "iperf.city:5201", role="wan"),
-     {"upload_bits_per_second": 9e6, "download_bits_per_second": 9.5e6}),
+     {"upload_bytes_per_second": 9e6 / 8, "download_bytes_per_second": 9.5e6 / 8}),
     (_series("pmtu", "mtu-fibre", "10.0.0.1", role="wan"), {"path_mtu_bytes": 1500.0}),
     (_series("link", "nics", "localhost", role="wan"), {}),
     (_series("traceroute", "path-fibre", "10.0.0.1", role="wan"), {"path_changed": 0.0}),
@@ -454,7 +454,7 @@ def test_shipped_default_profile_on_a_full_ward() -> None:
         for i in range(30)
     ]  # fmt: skip
     https = [
-        record(DMS, i + 1, NOW - 5 - (2 - i) * 30, metrics={"cert_days_left": 80.0})
+        record(DMS, i + 1, NOW - 5 - (2 - i) * 30, metrics={"cert_expiry_seconds": 80 * 86400.0})
         for i in range(3)
     ]
     others = [
@@ -466,13 +466,14 @@ def test_shipped_default_profile_on_a_full_ward() -> None:
     v = judge(state, profile)
     assert (v.verdict, v.reasons) == ("ready", [])
     assert {c.id for c in v.criteria} == {c.id for c in profile.criteria}
-    state.add(WARD, "pc-01", [record(DMS, 9, NOW - 1, metrics={"cert_days_left": 5.0})])
+    expiring = record(DMS, 9, NOW - 1, metrics={"cert_expiry_seconds": 5 * 86400.0})
+    state.add(WARD, "pc-01", [expiring])
     v = judge(state, profile)
     assert v.verdict == "ready"
     assert v.reasons == [
         "warning: tls_certificates: TLS certificates of the shared systems valid for at least "
-        "14 more days — pc-01/dms→https://dms.example.gov.vn/: cert_days_left min 5 over last 3 "
-        "(3 samples) < 14"
+        "14 more days — pc-01/dms→https://dms.example.gov.vn/: cert_expiry_seconds min 432000 over "
+        "last 3 (3 samples) < 1209600"
     ]
 
 
@@ -482,8 +483,8 @@ def test_shipped_default_profile_without_a_printer_only_misses_the_toner_criteri
     line = [record(LINE, i + 1, NOW - 10 - (29 - i) * 30,
                    metrics={"loss_ratio": 0.0, "rtt_avg_seconds": 0.03, "jitter_seconds": 0.004})
             for i in range(30)]  # fmt: skip
-    https = [record(DMS, i + 1, NOW - 5 - (2 - i) * 30, metrics={"cert_days_left": 80.0})
-             for i in range(3)]  # fmt: skip
+    valid = {"cert_expiry_seconds": 80 * 86400.0}
+    https = [record(DMS, i + 1, NOW - 5 - (2 - i) * 30, metrics=valid) for i in range(3)]
     others = [
         record(series, i + 1, NOW - 5 - (2 - i) * 30, metrics=metrics)
         for series, metrics in FULL_WARD

@@ -80,14 +80,27 @@ def test_values_that_once_crashed_the_judge_leave_every_ward_judged(
         headers=auth(ready_token),
     )
     assert r.status_code == 200
+    # The values that once stopped the judge: now refused at the door, since loss_ratio is a
+    # ratio (its declared range), naming the field.
     hostile = [
-        result(i, metrics={"loss_ratio": v, "rtt_avg_seconds": v})
+        result(i, metrics={"loss_ratio": v, "rtt_avg_seconds": 0.01})
         for i, v in enumerate([1.7976931348623157e308, 1e308, -1e308, 1e308], start=1)
     ]
     r = client.post(
         "/api/v1/ingest", content=body(batch(BROKEN, results=hostile)), headers=auth(bad_token)
     )
-    assert r.status_code == 200
+    assert r.status_code == 422, r.text
+    assert r.json()["errors"][0]["field"] == "results.0.metrics.loss_ratio"
+    # Extreme values a metric's range allows (a duration has no upper bound) still arrive,
+    # and every ward is still judged.
+    extreme = [
+        result(i, metrics={"loss_ratio": 1.0, "rtt_avg_seconds": v})
+        for i, v in enumerate([1.7976931348623157e308, 1e308, 1e308, 1e308], start=1)
+    ]
+    r = client.post(
+        "/api/v1/ingest", content=body(batch(BROKEN, results=extreme)), headers=auth(bad_token)
+    )
+    assert r.status_code == 200, r.text
     listed = client.get("/api/v1/wards")
     assert listed.status_code == 200
     verdicts = {w["id"]: w for w in listed.json()}

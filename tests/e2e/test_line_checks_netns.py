@@ -132,7 +132,7 @@ def test_a_10_mbit_line_measures_10_mbit_both_ways(tmp_path: Path) -> None:
     r = measure_shaped(tmp_path, "10mbit", "10mbit")
     assert (r["success"], r["reason"]) == (True, "ok"), r
     for direction in ("upload", "download"):
-        measured = r["metrics"][f"{direction}_bits_per_second"]
+        measured = 8 * r["metrics"][f"{direction}_bytes_per_second"]
         # TCP over Ethernet carries ~95.7% of the line rate as payload (1448 of 1514 bytes).
         assert 8e6 <= measured <= 10.5e6, (direction, measured)
         assert r["metrics"][f"{direction}_retransmits"] >= 0
@@ -144,8 +144,8 @@ def test_a_2_mbit_upload_fails_the_upload_criterion_only(tmp_path: Path) -> None
     need_program("iperf3")
     need_program("tc")
     r = measure_shaped(tmp_path, "2mbit", "10mbit")
-    assert r["metrics"]["upload_bits_per_second"] < 2.1e6, r
-    assert r["metrics"]["download_bits_per_second"] > 8e6, r
+    assert 8 * r["metrics"]["upload_bytes_per_second"] < 2.1e6, r
+    assert 8 * r["metrics"]["download_bytes_per_second"] > 8e6, r
     assert failing_bandwidth_criteria(r) == {"wan_bandwidth_up"}
 
 

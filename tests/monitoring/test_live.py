@@ -148,16 +148,16 @@ def series_of(ward: str) -> list[tuple[str, str, str, dict[str, str], bool, str,
         )  # fmt: skip
     for system in SYSTEMS:
         fails = bad and system == "dms"
-        metrics = {} if fails else {"status_code": 200.0, "cert_days_left": 90.0}
+        metrics = {} if fails else {"status_code": 200.0, "cert_expiry_seconds": 90 * 86400.0}
         if system == "dms" and not fails:
-            metrics["cert_days_left"] = 10.0  # expiring: TLSCertExpiringSoon
+            metrics["cert_expiry_seconds"] = 10 * 86400.0  # expiring: TLSCertExpiringSoon
         out.append(
             ("http", system, system, {"role": "shared_system"}, not fails,
              "timeout" if fails else "ok", metrics)
         )  # fmt: skip
     out += [
         ("tcp", "mail", "mail-city", {"role": "mail"}, True, "ok",
-         {"connect_seconds": 0.004, "cert_days_left": 200.0}),
+         {"connect_seconds": 0.004, "cert_expiry_seconds": 200 * 86400.0}),
         ("dns", "dns", "dichvucong.gov.vn", {"role": "dns"}, True, "ok",
          {"resolve_seconds": 0.01, "answers": 1.0, "rcode": 0.0}),
         ("host", "host", "localhost", {}, True, "ok",
@@ -166,7 +166,7 @@ def series_of(ward: str) -> list[tuple[str, str, str, dict[str, str], bool, str,
         ("stream", "vc-fibre", "reflector-city", {"role": "vc", "line": "fibre"}, True, "ok",
          {"mos": 3.5 if bad else 4.3, "loss_ratio": 0.0, "jitter_seconds": 0.003}),
         ("bandwidth", "bw-fibre", "iperf-city", {"line": "fibre"}, True, "ok",
-         {"upload_bits_per_second": 40e6, "download_bits_per_second": 95e6}),
+         {"upload_bytes_per_second": 5e6, "download_bytes_per_second": 11.875e6}),
         ("printer_snmp", "printer-desk-1", "printer-1", {"role": "device"}, not bad,
          "toner_empty" if bad else "ok",
          {"toner_min_ratio": 0.0 if bad else 0.8, "supply_level_ratio__1": 0.0 if bad else 0.8,
