@@ -97,7 +97,7 @@ def metrics_for(check: str, rng: random.Random) -> dict[str, float]:
         "sip": {"status_code": 200.0, "rtt_seconds": 0.02},
         "bandwidth": {"upload_bytes_per_second": 9e6 / 8, "download_bytes_per_second": 9.5e6 / 8},
         "pmtu": {"path_mtu_bytes": 1500.0},
-        "traceroute": {"path_changed": 0.0, "hop_count": 6.0},
+        "traceroute": {"path_changed": 0.0, "path_hops": 6.0},
         "printer_ipp": {"toner_min_ratio": rng.uniform(0.2, 0.9), "queued_jobs": 0.0},
     }  # fmt: skip
     if check in extra:

@@ -21,7 +21,7 @@ Metrics:
 - ``loss_ratio``: 1 − received / sent, round trip: a stateless reflector echoes the sender's
   sequence number, so a packet lost on the way out cannot be told from one lost on the way
   back;
-- ``burst_loss_max_packets`` (longest run of consecutive lost packets), ``burst_count`` (runs
+- ``burst_loss_max_packets`` (longest run of consecutive lost packets), ``loss_bursts`` (runs
   of lost packets), ``burst_loss_mean_packets`` (their mean length; 0 without loss);
 - ``reorder_ratio``: the share of replies that arrived after a reply with a higher sequence
   number;
@@ -371,7 +371,7 @@ def _outcome(run: _Run, params: Params, info: dict[str, str], synced: bool | Non
         "packets_duplicate": float(run.duplicates),
         "loss_ratio": 1.0 - received / sent if sent else 1.0,
         "burst_loss_max_packets": float(max(runs, default=0)),
-        "burst_count": float(len(runs)),
+        "loss_bursts": float(len(runs)),
         "burst_loss_mean_packets": statistics.fmean(runs) if runs else 0.0,
         "reorder_ratio": run.reordered / received if received else 0.0,
     }
@@ -451,7 +451,7 @@ CHECK = core.CheckType(
     metrics={
         **train_metrics("TWAMP test packet"),
         "burst_loss_max_packets": core.gauge("Longest run of consecutive lost packets.", 0),
-        "burst_count": core.gauge("Runs of consecutive lost packets.", 0),
+        "loss_bursts": core.gauge("Runs of consecutive lost packets.", 0),
         "burst_loss_mean_packets": core.gauge("Mean length of the runs of lost packets.", 0),
         "reorder_ratio": core.ratio(
             "Share of replies that arrived after a reply with a higher sequence number."

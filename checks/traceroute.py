@@ -15,7 +15,7 @@ and for ICMP the checksum, which a payload word keeps constant), as Paris tracer
 routers that balance load per flow then send all of them down one path, so a changed
 fingerprint means a changed path, not another draw of the balancer.
 
-Metrics: ``hop_count`` (hops listed: up to the target when reached, else up to the last hop
+Metrics: ``path_hops`` (hops listed: up to the target when reached, else up to the last hop
 that answered), ``reached`` (1/0), ``rtt_last_hop_seconds`` (mean RTT of the last listed hop,
 when it answered), ``hops_silent`` (listed hops that never answered), ``probes_sent``,
 ``path_changed`` (1 when this run reached the target by another path than the previous run
@@ -363,7 +363,7 @@ def _outcome(hops: dict[int, _Hop], params: Params, sent: int, info: dict[str, s
     listed = [hops.get(ttl, _Hop()) for ttl in range(1, last + 1)]
 
     metrics: dict[str, float] = {
-        "hop_count": float(last),
+        "path_hops": float(last),
         "reached": 1.0 if reached else 0.0,
         "hops_silent": float(sum(1 for hop in listed if not hop.addresses)),
         "probes_sent": float(sent),
@@ -396,7 +396,7 @@ CHECK = core.CheckType(
     probe=probe,
     reasons=REASONS,
     metrics={
-        "hop_count": core.gauge(
+        "path_hops": core.gauge(
             "Hops listed: up to the target when reached, else up to the last that answered.", 0
         ),
         "reached": core.gauge("1 when the target answered within max_hops, else 0.", 0, 1),

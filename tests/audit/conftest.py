@@ -47,7 +47,7 @@ criteria:
     title: PC disk has room
     severity: warning
     select: {check: host}
-    condition: {metric: disk_free_ratio, agg: last, last: 1, op: ">", threshold: 0.1}
+    condition: {metric: disk_free_ratio_min, agg: last, last: 1, op: ">", threshold: 0.1}
 """
 
 UNITS = """\
@@ -98,7 +98,7 @@ def _result(seq: int, started: float, kind: str, ok: bool) -> dict[str, Any]:
                 "success": True, "reason": "ok", "metrics": {"status_code": 200.0}}  # fmt: skip
     return {**common, "check": "host", "name": "host", "target": "localhost",
             "address": "localhost", "labels": {"role": "host"}, "success": True,
-            "reason": "ok", "metrics": {"disk_free_ratio": 0.5}}  # fmt: skip
+            "reason": "ok", "metrics": {"disk_free_ratio_min": 0.5}}  # fmt: skip
 
 
 class Fleet:

@@ -63,7 +63,7 @@ def check_clean(r: Result, count: int) -> None:
     m = r.metrics
     assert m["packets_sent"] == m["packets_received"] == count
     assert m["loss_ratio"] == m["packets_duplicate"] == m["reorder_ratio"] == 0
-    assert m["burst_count"] == m["burst_loss_max_packets"] == m["burst_loss_mean_packets"] == 0
+    assert m["loss_bursts"] == m["burst_loss_max_packets"] == m["burst_loss_mean_packets"] == 0
     assert 0 < m["rtt_min_seconds"] <= m["rtt_avg_seconds"] <= m["rtt_max_seconds"] < 0.5
     assert m["rtt_min_seconds"] <= m["rtt_p95_seconds"] <= m["rtt_max_seconds"]
     # One-way delays carry the same clock here, and always add up to the mean RTT.
@@ -242,7 +242,7 @@ def test_loss_bursts_duplicates_and_reordering(
     m = r.metrics
     assert (m["packets_sent"], m["packets_received"]) == (50, 46)
     assert m["loss_ratio"] == pytest.approx(4 / 50)
-    assert (m["burst_count"], m["burst_loss_max_packets"]) == (2, 3)
+    assert (m["loss_bursts"], m["burst_loss_max_packets"]) == (2, 3)
     assert m["burst_loss_mean_packets"] == 2.0
     assert m["packets_duplicate"] == 2
     assert m["reorder_ratio"] == pytest.approx(2 / 46)
@@ -351,7 +351,7 @@ def test_silent_port_is_no_reply(run: RunCheck) -> None:
     assert (r.success, r.reason) == (False, "no_reply")
     m = r.metrics
     assert (m["packets_sent"], m["packets_received"], m["loss_ratio"]) == (30, 0, 1)
-    assert (m["burst_count"], m["burst_loss_max_packets"]) == (1, 30)
+    assert (m["loss_bursts"], m["burst_loss_max_packets"]) == (1, 30)
 
 
 def test_run_is_clamped_to_the_timeout(run: RunCheck, reflector: Reflector) -> None:

@@ -119,7 +119,7 @@ def test_loopback_is_reached_in_one_hop(run: RunCheck, mode: str) -> None:
     need_scapy()
     r = run("traceroute", "127.0.0.1", mode=mode, **FAST)
     assert (r.success, r.reason) == (True, "ok"), r.info
-    assert r.metrics["hop_count"] == 1
+    assert r.metrics["path_hops"] == 1
     assert r.metrics["reached"] == 1
     assert r.metrics["hops_silent"] == 0
     assert r.metrics["probes_sent"] == 6 * 3
@@ -239,7 +239,7 @@ def test_both_routers_are_found_in_order(chain: Chain, mode: str) -> None:
     assert (result["success"], result["reason"]) == (True, "ok"), result
     assert hop_addresses(result) == [chain.r1_addr, chain.r2_addr, chain.city_addr]
     m = result["metrics"]
-    assert m["hop_count"] == 3 and m["reached"] == 1 and m["hops_silent"] == 0
+    assert m["path_hops"] == 3 and m["reached"] == 1 and m["hops_silent"] == 0
     assert result["info"]["path_fingerprint"] == traceroute.fingerprint(
         [chain.r1_addr, chain.r2_addr, chain.city_addr]
     )
@@ -286,7 +286,7 @@ def test_a_router_that_refuses_the_destination_is_unreachable(chain: Chain) -> N
     assert (result["success"], result["reason"]) == (False, "unreachable"), result
     # r2 still answers time-exceeded at hop 2; probes that outlive it are refused at hop 3.
     assert hop_addresses(result) == [chain.r1_addr, chain.r2_addr, chain.r2_addr]
-    assert result["metrics"]["hop_count"] == 3
+    assert result["metrics"]["path_hops"] == 3
     assert result["info"]["icmp_error"] == (
         f"destination unreachable (code 0) from {chain.r2_addr}"
     )

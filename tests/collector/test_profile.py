@@ -125,7 +125,7 @@ def test_default_profile_loads_and_covers_a_center() -> None:
     assert (up.metric, up.agg, up.last, up.op, up.threshold) == ("success", "min", 3, ">=", 1.0)
     assert by_id["shared_systems"].select.labels == {"role": "shared_system"}
     assert by_id["official_mail"].select.check == "tcp"
-    assert by_id["tls_certificates"].condition.threshold == 14
+    assert by_id["tls_certificates"].condition.threshold == 14 * 86400
     for system in ("Document Management System", "1022", "TTHC", "VBDLIS", "civil status"):
         assert system in by_id["shared_systems"].title
     assert profile.silence_seconds == 180
