@@ -21,6 +21,7 @@ import re
 from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic.config import JsonDict
 from pydantic.json_schema import WithJsonSchema
 from pydantic_core import PydanticCustomError
 
@@ -88,7 +89,7 @@ Version = Annotated[str, StringConstraints(max_length=64), AfterValidator(_no_co
 Count = Annotated[int, Field(ge=0, le=MAX_INT64)]
 # A map's keys are Words and nothing else: without this the schema's patternProperties would
 # let any other key through with any value, which the server refuses.
-_CLOSED_MAP = {"additionalProperties": False}
+_CLOSED_MAP: JsonDict = {"additionalProperties": False}
 
 
 def _finite(v: float) -> float:
@@ -173,6 +174,10 @@ Text255 = Annotated[str, StringConstraints(max_length=255)]
 
 
 class Device(_Strict):
+    # Only text and a word: lax mode coerces nothing into a string from JSON, and the agent's
+    # discovery hands its kind over as a plain str (checked against DeviceKind here).
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+
     address: Annotated[str, StringConstraints(min_length=1, max_length=64)]
     mac: Annotated[str, StringConstraints(pattern=r"^([0-9a-f]{2}(:[0-9a-f]{2}){5})?$")] = ""
     name: Text255 = ""
