@@ -288,7 +288,7 @@ def create_app(
 
     @app.get("/api/v1/wards", response_model=list[WardSummary], responses=_DENIED)
     def list_wards(
-        _who: Annotated[Principal, Depends(auth.reader)],
+        _who: Reader,
         verdict: Annotated[
             VerdictWord | None, Query(description="only wards with this verdict")
         ] = None,
@@ -316,7 +316,7 @@ def create_app(
         responses={**_DENIED, 404: {"model": Problem, "description": "no such ward"}},
     )
     def ward_detail(
-        ward_id: str, _who: Annotated[Principal, Depends(auth.reader)]
+        ward_id: str, _who: Reader
     ) -> dict[str, Any]:
         ward = service.wards().get(ward_id)
         if ward is None:
@@ -398,9 +398,11 @@ def create_app(
     return app
 
 
-def _admin_routes(app: FastAPI, service: Service) -> None:
-    Admin = Annotated[Principal, Depends(auth.admin)]
+Reader = Annotated[Principal, Depends(auth.reader)]
+Admin = Annotated[Principal, Depends(auth.admin)]
 
+
+def _admin_routes(app: FastAPI, service: Service) -> None:
     @app.get("/api/v1/tokens", response_model=list[TokenOut], responses=_DENIED)
     def list_tokens(_who: Admin) -> list[TokenOut]:
         return [_token_out(t) for t in tokenstore.list_all(service.engine)]

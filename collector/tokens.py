@@ -144,15 +144,15 @@ def _insert(
     if ward is not None:
         if conn.execute(sa.select(db.wards.c.id).where(db.wards.c.id == ward)).first() is None:
             raise TokenError(f"ward: {ward!r} is not a known ward (import the ward list first)")
-        # Prefixes are unique so "token revoke PREFIX" always names one token; with 47 bits
-        # of prefix a second draw is already vanishingly rare.
-        used = set(conn.execute(sa.select(db.tokens.c.prefix)).scalars())
-        for _ in range(100):
-            token = new_token()
-            if token[:PREFIX_LENGTH] not in used:
-                break
-        else:
-            raise TokenError("could not draw a token with an unused prefix")
+    # Prefixes are unique so "token revoke PREFIX" always names one token; with 47 bits
+    # of prefix a second draw is already vanishingly rare.
+    used = set(conn.execute(sa.select(db.tokens.c.prefix)).scalars())
+    for _ in range(100):
+        token = new_token()
+        if token[:PREFIX_LENGTH] not in used:
+            break
+    else:
+        raise TokenError("could not draw a token with an unused prefix")
     conn.execute(
         sa.insert(db.tokens).values(
             ward_id=ward,

@@ -15,8 +15,9 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from collector import auth, db, tokens, wards
+from collector import db, tokens, wards
 from collector.api import create_app
+from collector.auth import COOKIE
 from collector.profile import load_profile
 from collector.service import Service
 
@@ -99,7 +100,7 @@ def client(service: Service, viewer: str) -> Iterator[TestClient]:
     """A client that reads as a viewer, through the board's cookie: ingest still needs its
     own ``Authorization`` header (the cookie never authorizes a write)."""
     with TestClient(create_app(service), base_url="http://127.0.0.1") as c:
-        c.cookies.set(auth.COOKIE, viewer)
+        c.cookies.set(COOKIE, viewer)
         yield c
 
 
