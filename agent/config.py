@@ -364,7 +364,6 @@ class _Checker:
         else:
             self.token = token
 
-
     def _check_tls(self) -> None:
         """The CA and client certificate files exist and are usable, found now rather than at
         the first push hours later."""

@@ -315,9 +315,7 @@ def create_app(
         response_model=WardDetail,
         responses={**_DENIED, 404: {"model": Problem, "description": "no such ward"}},
     )
-    def ward_detail(
-        ward_id: str, _who: Reader
-    ) -> dict[str, Any]:
+    def ward_detail(ward_id: str, _who: Reader) -> dict[str, Any]:
         ward = service.wards().get(ward_id)
         if ward is None:
             ward = service.wards(refresh=True).get(ward_id)

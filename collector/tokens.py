@@ -141,9 +141,9 @@ def create(
 def _insert(
     conn: sa.Connection, ward: str | None, agent: str | None, role: Role, name: str, now: float
 ) -> str:
-    if ward is not None:
-        if conn.execute(sa.select(db.wards.c.id).where(db.wards.c.id == ward)).first() is None:
-            raise TokenError(f"ward: {ward!r} is not a known ward (import the ward list first)")
+    known = sa.select(db.wards.c.id).where(db.wards.c.id == ward)
+    if ward is not None and conn.execute(known).first() is None:
+        raise TokenError(f"ward: {ward!r} is not a known ward (import the ward list first)")
     # Prefixes are unique so "token revoke PREFIX" always names one token; with 47 bits
     # of prefix a second draw is already vanishingly rare.
     used = set(conn.execute(sa.select(db.tokens.c.prefix)).scalars())
