@@ -15,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from shared.wire import MAX_INT64, Batch
 
-from .conftest import READY, auth, batch, body, result
+from .conftest import auth, batch, body, result
 
 
 def _post(client: TestClient, token: str, doc: dict[str, Any]) -> Any:
