@@ -32,7 +32,7 @@ from .conftest import READY
 
 # Generated requests per operation, per role and per mode; with 10 operations, 3 roles and
 # 2 modes this is well over 2,000 cases (operations with few possible inputs stop sooner).
-EXAMPLES = 60
+EXAMPLES = 45
 MIN_CASES = 2000
 
 CHECKS = [
