@@ -196,7 +196,7 @@ def main() -> None:
         work,
         ROOT / "collector" / "profiles" / "default.yaml",
         wards_csv=units,
-        serve_args=["--verdict-seconds", "10"],
+        serve_args=["--verdict-seconds", "10", "--metrics-open", "--ingest-rate", "0"],
     )
     engine = db.make_engine(collector.db)
     db.upgrade(engine)
