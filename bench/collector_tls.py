@@ -28,10 +28,9 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "scripts"), str(ROOT / "bench")]
 
-from collector_scale import make_batch, plan, synthetic_units  # noqa: E402
+from collector_scale import agent_tokens, make_batch, plan, synthetic_units  # noqa: E402
 from fleet import Collector, stopping  # noqa: E402
 
-from collector import db, tokens, wards  # noqa: E402
 from shared.wire import Batch  # noqa: E402
 from tests.pki import issue, make_ca  # noqa: E402
 
@@ -115,11 +114,7 @@ def run_once(
         collector.ca = work / "bench-ca.pem"
         extra += ["--tls-cert", str(work / "server.pem"), "--tls-key", str(work / "server.key")]
     collector.serve_args = extra
-    engine = db.make_engine(collector.db)
-    db.upgrade(engine)
-    wards.import_csv(engine, units)
-    jobs = [(w, tokens.create(engine, w, "pc-01")) for w in ids]
-    engine.dispose()
+    jobs = agent_tokens(collector, units, ids)
     now = time.time()
     with stopping(collector):
         collector.start()

@@ -246,10 +246,10 @@ def test_inline_token_never_in_messages(tmp_path: Path) -> None:
     assert caught.value.messages == [f"{path}:2: collector.token: Input should be a valid string"]
 
 
-def _tls_config(tmp_path: Path, collector: str) -> Path:
+def _tls_config(tmp_path: Path, collector: str, url: str = "https://127.0.0.1:8443") -> Path:
     path = tmp_path / "agent.yaml"
     path.write_text(
-        f"ward: ward-1\ncollector: {{url: 'https://127.0.0.1:8443', token: t, {collector}}}\n"
+        f"ward: ward-1\ncollector: {{url: '{url}', token: t, {collector}}}\n"
         "checks: [{name: x, type: tcp, target: '127.0.0.1:1'}]\n"
     )
     return path
@@ -293,11 +293,7 @@ def test_tls_files_are_checked_at_load(tmp_path: Path, collector: str, message: 
 
 
 def test_tls_files_need_an_https_url(tmp_path: Path) -> None:
-    path = tmp_path / "agent.yaml"
-    path.write_text(
-        "ward: ward-1\ncollector: {url: 'http://127.0.0.1:8080', token: t, ca_file: x.pem}\n"
-        "checks: [{name: x, type: tcp, target: '127.0.0.1:1'}]\n"
-    )
+    path = _tls_config(tmp_path, "ca_file: x.pem", url="http://127.0.0.1:8080")
     with pytest.raises(ConfigError) as caught:
         load_config(path)
     assert any("need an https:// url" in m for m in caught.value.messages)

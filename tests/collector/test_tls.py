@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -42,17 +43,31 @@ class Server:
         return self.start(self, *extra)
 
 
+@dataclass(frozen=True)
+class Pki:
+    dir: Path
+    city: Ca  # signed the server's certificate
+    other: Ca  # signed nothing the server shows
+    clients: Ca  # signed the agent's client certificate
+
+    def serving(self) -> tuple[str, ...]:
+        return (
+            "--tls-cert",
+            str(self.dir / "server.pem"),
+            "--tls-key",
+            str(self.dir / "server.key"),
+        )
+
+
 @pytest.fixture
-def pki(tmp_path: Path) -> dict[str, Path | Ca]:
+def pki(tmp_path: Path) -> Pki:
     d = tmp_path / "pki"
     d.mkdir()
-    city = make_ca(d, "city-ca")
-    other = make_ca(d, "other-ca")
-    clients = make_ca(d, "agents-ca")
-    issue(city, d / "server.pem", d / "server.key")
-    issue(clients, d / "agent.pem", d / "agent.key", "ward-ben-thanh/pc-01", client=True)
-    issue(other, d / "stranger.pem", d / "stranger.key", "stranger", client=True)
-    return {"dir": d, "city": city, "other": other, "clients": clients}
+    found = Pki(d, make_ca(d, "city-ca"), make_ca(d, "other-ca"), make_ca(d, "agents-ca"))
+    issue(found.city, d / "server.pem", d / "server.key")
+    issue(found.clients, d / "agent.pem", d / "agent.key", "ward-ben-thanh/pc-01", client=True)
+    issue(found.other, d / "stranger.pem", d / "stranger.key", "stranger", client=True)
+    return found
 
 
 @pytest.fixture
@@ -127,15 +142,11 @@ def _agent_token(db_url: str, units_csv: Path) -> str:
 
 
 def test_agent_ships_over_https_and_refuses_a_stranger_ca(
-    serve: Server, pki: dict[str, Path | Ca], db_url: str, units_csv: Path, tmp_path: Path
+    serve: Server, pki: Pki, db_url: str, units_csv: Path, tmp_path: Path
 ) -> None:
-    d, city, other = pki["dir"], pki["city"], pki["other"]
-    assert isinstance(d, Path) and isinstance(city, Ca) and isinstance(other, Ca)
+    city, other = pki.city, pki.other
     token = _agent_token(db_url, units_csv)
-    url = serve(
-        "--tls-cert", str(d / "server.pem"), "--tls-key", str(d / "server.key"),
-        "--ingest-rate", "0.001", "--ingest-burst", "2",
-    )  # fmt: skip
+    url = serve(*pki.serving(), "--ingest-rate", "0.001", "--ingest-burst", "2")
 
     good = _shipper(tmp_path, url, token, ca_file=city.pem)
     outcome = good.push_once()
@@ -160,15 +171,11 @@ def test_agent_ships_over_https_and_refuses_a_stranger_ca(
 
 
 def test_mtls_refuses_a_client_without_a_certificate(
-    serve: Server, pki: dict[str, Path | Ca], db_url: str, units_csv: Path, tmp_path: Path
+    serve: Server, pki: Pki, db_url: str, units_csv: Path, tmp_path: Path
 ) -> None:
-    d, city, clients = pki["dir"], pki["city"], pki["clients"]
-    assert isinstance(d, Path) and isinstance(city, Ca) and isinstance(clients, Ca)
+    d, city = pki.dir, pki.city
     token = _agent_token(db_url, units_csv)
-    url = serve(
-        "--tls-cert", str(d / "server.pem"), "--tls-key", str(d / "server.key"),
-        "--tls-client-ca", str(clients.pem),
-    )  # fmt: skip
+    url = serve(*pki.serving(), "--tls-client-ca", str(pki.clients.pem))
 
     bare = _shipper(tmp_path, url, token, ca_file=city.pem)
     outcome = bare.push_once()
@@ -192,12 +199,11 @@ def test_mtls_refuses_a_client_without_a_certificate(
 
 
 def test_renewed_certificate_is_served_after_sighup_and_after_a_file_change(
-    serve: Server, pki: dict[str, Path | Ca], tmp_path: Path
+    serve: Server, pki: Pki, tmp_path: Path
 ) -> None:
-    d, city = pki["dir"], pki["city"]
-    assert isinstance(d, Path) and isinstance(city, Ca)
-    cert, key = d / "server.pem", d / "server.key"
-    url = serve("--tls-cert", str(cert), "--tls-key", str(key))
+    city = pki.city
+    cert, key = pki.dir / "server.pem", pki.dir / "server.key"
+    url = serve(*pki.serving())
     first = _served_serial(url, city.pem)
     proc_pid = serve.pids[url]
     # A renewal that is not a certificate: refused, and the old one goes on serving.
