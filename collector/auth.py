@@ -136,6 +136,18 @@ def admin(request: Request, credentials: Credentials, cookie: Cookie) -> Princip
     return _authenticate(request, credentials, cookie, _ADMINS, "manage (need admin)")
 
 
+def reader_or_none(request: Request, credentials: Credentials, cookie: Cookie) -> Principal | None:
+    """As ``reader``, but None where ``reader`` answers 401: for an HTML page that sends a
+    visitor without a valid token to the login form instead. A role that may not read still
+    gets 403."""
+    try:
+        return reader(request, credentials, cookie)
+    except HTTPException as exc:
+        if exc.status_code == 401:
+            return None
+        raise
+
+
 # ---- ingest: agent tokens, rate-limited ----------------------------------------------------
 
 

@@ -5,15 +5,16 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import pytest
 import sqlalchemy as sa
+from fastapi import Depends
 from fastapi.testclient import TestClient
 
 from collector import audit, cli, db, tokens
 from collector.api import create_app
-from collector.auth import COOKIE, RateLimiter
+from collector.auth import COOKIE, Principal, RateLimiter, reader_or_none
 from collector.service import Service
 
 from .conftest import READY, auth, batch, body
@@ -326,3 +327,21 @@ def test_upgrade_from_0002_keeps_agent_tokens(tmp_path: Path, units_csv: Path) -
     assert grant == tokens.Grant(READY, "pc-01", "agent", "", "AbCdEfGh")
     assert "audit_log" in sa.inspect(engine).get_table_names()
     engine.dispose()
+
+
+def test_reader_or_none_lets_a_page_send_visitors_to_its_login(
+    service: Service, kinds: dict[str, str | None]
+) -> None:
+    app = create_app(service)
+
+    @app.get("/page")
+    def page(who: Annotated[Principal | None, Depends(reader_or_none)]) -> dict[str, str]:
+        return {"who": who.name if who else "login"}
+
+    with TestClient(app, base_url="http://127.0.0.1") as client:
+        assert client.get("/page").json() == {"who": "login"}
+        assert client.get("/page", headers=auth(kinds["revoked"] or "")).json() == {"who": "login"}
+        client.cookies.set(COOKIE, kinds["viewer"] or "")
+        assert client.get("/page").json() == {"who": "Tổ giám sát"}
+        client.cookies.clear()
+        assert client.get("/page", headers=auth(kinds["agent"] or "")).status_code == 403
