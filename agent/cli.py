@@ -57,6 +57,9 @@ class Agent:
             timeout=c.timeout,
             batch_size=c.batch_size,
             checks=len(config.checks),
+            ca_file=c.ca_file,
+            client_cert=c.client_cert,
+            client_key=c.client_key,
         )
         self.scheduler = Scheduler(config.checks, self._sink, workers=config.workers)
         self.metrics: MetricsServer | None = None

@@ -7,6 +7,9 @@ Layout (all keys; unknown keys are errors everywhere)::
     collector:
       url: http://127.0.0.1:8080   # http:// or https://
       token_file: /etc/wardready/token   # or `token:` inline; exactly one of the two
+      ca_file: /etc/wardready/ca.pem     # https only: trust this CA (default: the system's)
+      client_cert: /etc/wardready/agent.pem   # https only, with client_key: mTLS
+      client_key: /etc/wardready/agent.key
       push_interval: 5s
       timeout: 5s                  # per HTTP request
       batch_size: 500              # results per push, at most shared.wire.MAX_RESULTS_PER_BATCH
@@ -30,8 +33,8 @@ Layout (all keys; unknown keys are errors everywhere)::
         params: {count: 10}        # validated by the check type's Params
 
 Durations: "500ms", "30s", "5m", "1h", or a number of seconds. Relative paths (token_file,
-spool.path) are relative to the config file's directory, so a config and its files can move
-together.
+ca_file, client_cert, client_key, spool.path) are relative to the config file's directory, so
+a config and its files can move together.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from __future__ import annotations
 import os
 import re
 import socket
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -125,6 +129,9 @@ class CollectorSection(_Section):
     url: str
     token_file: str | None = None
     token: SecretStr | None = None
+    ca_file: str | None = None
+    client_cert: str | None = None
+    client_key: str | None = None
     push_interval: Duration = 5.0
     timeout: Duration = 5.0
     batch_size: int = Field(500, ge=1, le=MAX_RESULTS_PER_BATCH)
@@ -143,6 +150,11 @@ class CollectorSection(_Section):
     def _one_token(self) -> CollectorSection:
         if (self.token_file is None) == (self.token is None):
             raise ValueError("set exactly one of token_file (preferred) or token")
+        if (self.client_cert is None) != (self.client_key is None):
+            raise ValueError("set both client_cert and client_key, or neither")
+        tls = self.ca_file is not None or self.client_cert is not None
+        if tls and not self.url.startswith("https://"):
+            raise ValueError("ca_file, client_cert and client_key need an https:// url")
         return self
 
 
@@ -205,6 +217,9 @@ class CollectorSettings:
     push_interval: float = 5.0
     timeout: float = 5.0
     batch_size: int = 500
+    ca_file: Path | None = None
+    client_cert: Path | None = None
+    client_key: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -270,6 +285,7 @@ class _Checker:
         self.errors: list[tuple[Loc, str]] = []
         self.params: dict[int, Params] = {}
         self.token: str | None = None
+        self.tls_files: dict[str, Path] = {}
 
     def run(self, registry: dict[str, CheckType]) -> None:
         defaults = self.raw.get("defaults")
@@ -285,6 +301,7 @@ class _Checker:
                 if isinstance(item, dict):
                     self._check(i, item, registry, d_interval, d_timeout, first_line)
         self._read_token()
+        self._check_tls()
 
     def _check(
         self,
@@ -353,6 +370,34 @@ class _Checker:
             self.errors.append((loc, f"{path} must hold one token with no spaces"))
         else:
             self.token = token
+
+    def _check_tls(self) -> None:
+        """The CA and client certificate files exist and are usable, found now rather than at
+        the first push hours later."""
+        section = self.raw.get("collector")
+        if not isinstance(section, dict):
+            return
+        for key in ("ca_file", "client_cert", "client_key"):
+            if isinstance(section.get(key), str):
+                self.tls_files[key] = _resolve(self.base, section[key])
+        for key, path in self.tls_files.items():
+            if not path.is_file():
+                self.errors.append((("collector", key), f"no file at {path}"))
+        if any(("collector", k) in {e[0] for e in self.errors} for k in self.tls_files):
+            return
+        ca = self.tls_files.get("ca_file")
+        if ca is not None:
+            try:
+                ssl.create_default_context(cafile=str(ca))
+            except (OSError, ssl.SSLError) as exc:
+                self.errors.append((("collector", "ca_file"), f"{ca}: not a PEM CA: {exc}"))
+        cert, pkey = self.tls_files.get("client_cert"), self.tls_files.get("client_key")
+        if cert is not None and pkey is not None:
+            try:
+                ssl.create_default_context().load_cert_chain(str(cert), str(pkey))
+            except (OSError, ssl.SSLError) as exc:
+                msg = f"{cert} with {pkey}: not a usable certificate and key: {exc}"
+                self.errors.append((("collector", "client_cert"), msg))
 
 
 def _too_long(timeout: float, interval: float, own_t: bool = True, own_i: bool = True) -> str:
@@ -438,6 +483,9 @@ def _build(
             push_interval=c.push_interval,
             timeout=c.timeout,
             batch_size=c.batch_size,
+            ca_file=checker.tls_files.get("ca_file"),
+            client_cert=checker.tls_files.get("client_cert"),
+            client_key=checker.tls_files.get("client_key"),
         ),
         spool_path=_resolve(source.absolute().parent, model.spool.path),
         spool_max_results=model.spool.max_results,

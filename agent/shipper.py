@@ -27,9 +27,11 @@ import json
 import logging
 import random
 import re
+import ssl
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 from pydantic import ValidationError
@@ -87,6 +89,9 @@ class Shipper:
         backoff_base: float = BACKOFF_BASE_SECONDS,
         backoff_cap: float = BACKOFF_CAP_SECONDS,
         rng: random.Random | None = None,
+        ca_file: Path | None = None,
+        client_cert: Path | None = None,
+        client_key: Path | None = None,
     ) -> None:
         self.spool = spool
         self.endpoint = url.rstrip("/") + INGEST_PATH
@@ -109,6 +114,7 @@ class Shipper:
                 "Content-Type": "application/json",
             },
             follow_redirects=False,
+            verify=tls_context(ca_file, client_cert, client_key),
         )
         self._push_lock = threading.Lock()
         self._stopping = threading.Event()
@@ -342,6 +348,17 @@ def _server_time(response: httpx.Response) -> float | None:
         return None
     # Date is truncated to the second: its middle is the better guess.
     return date.timestamp() + 0.5
+
+
+def tls_context(
+    ca_file: Path | None = None, client_cert: Path | None = None, client_key: Path | None = None
+) -> ssl.SSLContext:
+    """Verification against ``ca_file`` (else the system's CAs), with a client certificate
+    for a collector that asks for one (mTLS). Host names are always checked."""
+    ctx = ssl.create_default_context(cafile=str(ca_file) if ca_file is not None else None)
+    if client_cert is not None:
+        ctx.load_cert_chain(str(client_cert), str(client_key) if client_key else None)
+    return ctx
 
 
 def _retry_after(response: httpx.Response) -> float | None:

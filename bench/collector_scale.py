@@ -177,6 +177,16 @@ def synthetic_units(path: Path, n: int) -> list[str]:
     return ids
 
 
+def agent_tokens(collector: Collector, units: Path, ids: list[str]) -> list[tuple[str, str]]:
+    """A fresh database for ``collector`` holding the wards; (ward, agent token) for each."""
+    engine = db.make_engine(collector.db)
+    db.upgrade(engine)
+    wards.import_csv(engine, units)
+    jobs = [(w, tokens.create(engine, w, "pc-01")) for w in ids]
+    engine.dispose()
+    return jobs
+
+
 def timed(fn: object, repeat: int = 3) -> float:
     times = []
     for _ in range(repeat):
@@ -233,14 +243,9 @@ def main() -> None:
         work,
         ROOT / "collector" / "profiles" / "default.yaml",
         wards_csv=units,
-        serve_args=["--verdict-seconds", "10"],
+        serve_args=["--verdict-seconds", "10", "--metrics-open", "--ingest-rate", "0"],
     )
-    engine = db.make_engine(collector.db)
-    db.upgrade(engine)
-    wards.import_csv(engine, units)
-    jobs = [(w, tokens.create(engine, w, "pc-01")) for w in ids]
-    engine.dispose()
-
+    jobs = agent_tokens(collector, units, ids)
     now = time.time()
     per_batch = len(plan(ids[0])) * int(HISTORY / INTERVAL)
     with stopping(collector):

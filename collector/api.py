@@ -6,6 +6,12 @@ it raw (to cap its size before parsing and to answer with field-named errors).
 
 Blocking work (database, evaluation, building /metrics) runs in the thread pool so the
 event loop keeps accepting requests.
+
+Who may call what (see collector.auth): ``/healthz``, ``/openapi.json`` and ``/docs`` are open
+(the schema describes the API, it holds no data); ingest and inventory take an agent token;
+the ward list, a ward's page and ``/metrics`` take a viewer or admin token (``/metrics`` is
+open when the server runs with ``--metrics-open``); tokens and the audit log take an admin
+token.
 """
 
 from __future__ import annotations
@@ -16,16 +22,17 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 import sqlalchemy as sa
-from fastapi import FastAPI, HTTPException, Query, Request, Security
+from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request, Security
 from fastapi.middleware.gzip import GZipMiddleware
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
-from fastapi.security import HTTPBearer
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
-from collector import audit_api, board, exposition, history, summary
+from collector import audit_api, auditlog, auth, board, exposition, history, summary
 from collector import inventory as inventory_store
+from collector import tokens as tokenstore
+from collector.auth import Principal, RateLimiter
 from collector.clock import ServerTime
 from collector.ingest import IngestError
 from collector.service import Service
@@ -44,6 +51,37 @@ class Health(BaseModel):
 class InventoryAck(BaseModel):
     stored: bool = Field(description="false when a newer inventory of this agent is held")
     devices: int
+
+
+class TokenOut(BaseModel):
+    prefix: str
+    role: tokenstore.Role
+    name: str
+    ward: str | None
+    agent: str | None
+    created_at: float
+    revoked_at: float | None
+
+
+class TokenCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    role: tokenstore.Role
+    name: str = Field("", max_length=tokenstore.MAX_NAME, description="who holds it")
+    ward: str | None = Field(None, max_length=64, description="agent tokens only")
+    agent: str | None = Field(None, max_length=64, description="agent tokens only")
+
+
+class TokenCreated(TokenOut):
+    token: str = Field(description="the token itself: shown only in this answer")
+
+
+class AuditEntryOut(BaseModel):
+    id: int
+    at: float
+    who: str
+    action: str
+    detail: str
 
 
 class FieldError(BaseModel):
@@ -125,16 +163,46 @@ def _with_batch_schema(app: FastAPI) -> Callable[[], dict[str, Any]]:
     return openapi
 
 
-_ERRORS: dict[int | str, dict[str, Any]] = {
+_DENIED: dict[int | str, dict[str, Any]] = {
     401: {"model": Problem, "description": "missing, unknown or revoked token"},
-    403: {"model": Problem, "description": "the token may not write this ward or agent"},
-    413: {"model": Problem, "description": f"body larger than {MAX_BATCH_BYTES} bytes"},
-    422: {"model": Problem, "description": "invalid batch; each error names its field"},
+    403: {"model": Problem, "description": "the token's role may not do this"},
     503: {"model": Problem, "description": "database unavailable; retry later"},
 }
 
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    **_DENIED,
+    403: {"model": Problem, "description": "not an agent token, or not for this ward or agent"},
+    413: {"model": Problem, "description": f"body larger than {MAX_BATCH_BYTES} bytes"},
+    422: {"model": Problem, "description": "invalid batch; each error names its field"},
+    429: {
+        "model": Problem,
+        "description": "too many requests from this token; wait Retry-After seconds",
+        "headers": {"Retry-After": {"schema": {"type": "integer"}, "description": "seconds"}},
+    },
+}
 
-def create_app(service: Service) -> FastAPI:
+
+def _token_out(t: tokenstore.TokenInfo) -> TokenOut:
+    return TokenOut(
+        prefix=t.prefix,
+        role=t.role,
+        name=t.name,
+        ward=t.ward,
+        agent=t.agent,
+        created_at=t.created_at,
+        revoked_at=t.revoked_at,
+    )
+
+
+def create_app(
+    service: Service,
+    *,
+    metrics_open: bool = False,
+    ingest_rate: float | None = tokenstore.DEFAULT_INGEST_RATE,
+    ingest_burst: float = tokenstore.DEFAULT_INGEST_BURST,
+) -> FastAPI:
+    """The app. ``metrics_open`` serves /metrics without a token; ``ingest_rate`` (requests
+    a second per agent token, with bursts of ``ingest_burst``) of None sets no limit."""
     app = FastAPI(
         title="wardready collector",
         version="1",
@@ -144,8 +212,12 @@ def create_app(service: Service) -> FastAPI:
     # gzip, and level 1 shrinks it ~30 times for a small fraction of the time to build it.
     app.add_middleware(GZipMiddleware, minimum_size=64 * 1024, compresslevel=1)
     app.add_middleware(ServerTime)
+    app.state.tokens = service.tokens
     registry = exposition.registry_for(service)
-    bearer = HTTPBearer(auto_error=False, description="a token from `token create`")
+    limiter = RateLimiter(ingest_rate, ingest_burst) if ingest_rate is not None else None
+
+    def agent(authorization: str | None) -> tokenstore.Grant:
+        return auth.agent_grant(service.authorize(authorization), limiter)
 
     @app.exception_handler(IngestError)
     async def on_ingest_error(_request: Request, exc: IngestError) -> JSONResponse:
@@ -168,8 +240,9 @@ def create_app(service: Service) -> FastAPI:
             return JSONResponse({"status": "unhealthy", "reason": reason}, status_code=503)
         return {"status": "ok"}
 
-    @app.get("/api/v1/wards", response_model=list[WardSummary])
+    @app.get("/api/v1/wards", response_model=list[WardSummary], responses=_DENIED)
     def list_wards(
+        _who: Reader,
         verdict: Annotated[
             VerdictWord | None, Query(description="only wards with this verdict")
         ] = None,
@@ -189,9 +262,9 @@ def create_app(service: Service) -> FastAPI:
     @app.get(
         "/api/v1/wards/{ward_id}",
         response_model=WardDetail,
-        responses={404: {"model": Problem, "description": "no such ward"}},
+        responses={**_DENIED, 404: {"model": Problem, "description": "no such ward"}},
     )
-    def ward_detail(ward_id: str) -> WardDetail:
+    def ward_detail(ward_id: str, _who: Reader) -> WardDetail:
         found = summary.detail(service, ward_id)
         if found is None:
             raise HTTPException(404, f"ward: {ward_id!r} is not a known ward")
@@ -201,12 +274,14 @@ def create_app(service: Service) -> FastAPI:
         "/api/v1/wards/{ward_id}/history",
         response_model=HistoryOut,
         responses={
+            **_DENIED,
             404: {"model": Problem, "description": "no such ward"},
             422: {"model": Problem, "description": "a bad time or window"},
         },
     )
     def ward_history(
         ward_id: str,
+        _who: Reader,
         start: Annotated[
             str | None,
             Query(
@@ -243,7 +318,7 @@ def create_app(service: Service) -> FastAPI:
         "/api/v1/ingest",
         response_model=Ack,
         responses=_ERRORS,
-        dependencies=[Security(bearer)],
+        dependencies=[Security(auth.bearer_scheme)],
         openapi_extra={
             "requestBody": {
                 "required": True,
@@ -256,7 +331,7 @@ def create_app(service: Service) -> FastAPI:
         # not get to upload 8 MiB.
         requests = service.metrics.requests
         try:
-            grant = await run_in_threadpool(service.authorize, request.headers.get("authorization"))
+            grant = await run_in_threadpool(agent, request.headers.get("authorization"))
             try:
                 body = await _read_body(request, MAX_BATCH_BYTES)
             except IngestError as exc:
@@ -279,7 +354,7 @@ def create_app(service: Service) -> FastAPI:
         "/api/v1/inventory",
         response_model=InventoryAck,
         responses=_ERRORS,
-        dependencies=[Security(bearer)],
+        dependencies=[Security(auth.bearer_scheme)],
         openapi_extra={
             "requestBody": {
                 "required": True,
@@ -290,7 +365,7 @@ def create_app(service: Service) -> FastAPI:
         },
     )
     async def post_inventory(request: Request) -> InventoryAck:
-        grant = await run_in_threadpool(service.authorize, request.headers.get("authorization"))
+        grant = await run_in_threadpool(agent, request.headers.get("authorization"))
         body = await _read_body(request, inventory_store.MAX_INVENTORY_BYTES)
 
         def accept() -> InventoryAck:
@@ -306,7 +381,11 @@ def create_app(service: Service) -> FastAPI:
     @app.get(
         "/metrics",
         response_class=Response,
-        responses={200: {"content": {exposition.CONTENT_TYPE: {}}, "description": "metrics"}},
+        responses={
+            200: {"content": {exposition.CONTENT_TYPE: {}}, "description": "metrics"},
+            **({} if metrics_open else _DENIED),
+        },
+        dependencies=[] if metrics_open else [Depends(auth.reader)],
     )
     def metrics() -> Response:
         body = exposition.render(registry) + service.metrics.render()
@@ -314,5 +393,66 @@ def create_app(service: Service) -> FastAPI:
 
     board.install(app, service)
     app.include_router(audit_api.router(service))
+    _admin_routes(app, service)
+
     app.openapi = _with_batch_schema(app)  # type: ignore[method-assign]
     return app
+
+
+Reader = Annotated[Principal, Depends(auth.reader)]
+Admin = Annotated[Principal, Depends(auth.admin)]
+
+
+def _admin_routes(app: FastAPI, service: Service) -> None:
+    @app.get("/api/v1/tokens", response_model=list[TokenOut], responses=_DENIED)
+    def list_tokens(_who: Admin) -> list[TokenOut]:
+        return [_token_out(t) for t in tokenstore.list_all(service.engine)]
+
+    @app.post(
+        "/api/v1/tokens",
+        response_model=TokenCreated,
+        status_code=201,
+        responses={**_DENIED, 400: {"model": Problem, "description": "what is wrong"}},
+    )
+    def create_token(spec: TokenCreate, who: Admin) -> TokenCreated:
+        try:
+            token = tokenstore.create(
+                service.engine, spec.ward, spec.agent, role=spec.role, name=spec.name, by=who.who
+            )
+        except tokenstore.TokenError as exc:
+            raise HTTPException(400, str(exc)) from None
+        prefix = token[: tokenstore.PREFIX_LENGTH]
+        info = next(t for t in tokenstore.list_all(service.engine) if t.prefix == prefix)
+        return TokenCreated(**_token_out(info).model_dump(), token=token)
+
+    @app.delete(
+        "/api/v1/tokens/{prefix}",
+        response_model=TokenOut,
+        responses={**_DENIED, 404: {"model": Problem, "description": "no token has it"}},
+    )
+    def revoke_token(
+        prefix: Annotated[
+            str,
+            Path(
+                min_length=tokenstore.PREFIX_LENGTH,
+                max_length=tokenstore.PREFIX_LENGTH,
+                pattern="^[A-Za-z0-9]+$",
+            ),
+        ],
+        who: Admin,
+    ) -> TokenOut:
+        try:
+            info = service.tokens.revoke(prefix, by=who.who)
+        except tokenstore.TokenError as exc:
+            raise HTTPException(404, str(exc)) from None
+        return _token_out(info)
+
+    @app.get("/api/v1/audit-log", response_model=list[AuditEntryOut], responses=_DENIED)
+    def audit_log(
+        _who: Admin,
+        limit: Annotated[int, Query(ge=1, le=1000, description="newest N entries")] = 100,
+        since: Annotated[
+            float | None, Query(ge=0, le=1e11, description="only entries at or after (Unix)")
+        ] = None,
+    ) -> list[AuditEntryOut]:
+        return [AuditEntryOut(**vars(e)) for e in auditlog.recent(service.engine, limit, since)]

@@ -25,7 +25,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from collector import charts, history, i18n, summary
-from collector.auth import COOKIE, Principal, reader
+from collector.auth import COOKIE, READERS, Principal, lookup, reader_or_none
 from collector.readiness import format_age
 from collector.service import Service
 from collector.summary import VERDICTS, WardSummary, fold, shown_name
@@ -41,7 +41,14 @@ TILE_REASONS = 2
 MAX_LOGIN_BYTES = 8192
 ICONS = {"ready": "✓", "not_ready": "✗", "unknown": "?"}
 
-Viewer = Annotated[Principal, Depends(reader)]
+def _viewer(found: Annotated[Principal | None, Depends(reader_or_none)]) -> Principal:
+    # A person without a token is sent to the login form, not shown a 401 in JSON.
+    if found is None:
+        raise HTTPException(303, "log in first", headers={"Location": "/login"})
+    return found
+
+
+Viewer = Annotated[Principal, Depends(_viewer)]
 
 
 @functools.cache
@@ -58,7 +65,7 @@ def _env() -> jinja2.Environment:
 class Page:
     """What every template gets: language, translations, time formatting, the viewer."""
 
-    def __init__(self, request: Request, who: Principal) -> None:
+    def __init__(self, request: Request, who: Principal | None) -> None:
         self.request = request
         self.lang = i18n.pick(
             request.query_params.get("lang"), request.headers.get("accept-language")
@@ -219,7 +226,7 @@ def router(service: Service) -> APIRouter:
 
     @r.get("/login", response_class=HTMLResponse)
     def login_form(request: Request) -> HTMLResponse:
-        page = Page(request, Principal("anonymous", "none", None))
+        page = Page(request, None)
         return page.render("login.html", failed=False)
 
     @r.post("/login")
@@ -228,10 +235,12 @@ def router(service: Service) -> APIRouter:
         if len(body) > MAX_LOGIN_BYTES:
             raise HTTPException(413, f"body: larger than {MAX_LOGIN_BYTES} bytes")
         token = _read_form(body).get("token", "").strip()
-        if not token:
-            page = Page(request, Principal("anonymous", "none", None))
+        who = lookup(request, token)
+        if who is None or who.role not in READERS:
+            # The same answer for an unknown token and an agent's: nothing to probe with.
+            page = Page(request, None)
             response = page.render("login.html", failed=True)
-            response.status_code = 400
+            response.status_code = 401
             return response
         out = RedirectResponse("/", status_code=303)
         out.set_cookie(

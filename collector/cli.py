@@ -27,7 +27,7 @@ import httpx
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
-from collector import db, i18n, summary
+from collector import auditlog, db, i18n, summary
 from collector import tokens as tokenstore
 from collector import wards as wardlist
 from collector.profile import ProfileError, read_profile
@@ -104,8 +104,14 @@ def cmd_wards_import(args: argparse.Namespace) -> int:
         return 2
     engine = _engine(args, create=True)
     added, updated = wardlist.upsert(engine, found)
+    _audit(engine, "wards.import", f"{args.file}: {added} added, {updated} updated")
     print(f"{args.file}: {len(found)} wards ({added} added, {updated} updated)")
     return 0
+
+
+def _audit(engine: sa.Engine, action: str, detail: str) -> None:
+    with db.writer(engine).begin() as conn:
+        auditlog.record(conn, auditlog.cli_user(), action, detail)
 
 
 def cmd_wards_list(args: argparse.Namespace) -> int:
@@ -127,45 +133,80 @@ def cmd_wards_list(args: argparse.Namespace) -> int:
 
 
 def cmd_token_create(args: argparse.Namespace) -> int:
+    if args.role == "agent" and not args.ward:
+        raise UsageError("--ward: an agent token writes one ward (or give --role viewer|admin)")
+    if args.role != "agent" and (args.ward or args.agent):
+        raise UsageError(f"--ward/--agent: a {args.role} token is not tied to a ward")
+    if args.role != "agent" and not args.name:
+        raise UsageError(f"--name: say who holds this {args.role} token")
     engine = _engine(args)
     try:
-        token = tokenstore.create(engine, args.ward, args.agent)
+        token = tokenstore.create(
+            engine,
+            args.ward,
+            args.agent,
+            role=args.role,
+            name=args.name or "",
+            by=auditlog.cli_user(),
+        )
     except tokenstore.TokenError as exc:
         raise UsageError(str(exc)) from None
-    scope = f"ward {args.ward}" + (f", agent {args.agent}" if args.agent else ", any agent")
-    print(
-        f"Token for {scope}, prefix {token[: tokenstore.PREFIX_LENGTH]}. It is shown only now: "
-        "put it in the agent's token file.",
-        file=sys.stderr,
-    )
+    prefix = token[: tokenstore.PREFIX_LENGTH]
+    if args.role == "agent":
+        scope = f"ward {args.ward}" + (f", agent {args.agent}" if args.agent else ", any agent")
+        where = "put it in the agent's token file"
+    else:
+        scope = f"{args.role} {args.name}"
+        where = "give it to its holder (board login, or a Prometheus credentials file)"
+    print(f"Token for {scope}, prefix {prefix}. It is shown only now: {where}.", file=sys.stderr)
     print(token)
     return 0
 
 
 def cmd_token_list(args: argparse.Namespace) -> int:
     found = tokenstore.list_all(_engine(args))
-    ward_w = max((width(t.ward) for t in found), default=4)
+    ward_w = max((width(t.ward or "-") for t in found), default=4)
     agent_w = max((width(t.agent or "*") for t in found), default=5)
+    name_w = min(max((width(t.name) for t in found), default=4), NAME_COLUMN)
     print(
-        f"PREFIX    {fit('WARD', ward_w)}  {fit('AGENT', agent_w)}  {fit('CREATED', 25)}  REVOKED"
+        f"PREFIX    ROLE    {fit('NAME', name_w)}  {fit('WARD', ward_w)}  {fit('AGENT', agent_w)}"
+        f"  {fit('CREATED', 25)}  REVOKED"
     )
     for t in found:
+        agent = (t.agent or "*") if t.role == "agent" else "-"
         print(
-            f"{t.prefix:<8}  {fit(t.ward, ward_w)}  {fit(t.agent or '*', agent_w)}  "
-            f"{fit(when(t.created_at), 25)}  {when(t.revoked_at) if t.revoked_at else '-'}"
+            f"{t.prefix:<8}  {t.role:<6}  {fit(t.name, name_w)}  {fit(t.ward or '-', ward_w)}  "
+            f"{fit(agent, agent_w)}  {fit(when(t.created_at), 25)}  "
+            f"{when(t.revoked_at) if t.revoked_at else '-'}"
         )
     return 0
 
 
 def cmd_token_revoke(args: argparse.Namespace) -> int:
     try:
-        info = tokenstore.revoke(_engine(args), args.prefix)
+        info = tokenstore.revoke(_engine(args), args.prefix, by=auditlog.cli_user())
     except tokenstore.TokenError as exc:
         raise UsageError(str(exc)) from None
+    held = f"ward {info.ward}" if info.role == "agent" else f"{info.role} {info.name}"
     print(
-        f"revoked {info.prefix} (ward {info.ward}); a running collector refuses it within "
+        f"revoked {info.prefix} ({held}); a running collector refuses it within "
         f"{tokenstore.CACHE_SECONDS:g} s"
     )
+    return 0
+
+
+def cmd_audit_log_list(args: argparse.Namespace) -> int:
+    if not 1 <= args.limit <= 100_000:
+        raise UsageError("--limit: must be between 1 and 100000")
+    since = time.time() - args.days * 86400 if args.days is not None else None
+    entries = auditlog.recent(_engine(args), args.limit, since)
+    if args.json:
+        print(json.dumps([vars(e) for e in entries], ensure_ascii=False, indent=2))
+        return 0
+    who_w = min(max((width(e.who) for e in entries), default=3), NAME_COLUMN)
+    print(f"{fit('WHEN', 25)}  {fit('WHO', who_w)}  {fit('ACTION', 14)}  DETAIL")
+    for e in entries:
+        print(f"{fit(when(e.at), 25)}  {fit(e.who, who_w)}  {fit(e.action, 14)}  {e.detail}")
     return 0
 
 
@@ -201,9 +242,29 @@ def _summaries_from_db(args: argparse.Namespace, lang: str) -> tuple[list[WardSu
         service.close()
 
 
-def _summaries_from_url(url: str) -> tuple[list[WardSummary], float]:
+def _read_token(args: argparse.Namespace) -> str | None:
+    if args.token_file is None:
+        return os.environ.get("WARDREADY_TOKEN") or None
     try:
-        r = httpx.get(f"{url.rstrip('/')}/api/v1/wards", timeout=HTTP_TIMEOUT)
+        token = Path(args.token_file).read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"--token-file: cannot read {args.token_file}: {exc}") from None
+    if not token:
+        raise UsageError(f"--token-file: {args.token_file} is empty")
+    return token
+
+
+def _summaries_from_url(
+    url: str, token: str | None, ca_file: str | None = None
+) -> tuple[list[WardSummary], float]:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    try:
+        r = httpx.get(
+            f"{url.rstrip('/')}/api/v1/wards",
+            timeout=HTTP_TIMEOUT,
+            headers=headers,
+            verify=ca_file if ca_file else True,
+        )
         r.raise_for_status()
         rows = r.json()
     except (httpx.HTTPError, ValueError) as exc:
@@ -312,7 +373,10 @@ def verdict_word(verdict: str, lang: str) -> str:
 
 def cmd_status(args: argparse.Namespace) -> int:
     lang = cli_lang(args.lang)
-    rows, now = _summaries_from_url(args.url) if args.url else _summaries_from_db(args, lang)
+    if args.url:
+        rows, now = _summaries_from_url(args.url, _read_token(args), args.ca_file)
+    else:
+        rows, now = _summaries_from_db(args, lang)
     if args.working_group is not None:
         rows = [r for r in rows if str(r.working_group) == args.working_group]
     if args.json:
@@ -370,11 +434,24 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from collector.api import create_app
     from collector.service import Service
+    from collector.tls import ServerTls, TlsError
 
     host, port = parse_listen(args.listen)
     for name in ("agent_series_budget", "ward_series_budget"):
         if getattr(args, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')}: must be at least 1")
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise UsageError("--tls-cert and --tls-key: give both, or neither")
+    if args.tls_client_ca is not None and args.tls_cert is None:
+        raise UsageError("--tls-client-ca: needs --tls-cert and --tls-key")
+    if args.ingest_rate < 0 or args.ingest_burst < 1:
+        raise UsageError("--ingest-rate: must be >= 0 (0: no limit); --ingest-burst: >= 1")
+    tls = None
+    if args.tls_cert is not None:
+        try:
+            tls = ServerTls(args.tls_cert, args.tls_key, args.tls_client_ca)
+        except TlsError as exc:
+            raise UsageError(str(exc)) from None
     logging.getLogger().setLevel(args.log_level.upper())
     if args.wards:
         # stdout carries only the "listening on" line, for whoever started the server.
@@ -397,15 +474,28 @@ def cmd_serve(args: argparse.Namespace) -> int:
         ward_series_budget=args.ward_series_budget,
     )
     sock = _bind(host, port)
+    app = create_app(
+        service,
+        metrics_open=args.metrics_open,
+        ingest_rate=args.ingest_rate or None,
+        ingest_burst=args.ingest_burst,
+    )
     config = uvicorn.Config(
-        create_app(service),
+        app,
         log_level=args.log_level,
         access_log=args.access_log,
         lifespan="off",
         server_header=False,
     )
-    server = uvicorn.Server(config)
     stop = threading.Event()
+    if tls is not None:
+        # Our own context instead of uvicorn's ssl_* options, so a renewed certificate can be
+        # loaded into it while the server runs.
+        config.load()
+        config.ssl = tls.context
+        tls.on_sighup()
+        threading.Thread(target=tls.watch, args=(stop,), name="tls-watch", daemon=True).start()
+    server = uvicorn.Server(config)
     threading.Thread(
         target=service.supervise_judge, args=(stop,), name="judge-supervisor", daemon=True
     ).start()
@@ -418,7 +508,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         ).start()
     bound_host, bound_port = sock.getsockname()[:2]
     shown = f"[{bound_host}]" if ":" in bound_host else bound_host
-    print(f"wardready-collector listening on http://{shown}:{bound_port}", flush=True)
+    scheme = "https" if tls is not None else "http"
+    print(f"wardready-collector listening on {scheme}://{shown}:{bound_port}", flush=True)
     try:
         # On SIGTERM/SIGINT uvicorn finishes requests in flight (every acknowledged batch is
         # already committed), then re-raises the signal, so the exit status says why.
@@ -512,6 +603,30 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_WARD_SERIES,
         help="the most series one ward may hold (default %(default)s)",
     )
+    s.add_argument(
+        "--metrics-open",
+        action="store_true",
+        help="serve /metrics without a token (for a Prometheus on a trusted network)",
+    )
+    s.add_argument(
+        "--ingest-rate",
+        type=float,
+        default=tokenstore.DEFAULT_INGEST_RATE,
+        help="requests/s each agent token may make on average (default %(default)g; 0: no limit)",
+    )
+    s.add_argument(
+        "--ingest-burst",
+        type=float,
+        default=tokenstore.DEFAULT_INGEST_BURST,
+        help="requests each agent token may make at once (default %(default)g)",
+    )
+    s.add_argument("--tls-cert", type=Path, help="serve HTTPS with this certificate chain (PEM)")
+    s.add_argument("--tls-key", type=Path, help="the certificate's private key (PEM)")
+    s.add_argument(
+        "--tls-client-ca",
+        type=Path,
+        help="require client certificates signed by this CA (mTLS)",
+    )
     s.set_defaults(func=cmd_serve)
 
     w = sub.add_parser("wards", help="the ward list").add_subparsers(
@@ -528,10 +643,19 @@ def build_parser() -> argparse.ArgumentParser:
         dest="token_command", required=True, metavar="ACTION"
     )
     tc = t.add_parser("create", help="create a token; printed once, stored hashed")
-    tc.add_argument("--ward", required=True)
-    tc.add_argument("--agent", help="limit the token to this agent name")
+    tc.add_argument(
+        "--role",
+        choices=tokenstore.ROLES,
+        default="agent",
+        help="agent (writes its ward; the default), viewer (reads) or admin (reads, manages)",
+    )
+    tc.add_argument("--ward", help="the ward an agent token writes")
+    tc.add_argument("--agent", help="limit an agent token to this agent name")
+    tc.add_argument("--name", help="who holds a viewer or admin token (shown in the audit log)")
     tc.set_defaults(func=cmd_token_create)
-    tl = t.add_parser("list", help="list tokens (prefix, ward, agent, created, revoked)")
+    tl = t.add_parser(
+        "list", help="list tokens (prefix, role, name, ward, agent, created, revoked)"
+    )
     tl.set_defaults(func=cmd_token_list)
     tr = t.add_parser("revoke", help="revoke the token with this prefix")
     tr.add_argument("prefix")
@@ -541,11 +665,24 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--working-group", help="only this working group")
     st.add_argument("--json", action="store_true", help="JSON instead of the table")
     st.add_argument("--url", help="ask a running collector (e.g. http://127.0.0.1:8080)")
+    st.add_argument(
+        "--token-file", help="with --url: a viewer or admin token (default: $WARDREADY_TOKEN)"
+    )
+    st.add_argument("--ca-file", help="with an https --url: the CA that signed its certificate")
     st.add_argument("--width", type=int, help="wrap reasons to this many columns")
     st.add_argument(
         "--lang", choices=i18n.LANGS, help="vi or en (default: the terminal's locale, else en)"
     )
     st.set_defaults(func=cmd_status)
+
+    al = sub.add_parser("audit-log", help="who changed what, when").add_subparsers(
+        dest="audit_command", required=True, metavar="ACTION"
+    )
+    all_ = al.add_parser("list", help="the newest entries, oldest first")
+    all_.add_argument("--limit", type=int, default=100, help="at most this many (default 100)")
+    all_.add_argument("--days", type=float, help="only entries of the last DAYS days")
+    all_.add_argument("--json", action="store_true")
+    all_.set_defaults(func=cmd_audit_log_list)
 
     pr = sub.add_parser("prune", help="delete stored results older than --days")
     pr.add_argument("--days", type=float, default=30.0)

@@ -50,16 +50,33 @@ wards = sa.Table(
     sa.Column("working_group", sa.String(64), nullable=False),
 )
 
+# role is agent (writes ward_id, as agent when set), viewer (reads) or admin (reads and
+# manages); only agent tokens have a ward. name is who holds a viewer or admin token.
 tokens = sa.Table(
     "tokens",
     metadata,
     sa.Column("id", BigId, primary_key=True, autoincrement=True),
-    sa.Column("ward_id", sa.String(64), sa.ForeignKey("wards.id"), nullable=False),
+    sa.Column("ward_id", sa.String(64), sa.ForeignKey("wards.id"), nullable=True),
     sa.Column("agent", sa.String(64), nullable=True),
     sa.Column("hash", sa.String(64), nullable=False, unique=True),
     sa.Column("prefix", sa.String(16), nullable=False),
     sa.Column("created_at", sa.Double, nullable=False),
     sa.Column("revoked_at", sa.Double, nullable=True),
+    sa.Column("role", sa.String(16), nullable=False, server_default="agent"),
+    sa.Column("name", sa.UnicodeText, nullable=False, server_default=""),
+)
+
+# Who did what, when: every change made with an admin token or by the CLI's management
+# commands. who is a token's prefix and name ("cli:USER" for the command line).
+audit_log = sa.Table(
+    "audit_log",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("at", sa.Double, nullable=False),
+    sa.Column("who", sa.UnicodeText, nullable=False),
+    sa.Column("action", sa.String(64), nullable=False),
+    sa.Column("detail", sa.UnicodeText, nullable=False, server_default=""),
+    sa.Index("ix_audit_log_at", "at"),
 )
 
 agents = sa.Table(

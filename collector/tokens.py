@@ -1,6 +1,10 @@
-"""Agent credentials: random bearer tokens, stored only as hashes.
+"""Credentials: random bearer tokens, stored only as hashes, each with a role.
 
-A token authorizes writes for one ward, and for one agent name when it was created with one.
+- ``agent``: writes results and inventory for one ward (and one agent name when created with
+  one); reads nothing.
+- ``viewer``: reads the ward list, each ward's page and ``/metrics``.
+- ``admin``: reads, and manages tokens (every change lands in the audit log).
+
 The token is shown once, when created; the database keeps its SHA-256 and its first
 characters (the prefix) so an operator can tell tokens apart and revoke one.
 """
@@ -14,11 +18,12 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, Literal, get_args
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from collector import db
+from collector import auditlog, db
 
 # 43 characters from 62 carry 256 bits. Letters and digits only: a token (or its prefix)
 # never starts with '-' (which a shell command line would take for an option) and needs no
@@ -32,6 +37,18 @@ MAX_PRESENTED = 256
 # this many seconds; one made through the same Service takes effect at once.
 CACHE_SECONDS = 10.0
 
+# Ingest requests per agent token (collector.auth.RateLimiter). An agent pushes every 5 s,
+# and back to back while it replays a backlog (a batch of 500 results takes tens of ms to
+# store): 5 requests/s with bursts of 20 lets a replay run at ~2,500 results/s per agent,
+# while one token can no longer flood the collector.
+DEFAULT_INGEST_RATE = 5.0
+DEFAULT_INGEST_BURST = 20.0
+
+
+Role = Literal["agent", "viewer", "admin"]
+ROLES: tuple[Role, ...] = get_args(Role)
+MAX_NAME = 64
+
 
 class TokenError(Exception):
     pass
@@ -39,19 +56,39 @@ class TokenError(Exception):
 
 @dataclass(frozen=True)
 class Grant:
-    """What a valid token allows: writes for ``ward``, and only as ``agent`` when set."""
+    """What a valid token allows: an agent token writes for ``ward``, and only as ``agent``
+    when set; viewer and admin tokens have no ward."""
 
-    ward: str
+    ward: str | None
     agent: str | None
+    role: Role = "agent"
+    name: str = ""
+    prefix: str = ""
 
 
 @dataclass(frozen=True)
 class TokenInfo:
     prefix: str
-    ward: str
+    ward: str | None
     agent: str | None
     created_at: float
     revoked_at: float | None
+    role: Role = "agent"
+    name: str = ""
+
+
+def _role(value: str) -> Role:
+    for role in ROLES:
+        if value == role:
+            return role
+    raise TokenError(f"role: {value!r} is not one of {', '.join(ROLES)}")
+
+
+def _check_name(name: str) -> str:
+    name = name.strip()
+    if not name or len(name) > MAX_NAME or not name.isprintable():
+        raise TokenError(f"name: give who holds the token, 1 to {MAX_NAME} printable characters")
+    return name
 
 
 def hash_token(token: str) -> str:
@@ -65,45 +102,92 @@ def new_token() -> str:
     return "".join(secrets.choice(ALPHABET) for _ in range(LENGTH))
 
 
-def create(engine: Engine, ward: str, agent: str | None = None, now: float | None = None) -> str:
-    """Store a new token for ``ward`` (and ``agent``) and return it: the only time it is seen."""
+def create(
+    engine: Engine,
+    ward: str | None = None,
+    agent: str | None = None,
+    now: float | None = None,
+    *,
+    role: Role = "agent",
+    name: str = "",
+    by: str | None = None,
+) -> str:
+    """Store a new token and return it: the only time it is seen.
+
+    An agent token needs ``ward`` (and may be limited to ``agent``); a viewer or admin token
+    takes neither, but needs ``name``, the person or system that holds it. With ``by`` (who
+    asks) the creation is written to the audit log in the same transaction.
+    """
+    role = _role(role)
+    if role == "agent":
+        if ward is None:
+            raise TokenError("ward: an agent token writes one ward; give --ward")
+        name = name.strip() or f"{ward}/{agent or '*'}"
+    else:
+        if ward is not None or agent is not None:
+            raise TokenError(f"ward: a {role} token is not tied to a ward or agent")
+        name = _check_name(name)
+    now = time.time() if now is None else now
     with db.writer(engine).begin() as conn:
-        if conn.execute(sa.select(db.wards.c.id).where(db.wards.c.id == ward)).first() is None:
-            raise TokenError(f"ward: {ward!r} is not a known ward (import the ward list first)")
-        # Prefixes are unique so "token revoke PREFIX" always names one token; with 47 bits
-        # of prefix a second draw is already vanishingly rare.
-        used = set(conn.execute(sa.select(db.tokens.c.prefix)).scalars())
-        for _ in range(100):
-            token = new_token()
-            if token[:PREFIX_LENGTH] not in used:
-                break
-        else:
-            raise TokenError("could not draw a token with an unused prefix")
-        conn.execute(
-            sa.insert(db.tokens).values(
-                ward_id=ward,
-                agent=agent,
-                hash=hash_token(token),
-                prefix=token[:PREFIX_LENGTH],
-                created_at=time.time() if now is None else now,
-            )
-        )
+        token = _insert(conn, ward, agent, role, name, now)
+        if by is not None:
+            detail = f"{token[:PREFIX_LENGTH]} role={role} name={name}"
+            if ward is not None:
+                detail += f" ward={ward} agent={agent or '*'}"
+            auditlog.record(conn, by, "token.create", detail, now)
     return token
+
+
+def _insert(
+    conn: sa.Connection, ward: str | None, agent: str | None, role: Role, name: str, now: float
+) -> str:
+    known = sa.select(db.wards.c.id).where(db.wards.c.id == ward)
+    if ward is not None and conn.execute(known).first() is None:
+        raise TokenError(f"ward: {ward!r} is not a known ward (import the ward list first)")
+    # Prefixes are unique so "token revoke PREFIX" always names one token; with 47 bits
+    # of prefix a second draw is already vanishingly rare.
+    used = set(conn.execute(sa.select(db.tokens.c.prefix)).scalars())
+    for _ in range(100):
+        token = new_token()
+        if token[:PREFIX_LENGTH] not in used:
+            break
+    else:
+        raise TokenError("could not draw a token with an unused prefix")
+    conn.execute(
+        sa.insert(db.tokens).values(
+            ward_id=ward,
+            agent=agent,
+            hash=hash_token(token),
+            prefix=token[:PREFIX_LENGTH],
+            created_at=now,
+            role=role,
+            name=name,
+        )
+    )
+    return token
+
+
+def _info(row: sa.Row[Any], revoked_at: float | None) -> TokenInfo:
+    return TokenInfo(
+        row.prefix, row.ward_id, row.agent, row.created_at, revoked_at, _role(row.role), row.name
+    )
 
 
 def list_all(engine: Engine) -> list[TokenInfo]:
     t = db.tokens
     with engine.connect() as conn:
         rows = conn.execute(
-            sa.select(t.c.prefix, t.c.ward_id, t.c.agent, t.c.created_at, t.c.revoked_at).order_by(
-                t.c.ward_id, t.c.created_at
-            )
+            sa.select(t).order_by(t.c.role, t.c.ward_id, t.c.created_at, t.c.id)
         ).all()
-    return [TokenInfo(r.prefix, r.ward_id, r.agent, r.created_at, r.revoked_at) for r in rows]
+    return [_info(r, r.revoked_at) for r in rows]
 
 
-def revoke(engine: Engine, prefix: str, now: float | None = None) -> TokenInfo:
-    """Revoke the one token whose prefix is ``prefix``; already revoked is not an error."""
+def revoke(
+    engine: Engine, prefix: str, now: float | None = None, by: str | None = None
+) -> TokenInfo:
+    """Revoke the one token whose prefix is ``prefix``; already revoked is not an error.
+
+    With ``by`` (who asks) the revocation is written to the audit log."""
     t = db.tokens
     prefix = prefix.strip()
     if len(prefix) < PREFIX_LENGTH:
@@ -118,7 +202,9 @@ def revoke(engine: Engine, prefix: str, now: float | None = None) -> TokenInfo:
         if when is None:
             when = time.time() if now is None else now
             conn.execute(sa.update(t).where(t.c.id == row.id).values(revoked_at=when))
-    return TokenInfo(row.prefix, row.ward_id, row.agent, row.created_at, when)
+            if by is not None:
+                auditlog.record(conn, by, "token.revoke", f"{row.prefix} role={row.role}", when)
+    return _info(row, when)
 
 
 def bearer(authorization: str | None) -> str | None:
@@ -161,7 +247,7 @@ class TokenCache:
         t = db.tokens
         with self._engine.connect() as conn:
             row = conn.execute(
-                sa.select(t.c.ward_id, t.c.agent).where(
+                sa.select(t.c.ward_id, t.c.agent, t.c.role, t.c.name, t.c.prefix).where(
                     t.c.hash == digest, t.c.revoked_at.is_(None)
                 )
             ).first()
@@ -169,12 +255,12 @@ class TokenCache:
             if row is None:
                 self._known.pop(digest, None)
                 return None
-            grant = Grant(row.ward_id, row.agent)
+            grant = Grant(row.ward_id, row.agent, _role(row.role), row.name, row.prefix)
             self._known[digest] = (grant, now + self._seconds)
             return grant
 
-    def revoke(self, prefix: str, now: float | None = None) -> TokenInfo:
-        info = revoke(self._engine, prefix, now)
+    def revoke(self, prefix: str, now: float | None = None, by: str | None = None) -> TokenInfo:
+        info = revoke(self._engine, prefix, now, by)
         self.clear()
         return info
 

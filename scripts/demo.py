@@ -91,10 +91,13 @@ def main() -> int:
             "have no agent yet (no_data). Working group 1, which holds both demo wards:\n"
         )
         status = collector.cli(
-            "status", "--url", collector.url, "--working-group", "1", check=False
-        )
+            "status", "--url", collector.url, "--working-group", "1",
+            "--token-file", str(collector.viewer_token_file), check=False,
+        )  # fmt: skip
         print(status.stdout or status.stderr)
-        print("Where to look:")
+        print(f"Where to look (reads take the viewer token in {collector.viewer_token_file};")
+        print("  the board asks for it once at /login;")
+        print('  curl: -H "Authorization: Bearer $(cat FILE)"):')
         print(f"  board         {collector.url}/   (tiếng Việt; ?lang=en for English)")
         print(f"  ward page     {collector.url}/wards/{BROKEN_WARD}")
         print(f"  wards API     {collector.url}/api/v1/wards")

@@ -123,8 +123,16 @@ class Collector:
             argv, capture_output=True, text=True, check=check, cwd=ROOT, timeout=60
         )
 
+    @property
+    def viewer_token_file(self) -> Path:
+        """A viewer token (made by setup): reads need one, as does /metrics."""
+        return self.workdir / "viewer.token"
+
     def setup(self) -> None:
         self.cli("wards", "import", str(self.wards_csv))
+        out = self.cli("token", "create", "--role", "viewer", "--name", "fleet").stdout
+        self.viewer_token_file.write_text(out.strip().splitlines()[-1] + "\n")
+        self.viewer_token_file.chmod(0o600)
 
     def token(self, ward: str, agent: str) -> str:
         out = self.cli("token", "create", "--ward", ward, "--agent", agent).stdout
@@ -149,7 +157,8 @@ class Collector:
             self.proc.stop()
 
     def get(self, path: str) -> Any:
-        r = httpx.get(f"{self.url}{path}", timeout=5)
+        token = self.viewer_token_file.read_text().strip()
+        r = httpx.get(f"{self.url}{path}", timeout=5, headers={"Authorization": f"Bearer {token}"})
         r.raise_for_status()
         return r.json() if "json" in r.headers.get("content-type", "") else r.text
 

@@ -292,3 +292,54 @@ def test_validate_refuses_a_tcp_target_without_a_port(
     assert out == ""
     assert err.startswith(f"{path}:4: checks[0].target: ")
     assert "port" in err
+def _tls_config(tmp_path: Path, collector: str, url: str = "https://127.0.0.1:8443") -> Path:
+    path = tmp_path / "agent.yaml"
+    path.write_text(
+        f"ward: ward-1\ncollector: {{url: '{url}', token: t, {collector}}}\n"
+        "checks: [{name: x, type: tcp, target: '127.0.0.1:1'}]\n"
+    )
+    return path
+
+
+def test_tls_files_resolve_relative_to_the_config(tmp_path: Path) -> None:
+    from tests.pki import issue, make_ca
+
+    ca = make_ca(tmp_path, "city-ca")
+    issue(ca, tmp_path / "agent.pem", tmp_path / "agent.key", "pc-01", client=True)
+    path = _tls_config(
+        tmp_path, "ca_file: city-ca.pem, client_cert: agent.pem, client_key: agent.key"
+    )
+    c = load_config(path).collector
+    assert (c.ca_file, c.client_cert, c.client_key) == (
+        tmp_path / "city-ca.pem",
+        tmp_path / "agent.pem",
+        tmp_path / "agent.key",
+    )
+
+
+@pytest.mark.parametrize(
+    ("collector", "message"),
+    [
+        ("ca_file: nowhere.pem", "collector.ca_file: no file at {d}/nowhere.pem"),
+        ("ca_file: junk.pem", "collector.ca_file: {d}/junk.pem: not a PEM CA"),
+        ("client_cert: junk.pem", "collector: set both client_cert and client_key, or neither"),
+        (
+            "client_cert: junk.pem, client_key: junk.pem",
+            "collector.client_cert: {d}/junk.pem with {d}/junk.pem: not a usable",
+        ),
+    ],
+)
+def test_tls_files_are_checked_at_load(tmp_path: Path, collector: str, message: str) -> None:
+    (tmp_path / "junk.pem").write_text("not PEM\n")
+    path = _tls_config(tmp_path, collector)
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert len(caught.value.messages) == 1
+    assert caught.value.messages[0].startswith(f"{path}:2: " + message.format(d=tmp_path))
+
+
+def test_tls_files_need_an_https_url(tmp_path: Path) -> None:
+    path = _tls_config(tmp_path, "ca_file: x.pem", url="http://127.0.0.1:8080")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert any("need an https:// url" in m for m in caught.value.messages)

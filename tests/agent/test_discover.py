@@ -251,11 +251,13 @@ UNITS = (
 
 
 @pytest.fixture
-def collector(tmp_path: Path) -> Iterator[tuple[str, str]]:
+def collector(tmp_path: Path) -> Iterator[tuple[str, str, str]]:
+    """A collector on loopback: its URL, an agent token, and a viewer token for the reads."""
     (tmp_path / "units.csv").write_text(UNITS, encoding="utf-8")
     service = Service.open(f"sqlite:///{tmp_path / 'c.db'}", default_profile_path())
     wards.import_csv(service.engine, tmp_path / "units.csv")
     token = tokens.create(service.engine, "phuong-ben-thanh", "pc-01")
+    viewer = tokens.create(service.engine, role="viewer", name="test")
     port = free_port()
     server = uvicorn.Server(
         uvicorn.Config(create_app(service), host="127.0.0.1", port=port, log_level="warning")
@@ -264,20 +266,26 @@ def collector(tmp_path: Path) -> Iterator[tuple[str, str]]:
     thread.start()
     try:
         wait_for("collector", lambda: server.started, 15)
-        yield f"http://127.0.0.1:{port}", token
+        yield f"http://127.0.0.1:{port}", token, viewer
     finally:
         server.should_exit = True
         thread.join(15)
         service.close()
 
 
-def test_report_reaches_the_ward_page(collector: tuple[str, str], tmp_path: Path) -> None:
+def _bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def test_report_reaches_the_ward_page(collector: tuple[str, str, str], tmp_path: Path) -> None:
     import httpx
 
-    url, token = collector
+    url, token, viewer = collector
     inv = disc.inventory(lan_hosts(), "phuong-ben-thanh", "pc-01")
     assert disc.post_inventory(url, token, inv, 10) == {"stored": True, "devices": 6}
-    page = httpx.get(f"{url}/api/v1/wards/phuong-ben-thanh", timeout=10).json()
+    page = httpx.get(
+        f"{url}/api/v1/wards/phuong-ben-thanh", timeout=10, headers=_bearer(viewer)
+    ).json()
     devices = {d["address"]: d for d in page["inventory"][0]["devices"]}
     assert devices["10.9.8.11"]["kind"] == "multifunction"
     assert devices["10.9.8.11"]["services"] == ["ipps", "uscan"]
@@ -288,11 +296,11 @@ def test_report_reaches_the_ward_page(collector: tuple[str, str], tmp_path: Path
 
 
 def test_cli_report_posts_with_the_agent_config(
-    collector: tuple[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    collector: tuple[str, str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     import httpx
 
-    url, token = collector
+    url, token, viewer = collector
     config = tmp_path / "agent.yaml"
     config.write_text(
         f"ward: phuong-ben-thanh\nagent: pc-01\ncollector: {{url: '{url}', token: '{token}'}}\n"
@@ -304,6 +312,8 @@ def test_cli_report_posts_with_the_agent_config(
             "--report", "-c", str(config)]  # fmt: skip
     assert cli.main(argv) == 0
     assert "reported" in capsys.readouterr().err
-    page = httpx.get(f"{url}/api/v1/wards/phuong-ben-thanh", timeout=10).json()
+    page = httpx.get(
+        f"{url}/api/v1/wards/phuong-ben-thanh", timeout=10, headers=_bearer(viewer)
+    ).json()
     assert page["inventory"][0]["agent"] == "pc-01" and page["inventory"][0]["devices"] == []
     assert token not in capsys.readouterr().out

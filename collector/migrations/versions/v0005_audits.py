@@ -1,7 +1,7 @@
 """Audits: a window judged from stored results, written once with its SHA-256.
 
 Revision ID: 0005
-Revises: 0002
+Revises: 0004
 """
 
 from __future__ import annotations
