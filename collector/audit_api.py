@@ -17,6 +17,7 @@ from collector import audit_compare, audit_export, audits, auth, i18n
 from collector.service import Service
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
+    **auth.DENIED,
     404: {"description": "no such audit"},
     422: {"description": "bad input; the detail names the field"},
 }
@@ -81,7 +82,12 @@ def router(service: Service) -> APIRouter:
             sha256=a.sha256,
         )
 
-    @r.post("", status_code=201, response_model=AuditSummary, responses=_ERRORS)
+    @r.post(
+        "",
+        status_code=201,
+        response_model=AuditSummary,
+        responses={**_ERRORS, 400: {"description": "a body that is not JSON"}},
+    )
     def create(
         body: AuditRequest, who: Annotated[auth.Principal, Depends(auth.admin)]
     ) -> AuditSummary:
@@ -93,7 +99,7 @@ def router(service: Service) -> APIRouter:
                 end=audits.parse_time(body.end, "to"),
                 title=body.title,
                 signed_off_by=body.signed_off_by,
-                created_by=who.name,
+                created_by=who.who,
                 step=body.step_seconds,
                 ward_ids=body.wards,
                 now=service.clock(),
@@ -102,7 +108,12 @@ def router(service: Service) -> APIRouter:
             raise _not_found(exc) from None
         return summary(taken)
 
-    @r.get("", response_model=list[AuditSummary], dependencies=[Depends(auth.reader)])
+    @r.get(
+        "",
+        response_model=list[AuditSummary],
+        responses=auth.DENIED,
+        dependencies=[Depends(auth.reader)],
+    )
     def list_audits() -> list[AuditSummary]:
         return [AuditSummary(**vars(a)) for a in audits.list_all(engine)]
 

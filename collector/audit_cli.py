@@ -8,14 +8,13 @@ a time without a zone, a window in the future).
 from __future__ import annotations
 
 import argparse
-import getpass
 import json
 import os
 import sys
 from pathlib import Path
 from typing import Any
 
-from collector import audit_compare, audit_export, audits, i18n
+from collector import audit_compare, audit_export, auditlog, audits, i18n
 from collector.cli import UsageError, _engine, when
 from collector.profile import load_profile
 from collector.service import profile_path
@@ -23,13 +22,6 @@ from collector.service import profile_path
 
 def _lang(args: argparse.Namespace) -> str:
     return str(args.lang or os.environ.get("WARDREADY_LANG") or i18n.DEFAULT)
-
-
-def _user() -> str:
-    try:
-        return f"cli:{getpass.getuser()}"
-    except (KeyError, OSError):  # no passwd entry and no LOGNAME, e.g. in a bare container
-        return "cli:unknown"
 
 
 def _load(args: argparse.Namespace, audit_id: int) -> audits.Audit:
@@ -62,7 +54,7 @@ def cmd_create(args: argparse.Namespace) -> int:
             end=end,
             title=args.title,
             signed_off_by=args.signed_off_by,
-            created_by=_user(),
+            created_by=auditlog.cli_user(),
             step=args.step,
             ward_ids=args.ward or None,
         )

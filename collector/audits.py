@@ -35,7 +35,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from collector import db
+from collector import auditlog, db
 from collector import wards as wardlist
 from collector.audit_tally import iso, judge_ward, num
 from collector.profile import Profile
@@ -254,6 +254,9 @@ def take(
         text = canonical(doc)
         digest = sha256(text)
         conn.execute(sa.update(a).where(a.c.id == audit_id).values(content=text, sha256=digest))
+        auditlog.record(
+            conn, created_by or "unknown", "audit.create", f"audit {audit_id}: {title}", now
+        )
     return Audit(audit_id, digest, text, json.loads(text))
 
 

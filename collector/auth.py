@@ -21,7 +21,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Annotated, cast
+from typing import Annotated, Any, cast
 from urllib.parse import urlsplit
 
 from fastapi import HTTPException, Request, Security
@@ -122,6 +122,11 @@ def _authenticate(
 Credentials = Annotated[HTTPAuthorizationCredentials | None, Security(bearer_scheme)]
 Cookie = Annotated[str | None, Security(cookie_scheme)]
 
+# What every guarded route may answer besides its own codes, for the OpenAPI schema.
+DENIED: dict[int | str, dict[str, Any]] = {
+    401: {"description": "missing, unknown or revoked token"},
+    403: {"description": "the token's role may not do this"},
+}
 READERS: frozenset[Role] = frozenset({"viewer", "admin"})
 ADMINS: frozenset[Role] = frozenset({"admin"})
 

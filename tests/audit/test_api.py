@@ -7,6 +7,7 @@ from collections.abc import Iterator
 import pytest
 from fastapi.testclient import TestClient
 
+from collector import tokens
 from collector.api import create_app
 from collector.service import Service
 
@@ -15,9 +16,29 @@ from .conftest import CUT, JUNE_12, JUNE_22, Fed, tamper
 
 @pytest.fixture
 def client(service: Service, fed: Fed) -> Iterator[TestClient]:
+    """An admin's client: taking an audit is an admin action."""
     service.clock = lambda: fed.june_22.end + 60
+    admin = tokens.create(service.engine, role="admin", name="Trung tâm CĐS")
     with TestClient(create_app(service), base_url="http://127.0.0.1") as c:
+        c.headers["Authorization"] = f"Bearer {admin}"
         yield c
+
+
+def test_only_an_admin_takes_an_audit_and_a_viewer_reads_it(
+    service: Service, fed: Fed, client: TestClient
+) -> None:
+    first = post(client, JUNE_12)
+    viewer = tokens.create(service.engine, role="viewer", name="Kiểm toán viên")
+    with TestClient(create_app(service), base_url="http://127.0.0.1") as c:
+        body = {"from": JUNE_22[0], "to": JUNE_22[1], "title": "t", "signed_off_by": "s"}
+        assert c.post("/api/v1/audits", json=body).status_code == 401
+        c.headers["Authorization"] = f"Bearer {viewer}"
+        assert c.post("/api/v1/audits", json=body).status_code == 403
+        assert c.get(f"/api/v1/audits/{first['id']}/verify").json()["intact"] is True
+    # Taking it is in the admin audit log, with who took it.
+    log = client.get("/api/v1/audit-log").json()
+    assert [e["action"] for e in log][-1] == "audit.create"
+    assert log[-1]["who"].endswith("Trung tâm CĐS")
 
 
 def post(client: TestClient, window: tuple[str, str], **over: object) -> dict[str, object]:
@@ -41,7 +62,7 @@ def test_take_read_verify_export_compare(client: TestClient) -> None:
 
     one = client.get("/api/v1/audits/1").json()
     assert one["intact"] is True and one["problems"] == []
-    assert one["content"]["created_by"] == "anonymous"
+    assert one["content"]["created_by"].endswith(" Trung tâm CĐS")
     assert {w["id"] for w in one["content"]["wards"]} >= {CUT}
     assert client.get("/api/v1/audits/2/verify").json()["intact"] is True
 

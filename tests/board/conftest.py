@@ -3,6 +3,7 @@ ward names, a Service and an in-process client), shared with the board's tests."
 
 from tests.collector.conftest import (  # noqa: F401
     READY,
+    anon,
     client,
     db_url,
     engine,
@@ -10,4 +11,5 @@ from tests.collector.conftest import (  # noqa: F401
     service,
     token,
     units_csv,
+    viewer,
 )

@@ -92,6 +92,24 @@ def browser() -> Iterator[Any]:
             shutil.rmtree(profile, ignore_errors=True)
 
 
+@pytest.fixture(scope="module")
+def signed_in(fleet: Collector, browser: Any) -> Any:
+    """The browser after an officer signed in the way the board asks: the board sends a
+    visitor without a token to /login, where a viewer token is pasted once."""
+    page = browser.new_page()
+    page.goto(fleet.url + "/", wait_until="load")
+    assert page.url == fleet.url + "/login", page.url
+    page.fill("input[name=token]", "not-a-token")
+    page.click("button[type=submit]")
+    assert page.locator("[role=alert]").count() == 1
+    shot(page, "login-refused")
+    page.fill("input[name=token]", fleet.viewer_token_file.read_text().strip())
+    page.click("button[type=submit]")
+    page.wait_for_url(fleet.url + "/")
+    page.close()
+    return browser
+
+
 def open_page(context: Any, url: str, size: dict[str, int]) -> tuple[Any, list[str]]:
     page = context.new_page()
     page.set_viewport_size(size)
@@ -122,7 +140,8 @@ def serious_violations(page: Any) -> list[str]:
             if v["impact"] in ("serious", "critical")]  # fmt: skip
 
 
-def test_board_renders_matches_the_api_and_filters(fleet: Collector, browser: Any) -> None:
+def test_board_renders_matches_the_api_and_filters(fleet: Collector, signed_in: Any) -> None:
+    browser = signed_in
     page, errors = open_page(browser, fleet.url + "/", DESKTOP)
     assert page.locator("html").get_attribute("lang") == "vi"
     api = {w["id"]: w["verdict"] for w in fleet.get("/api/v1/wards")}
@@ -184,7 +203,8 @@ def test_board_renders_matches_the_api_and_filters(fleet: Collector, browser: An
     phone.close()
 
 
-def test_ward_page_renders_with_charts_and_is_accessible(fleet: Collector, browser: Any) -> None:
+def test_ward_page_renders_with_charts_and_is_accessible(fleet: Collector, signed_in: Any) -> None:
+    browser = signed_in
     for size, tag in ((DESKTOP, "1366x768"), (PHONE, "phone")):
         page, errors = open_page(browser, f"{fleet.url}/wards/{BROKEN}", size)
         assert page.locator("h1").inner_text() == "Phường Minh Phụng"

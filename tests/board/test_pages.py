@@ -126,15 +126,27 @@ def test_ward_page_lists_every_fault_of_a_counter_printer(
     assert device["faults"] == ["door_open", "toner_empty"]
 
 
-def test_login_sets_a_strict_http_only_cookie_and_logout_clears_it(client: TestClient) -> None:
+FORM = {"Content-Type": "application/x-www-form-urlencoded"}
+
+
+def test_login_sets_a_strict_http_only_cookie_and_logout_clears_it(
+    anon: TestClient, viewer: str, token: str
+) -> None:
+    client = anon
+    r = client.get("/", follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"] == "/login"
     assert "<form" in client.get("/login").text
-    r = client.post("/login", content=b"token=abc123", follow_redirects=False,
-                    headers={"Content-Type": "application/x-www-form-urlencoded"})  # fmt: skip
+    r = client.post("/login", content=f"token={viewer}".encode(), follow_redirects=False,
+                    headers=FORM)  # fmt: skip
     assert r.status_code == 303 and r.headers["location"] == "/"
     cookie = r.headers["set-cookie"]
-    assert cookie.startswith("wardready_token=abc123")
+    assert cookie.startswith(f"wardready_token={viewer}")
     assert "HttpOnly" in cookie and "SameSite=strict" in cookie and "Secure" not in cookie
-    assert client.post("/login", content=b"token=").status_code == 400
+    assert client.get("/").status_code == 200
+    # An empty, unknown or agent token signs nobody in.
+    for wrong in ("", "abc123", token):
+        r = client.post("/login", content=f"token={wrong}".encode(), headers=FORM)
+        assert r.status_code == 401 and "set-cookie" not in r.headers
     r = client.get("/logout", follow_redirects=False)
     assert r.status_code == 303 and 'wardready_token=""' in r.headers["set-cookie"]
 
@@ -152,10 +164,10 @@ def test_shown_names_carry_the_kind_once() -> None:
     assert shown_name(ward("Somewhere", ""), "vi") == "Somewhere"
 
 
-def test_login_cookie_is_secure_over_https(service: Service) -> None:
+def test_login_cookie_is_secure_over_https(service: Service, viewer: str) -> None:
     from collector.api import create_app
 
     with TestClient(create_app(service), base_url="https://127.0.0.1") as c:
-        r = c.post("/login", content=b"token=abc", follow_redirects=False,
-                   headers={"Content-Type": "application/x-www-form-urlencoded"})  # fmt: skip
+        r = c.post("/login", content=f"token={viewer}".encode(), follow_redirects=False,
+                   headers=FORM)  # fmt: skip
     assert r.status_code == 303 and "Secure" in r.headers["set-cookie"]

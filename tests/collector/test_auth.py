@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -12,7 +13,7 @@ import sqlalchemy as sa
 from fastapi import Depends
 from fastapi.testclient import TestClient
 
-from collector import auditlog, cli, db, tokens
+from collector import auditlog, audits, cli, db, tokens
 from collector.api import create_app
 from collector.auth import COOKIE, Principal, RateLimiter, reader_or_none
 from collector.service import Service
@@ -30,6 +31,11 @@ def kinds(service: Service) -> dict[str, str | None]:
     engine = service.engine
     revoked = tokens.create(engine, role="admin", name="cựu quản trị")
     tokens.revoke(engine, revoked[: tokens.PREFIX_LENGTH])
+    # Audit 1, for the routes that read one.
+    end = audits.parse_time("2026-06-12T10:00+07:00", "to")
+    audits.take(engine, service.profile, start=end - timedelta(minutes=10), end=end,
+                title="Chạy thử", signed_off_by="Nguyễn Văn An", created_by="cli:tester",
+                step=60)  # fmt: skip
     return {
         "none": None,
         "bad": "x" * tokens.LENGTH,
@@ -66,11 +72,20 @@ def _request(client: TestClient, service: Service, endpoint: str, headers: dict[
         r = client.post(path, content=json.dumps(doc), headers=json_headers)
     elif endpoint == "POST /api/v1/tokens":
         r = client.post(path, json={"role": "viewer", "name": "mới"}, headers=headers)
+    elif endpoint == "POST /api/v1/audits":
+        window = {"from": "2026-06-12T08:00+07:00", "to": "2026-06-12T08:10+07:00"}
+        r = client.post(path, json={**window, "title": "t", "signed_off_by": "s",
+                                    "step_seconds": 60}, headers=headers)  # fmt: skip
+    elif endpoint == "GET /api/v1/audits/compare":
+        r = client.get(path, params={"a": 1, "b": 1}, headers=headers)
+    elif endpoint == "GET /api/v1/audits/{audit_id}/export":
+        r = client.get("/api/v1/audits/1/export", params={"format": "csv"}, headers=headers)
     elif endpoint == "DELETE /api/v1/tokens/{prefix}":
         victim = tokens.create(service.engine, role="viewer", name="tạm")
         r = client.delete(f"/api/v1/tokens/{victim[: tokens.PREFIX_LENGTH]}", headers=headers)
     else:
-        r = client.request(method, path.replace("{ward}", READY), headers=headers)
+        path = path.replace("{ward}", READY).replace("{audit_id}", "1")
+        r = client.request(method, path, headers=headers)
     return r.status_code
 
 
@@ -81,6 +96,13 @@ MATRIX: dict[str, tuple[int, ...]] = {
     "GET /docs": (200, 200, 200, 200, 200, 200),
     "GET /api/v1/wards": (401, 401, 403, 200, 200, 401),
     "GET /api/v1/wards/{ward}": (401, 401, 403, 200, 200, 401),
+    "GET /api/v1/wards/{ward}/history": (401, 401, 403, 200, 200, 401),
+    "GET /api/v1/audits": (401, 401, 403, 200, 200, 401),
+    "POST /api/v1/audits": (401, 401, 403, 403, 201, 401),
+    "GET /api/v1/audits/compare": (401, 401, 403, 200, 200, 401),
+    "GET /api/v1/audits/{audit_id}": (401, 401, 403, 200, 200, 401),
+    "GET /api/v1/audits/{audit_id}/verify": (401, 401, 403, 200, 200, 401),
+    "GET /api/v1/audits/{audit_id}/export": (401, 401, 403, 200, 200, 401),
     "GET /metrics": (401, 401, 403, 200, 200, 401),
     "POST /api/v1/ingest": (401, 401, 200, 403, 403, 401),
     "POST /api/v1/inventory": (401, 401, 200, 403, 403, 401),
@@ -204,7 +226,8 @@ def test_admin_manages_tokens_and_every_change_is_audited(
     assert r.status_code == 401  # revoked through the same service: refused at once
     assert open_client.delete("/api/v1/tokens/ZZZZZZZZ", headers=auth(admin)).status_code == 404
 
-    entries = open_client.get("/api/v1/audit-log", headers=auth(admin)).json()
+    logged = open_client.get("/api/v1/audit-log", headers=auth(admin)).json()
+    entries = [e for e in logged if e["action"].startswith("token.")]  # not the fixture's audit
     who = f"{admin[: tokens.PREFIX_LENGTH]} Trung tâm CĐS"
     assert [(e["who"], e["action"]) for e in entries] == [
         (who, "token.create"),

@@ -18,6 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from collector import tokens, wards
 from collector.api import create_app
+from collector.auth import COOKIE
 from collector.profile import load_profile
 from collector.service import Service
 from collector.state import AGE_OUT_MARGIN_SECONDS
@@ -62,7 +63,9 @@ def small(engine: Any, profile_path: Path, units_csv: Path) -> Service:
 
 @pytest.fixture
 def small_client(small: Service) -> Iterator[TestClient]:
+    viewer = tokens.create(small.engine, role="viewer", name="Tổ giám sát")
     with TestClient(create_app(small), base_url="http://127.0.0.1") as c:
+        c.cookies.set(COOKIE, viewer)
         yield c
 
 
