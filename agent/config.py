@@ -10,6 +10,9 @@ Layout (all keys; unknown keys are errors everywhere)::
       push_interval: 5s
       timeout: 5s                  # per HTTP request
       batch_size: 500              # results per push, at most shared.wire.MAX_RESULTS_PER_BATCH
+      ca_file: /etc/wardready/ca.pem   # optional: trust this CA for an https:// collector
+      plan: false                  # true: also run the ward's check plan from the collector
+      plan_interval: 30s           # how often the plan is asked for (If-None-Match: cheap)
     spool:
       path: /var/lib/wardready/spool.db
       max_results: 100000
@@ -19,7 +22,7 @@ Layout (all keys; unknown keys are errors everywhere)::
       interval: 30s
       timeout: 10s
       workers: 8                   # checks running at once (scheduler thread pool size)
-    checks:                        # at least one
+    checks:                        # at least one, unless collector.plan is true
       - name: wan-city             # unique, shared.wire Name
         type: icmp                 # a key of checks.registry.REGISTRY
         target: 10.0.0.1
@@ -127,6 +130,9 @@ class CollectorSection(_Section):
     push_interval: Duration = 5.0
     timeout: Duration = 5.0
     batch_size: int = Field(500, ge=1, le=MAX_RESULTS_PER_BATCH)
+    ca_file: str | None = None
+    plan: bool = False
+    plan_interval: Duration = 30.0
 
     @field_validator("url")
     @classmethod
@@ -194,7 +200,13 @@ class ConfigFile(_Section):
     spool: SpoolSection = SpoolSection()
     metrics: MetricsSection = MetricsSection()
     defaults: DefaultsSection = DefaultsSection()
-    checks: list[CheckSection] = Field(min_length=1)
+    checks: list[CheckSection] = Field(default_factory=list)
+
+
+class PlanFile(_Section):
+    """A check plan from the collector, validated as a config file's ``checks:``."""
+
+    checks: list[CheckSection] = Field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -204,6 +216,9 @@ class CollectorSettings:
     push_interval: float = 5.0
     timeout: float = 5.0
     batch_size: int = 500
+    ca_file: Path | None = None
+    plan: bool = False
+    plan_interval: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -217,6 +232,8 @@ class Config:
     metrics_listen: tuple[str, int] | None
     workers: int
     checks: tuple[CheckSpec, ...]
+    default_interval: float = 30.0
+    default_timeout: float = 10.0
 
 
 def _short(value: object, limit: int = 60) -> str:
@@ -270,11 +287,18 @@ class _Checker:
         self.params: dict[int, Params] = {}
         self.token: str | None = None
 
-    def run(self, registry: dict[str, CheckType]) -> None:
+    def run(
+        self,
+        registry: dict[str, CheckType],
+        d_interval: float | None = None,
+        d_timeout: float | None = None,
+    ) -> None:
         defaults = self.raw.get("defaults")
         defaults = defaults if isinstance(defaults, dict) else {}
-        d_interval = _try_duration(defaults.get("interval", DefaultsSection().interval))
-        d_timeout = _try_duration(defaults.get("timeout", DefaultsSection().timeout))
+        if d_interval is None:
+            d_interval = _try_duration(defaults.get("interval", DefaultsSection().interval))
+        if d_timeout is None:
+            d_timeout = _try_duration(defaults.get("timeout", DefaultsSection().timeout))
         if d_interval and d_timeout and d_timeout >= d_interval:
             self.errors.append((("defaults", "timeout"), _too_long(d_timeout, d_interval)))
         checks = self.raw.get("checks")
@@ -284,6 +308,16 @@ class _Checker:
                 if isinstance(item, dict):
                     self._check(i, item, registry, d_interval, d_timeout, first_line)
         self._read_token()
+        self._need_checks()
+
+    def _need_checks(self) -> None:
+        section = self.raw.get("collector")
+        if not isinstance(section, dict) or section.get("plan") is True:
+            return
+        checks = self.raw.get("checks")
+        if checks is None or checks == []:
+            msg = "at least one check is needed (or collector.plan: true, to take the plan's)"
+            self.errors.append((("checks",), msg))
 
     def _check(
         self,
@@ -373,7 +407,6 @@ def load_config(path: str | os.PathLike[str]) -> Config:
         raise ConfigError([f"{shown}:{line}: YAML: {problem}"]) from None
     if not isinstance(raw, dict):
         raise ConfigError([f"{shown}:1: the file must be a YAML mapping (ward:, collector:, ...)"])
-
     errors: list[tuple[Loc, str]] = []
     model: ConfigFile | None = None
     try:
@@ -390,29 +423,69 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     return _build(model, checker, source, dict(REGISTRY))
 
 
+def _specs(
+    checks: list[CheckSection],
+    params: dict[int, Params],
+    ward: str,
+    interval: float,
+    timeout: float,
+    registry: dict[str, CheckType],
+) -> tuple[CheckSpec, ...]:
+    return tuple(
+        CheckSpec(
+            name=ch.name,
+            check=ch.type,
+            kind=registry[ch.type],
+            target=Target(
+                name=ch.target_name or ch.name,
+                address=ch.target,
+                labels={"ward": ward, **ch.labels},
+            ),
+            params=params[i],
+            interval=ch.interval or interval,
+            timeout=ch.timeout or timeout,
+        )
+        for i, ch in enumerate(checks)
+    )
+
+
+def load_plan(
+    checks: object,
+    shown: str,
+    ward: str,
+    interval: float = DefaultsSection().interval,
+    timeout: float = DefaultsSection().timeout,
+) -> tuple[CheckSpec, ...]:
+    """A plan's ``checks`` (JSON from the collector), validated exactly as a config file's
+    are; errors read ``plan v3:7: checks[1].params.count: ...`` (lines of the YAML form)."""
+    from checks.registry import REGISTRY
+
+    text = yaml.safe_dump({"checks": checks}, allow_unicode=True, sort_keys=False)
+    raw, lines = load(text)
+    errors: list[tuple[Loc, str]] = []
+    model: PlanFile | None = None
+    try:
+        model = PlanFile.model_validate(raw)
+    except ValidationError as exc:
+        errors.extend(error_messages(exc, PlanFile))
+    checker = _Checker(raw, lines, Path("."))
+    checker.run(dict(REGISTRY), interval, timeout)
+    errors.extend(checker.errors)
+    if errors or model is None:
+        errors.sort(key=lambda e: line_of(lines, e[0]))
+        raise ConfigError([located(shown, lines, loc, msg) for loc, msg in errors])
+    return _specs(model.checks, checker.params, ward, interval, timeout, dict(REGISTRY))
+
+
 def _build(
     model: ConfigFile, checker: _Checker, source: Path, registry: dict[str, CheckType]
 ) -> Config:
     c = model.collector
     token = checker.token if c.token is None else c.token.get_secret_value()
     assert token is not None  # exactly one of token/token_file, and a file was read
-    specs = []
-    for i, ch in enumerate(model.checks):
-        specs.append(
-            CheckSpec(
-                name=ch.name,
-                check=ch.type,
-                kind=registry[ch.type],
-                target=Target(
-                    name=ch.target_name or ch.name,
-                    address=ch.target,
-                    labels={"ward": model.ward, **ch.labels},
-                ),
-                params=checker.params[i],
-                interval=ch.interval or model.defaults.interval,
-                timeout=ch.timeout or model.defaults.timeout,
-            )
-        )
+    d = model.defaults
+    specs = _specs(model.checks, checker.params, model.ward, d.interval, d.timeout, registry)
+    base = source.absolute().parent
     return Config(
         source=source,
         ward=model.ward,
@@ -423,10 +496,15 @@ def _build(
             push_interval=c.push_interval,
             timeout=c.timeout,
             batch_size=c.batch_size,
+            ca_file=_resolve(base, c.ca_file) if c.ca_file else None,
+            plan=c.plan,
+            plan_interval=c.plan_interval,
         ),
-        spool_path=_resolve(source.absolute().parent, model.spool.path),
+        spool_path=_resolve(base, model.spool.path),
         spool_max_results=model.spool.max_results,
         metrics_listen=parse_listen(model.metrics.listen),
         workers=model.defaults.workers,
-        checks=tuple(specs),
+        checks=specs,
+        default_interval=d.interval,
+        default_timeout=d.timeout,
     )

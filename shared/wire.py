@@ -26,6 +26,7 @@ MAX_INFO = 32
 # and accepting ancient timestamps would let a broken clock rewrite history.
 MAX_AGE_SECONDS = 7 * 24 * 3600
 MAX_FUTURE_SECONDS = 300
+MAX_PLAN_ERROR = 1024
 
 Ident = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$")]
 Name = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:@/-]{0,127}$")]
@@ -75,6 +76,10 @@ class AgentStatus(_Strict):
     clock_offset_seconds: Finite | None = Field(
         default=None, ge=-MAX_AGE_SECONDS, le=MAX_AGE_SECONDS
     )
+    # The collector's check plan the agent runs (None: no plan, a local config alone), and
+    # why the newest plan it received was not applied, if it was not.
+    plan_version: int | None = Field(default=None, ge=0)
+    plan_error: Annotated[str, StringConstraints(max_length=MAX_PLAN_ERROR)] | None = None
 
 
 class Batch(_Strict):
@@ -112,6 +117,14 @@ DeviceKind = Literal["printer", "scanner", "multifunction", "vc", "router", "unk
 Text255 = Annotated[str, StringConstraints(max_length=255)]
 
 
+class Endpoint(_Strict):
+    """A service a device announced: enough to build a check for it."""
+
+    service: Annotated[str, StringConstraints(max_length=64)]
+    port: int = Field(ge=0, le=65535)
+    path: Annotated[str, StringConstraints(max_length=255)] = ""  # DNS-SD rp / rs
+
+
 class Device(_Strict):
     address: Annotated[str, StringConstraints(min_length=1, max_length=64)]
     mac: Annotated[str, StringConstraints(pattern=r"^([0-9a-f]{2}(:[0-9a-f]{2}){5})?$")] = ""
@@ -121,6 +134,8 @@ class Device(_Strict):
         default_factory=list, max_length=MAX_SERVICES
     )
     sys_descr: Annotated[str, StringConstraints(max_length=1024)] = ""
+    endpoints: list[Endpoint] = Field(default_factory=list, max_length=MAX_SERVICES)
+    printer_mib: bool = False
 
 
 class Inventory(_Strict):
