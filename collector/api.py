@@ -27,6 +27,7 @@ from starlette.concurrency import run_in_threadpool
 from collector import exposition
 from collector import inventory as inventory_store
 from collector.clock import ServerTime
+from collector.fleet_api import WardFleet, fleet_routes, ward_fleet
 from collector.ingest import IngestError
 from collector.readiness import Verdict
 from collector.service import AgentInfo, Service
@@ -104,6 +105,7 @@ class WardDetail(WardSummary):
     )
     last_seen: float | None = Field(description="the latest contact of any of its agents")
     evaluated_at: float
+    fleet: WardFleet | None = Field(None, description="the ward's plan and enrolled agents")
 
 
 class FieldError(BaseModel):
@@ -258,7 +260,10 @@ def create_app(service: Service) -> FastAPI:
         out["last_seen"] = max((a.last_seen for a in agents), default=None)
         out["evaluated_at"] = verdict.evaluated_at if verdict else service.clock()
         out["inventory"] = inventory_store.latest(service.engine, ward_id)
+        out["fleet"] = ward_fleet(service, ward_id)
         return out
+
+    app.include_router(fleet_routes(service))
 
     @app.post(
         "/api/v1/ingest",

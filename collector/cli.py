@@ -275,17 +275,21 @@ def cmd_status(args: argparse.Namespace) -> int:
     rows, now = _summaries_from_url(args.url) if args.url else _summaries_from_db(args)
     if args.working_group is not None:
         rows = [r for r in rows if str(r["working_group"]) == args.working_group]
+    from collector import fleet_cli
+
+    outdated = fleet_cli.outdated(args)
     if args.json:
         doc = {
             "ready": sum(1 for r in rows if r["verdict"] == "ready"),
             "total": len(rows),
             "evaluated_at": now,
             "wards": rows,
+            "outdated_plans": outdated,
         }
         print(json.dumps(doc, ensure_ascii=False, indent=2))
         return 0
     columns = args.width or int(os.environ.get("COLUMNS", "0")) or 100
-    sys.stdout.write(render_status(rows, now, columns))
+    sys.stdout.write(render_status(rows, now, columns) + fleet_cli.render_outdated(outdated))
     return 0
 
 
@@ -474,6 +478,10 @@ def build_parser() -> argparse.ArgumentParser:
     rf.add_argument("--global-pps", type=float, default=20000.0, help="packets/s in all")
     rf.add_argument("--log-every", type=float, default=60.0, help="seconds between summaries")
     rf.set_defaults(func=cmd_reflector)
+
+    from collector import fleet_cli
+
+    fleet_cli.add_commands(sub)
     return p
 
 

@@ -237,7 +237,7 @@ def _origin(doc: FleetFile, layer: str, ward: str, name: str) -> Loc:
     for i, e in enumerate(checks):
         if e.name == name:
             return (*loc, "checks", i)
-    return loc
+    return (*loc, "checks")
 
 
 def _plan_errors(
@@ -257,9 +257,11 @@ def _plan_errors(
             load_plan(checks, "plan", ward)
         except ConfigError as exc:
             for message in exc.messages:
-                where, problem = _plan_problem(message, checks, sources)
-                loc = _origin(doc, where[0], ward, where[1])
-                text = located(shown, lines, loc, f"ward {ward}: {problem}")
+                layer, name, path, problem = _plan_problem(message, checks, sources)
+                loc = _origin(doc, layer, ward, name)
+                if loc[-1] != "checks" and path:
+                    loc = (*loc, *path.split("."))
+                text = located(shown, lines, loc, f"ward {ward}: check {name}: {problem}")
                 if text not in seen:
                     seen.add(text)
                     errors.append(text)
@@ -268,8 +270,8 @@ def _plan_errors(
 
 def _plan_problem(
     message: str, checks: list[dict[str, Any]], sources: dict[str, dict[str, str]]
-) -> tuple[tuple[str, str], str]:
-    """(layer, check name) and the problem, from a ``plan:LINE: checks[i].field: ...``."""
+) -> tuple[str, str, str, str]:
+    """(layer, check name, field path, problem) from a ``plan:LINE: checks[i].field: ...``."""
     parts = message.split(": ", 2)
     if len(parts) == 3 and parts[1].startswith("checks[") and "]" in parts[1]:
         path, text = parts[1], parts[2]
@@ -279,8 +281,8 @@ def _plan_problem(
             field = path[path.index("]") + 2 :]
             where = sources[name]
             layer = where.get(field) or where.get(field.split(".")[0]) or where["name"]
-            return (layer, name), f"check {name}: {field + ': ' if field else ''}{text}"
-    return (DEFAULTS, ""), message.split(": ", 1)[-1]
+            return layer, name, field, text
+    return DEFAULTS, "", "", message.split(": ", 1)[-1]
 
 
 # -- the database side --------------------------------------------------------------------

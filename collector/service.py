@@ -28,6 +28,7 @@ from sqlalchemy.engine import Engine
 
 from collector import db, ingest
 from collector import wards as wardlist
+from collector.expected import PlanBook, annotate
 from collector.profile import Profile, default_profile_path, load_profile
 from collector.readiness import Verdict, evaluate_all
 from collector.state import State
@@ -116,6 +117,7 @@ class Service:
         self.profile = profile
         self.state = State.for_profile(profile)
         self.tokens = TokenCache(engine, token_seconds)
+        self.plan_book = PlanBook(engine)
         self.clock = clock
         self._verdict_seconds = verdict_seconds
         self._wards_seconds = wards_seconds
@@ -244,6 +246,7 @@ class Service:
         with self._write_lock:
             with self._writer.begin() as conn:
                 stored = ingest.store(conn, batch, now)
+                self.plan_book.note(conn, batch, now)
             # Only after the commit: State must never hold what the database may not.
             if stored.inserted:
                 self.state.add(batch.ward, batch.agent, stored.inserted)
@@ -259,7 +262,9 @@ class Service:
         not cached.
         """
         if now is not None:
-            return evaluate_all(self.profile, self.state, list(self.wards()), now)
+            result = evaluate_all(self.profile, self.state, list(self.wards()), now)
+            annotate(result, self.profile, self.plan_book, now)
+            return result
         mono = time.monotonic()
         # While judge_forever runs, a cached result may be up to two periods old: a request
         # then never waits for an evaluation of every ward (~0.5 s at 3,321 wards).
@@ -271,7 +276,9 @@ class Service:
             return self._judge(mono)
 
     def _judge(self, mono: float) -> dict[str, Verdict]:
-        result = evaluate_all(self.profile, self.state, list(self.wards()), self.clock())
+        now = self.clock()
+        result = evaluate_all(self.profile, self.state, list(self.wards()), now)
+        annotate(result, self.profile, self.plan_book, now)
         self._verdicts = (mono, result)
         return result
 
