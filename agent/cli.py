@@ -114,7 +114,7 @@ class Agent:
             cfg.agent,
             cfg.ward,
             __version__,
-            len(cfg.checks),
+            len(self.scheduler.specs),
             cfg.collector.url,
             cfg.spool_path,
             self.spool.depth(),

@@ -81,7 +81,10 @@ def save_cached(config: Config, body: dict[str, Any]) -> None:
     path = cache_path(config)
     tmp = path.with_name(path.name + ".tmp")
     try:
-        tmp.write_text(json.dumps(body, ensure_ascii=False), encoding="utf-8")
+        # Owner-only, like the token: a plan may carry an SNMP community.
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(json.dumps(body, ensure_ascii=False))
         os.replace(tmp, path)
     except OSError as exc:
         log.warning("cannot keep the plan in %s: %s", path, exc)
