@@ -140,15 +140,15 @@ def enroll(
         msg = "the config written does not validate: " + "; ".join(exc.messages)
         raise EnrollFailed(msg) from None
     spool.parent.mkdir(parents=True, exist_ok=True)
-    version, count, problem = _first_plan(loaded, url)
+    version, count, problem = _first_plan(loaded)
     return Enrolled(ward, name, config, token_file, version, count, problem)
 
 
-def _first_plan(config: Config, url: str) -> tuple[int | None, int, str | None]:
+def _first_plan(config: Config) -> tuple[int | None, int, str | None]:
     """Fetch and keep the plan now; a failure here is not fatal (``run`` polls again)."""
     try:
         with http_client(config) as client:
-            response = fetch(client, url, None)
+            response = fetch(client, config, None)
     except httpx.HTTPError as exc:
         return None, 0, f"plan not fetched yet: {exc}"
     if response.status_code == 404:

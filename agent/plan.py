@@ -47,7 +47,6 @@ def http_client(config: Config) -> httpx.Client:
     return httpx.Client(
         timeout=httpx.Timeout(c.timeout),
         verify=verify,
-        headers={"Authorization": f"Bearer {c.token}"},
         follow_redirects=False,
     )
 
@@ -90,9 +89,11 @@ def save_cached(config: Config, body: dict[str, Any]) -> None:
         log.warning("cannot keep the plan in %s: %s", path, exc)
 
 
-def fetch(client: httpx.Client, url: str, etag: str | None) -> httpx.Response:
-    headers = {"If-None-Match": etag} if etag else {}
-    return client.get(url.rstrip("/") + PLAN_PATH, headers=headers)
+def fetch(client: httpx.Client, config: Config, etag: str | None) -> httpx.Response:
+    headers = {"Authorization": f"Bearer {config.collector.token}"}
+    if etag:
+        headers["If-None-Match"] = etag
+    return client.get(config.collector.url + PLAN_PATH, headers=headers)
 
 
 class PlanPoller:
@@ -124,7 +125,7 @@ class PlanPoller:
     def poll_once(self) -> str:
         """One request; returns its outcome (one of OUTCOMES)."""
         try:
-            response = fetch(self._client, self.config.collector.url, self.etag)
+            response = fetch(self._client, self.config, self.etag)
         except httpx.HTTPError as exc:
             return self._count("failed", f"collector unreachable: {type(exc).__name__}")
         if response.status_code == 304:
