@@ -113,7 +113,7 @@ def printer(lan: Lan, tmp_path: Path) -> Iterator[str]:
         # `ip netns exec` runs in a mount namespace of its own: the tmpfs over avahi's run
         # directory (its pid file and socket) stays private to this avahi.
         script = (
-            "mount -t tmpfs tmpfs /run/avahi-daemon && "
+            "mkdir -p /run/avahi-daemon && mount -t tmpfs tmpfs /run/avahi-daemon && "
             f"exec {avahi} -f {conf} --no-chroot --no-drop-root --no-rlimits"
         )
         daemon = Proc(["ip", "netns", "exec", ns, "sh", "-c", script], work / "avahi.log", env)
