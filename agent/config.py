@@ -44,7 +44,7 @@ import re
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 from urllib.parse import urlsplit
 
 import yaml
@@ -70,7 +70,7 @@ from shared.confload import (
     load,
     located,
     model_at,
-    yaml_error_line,
+    read_mapping,
 )
 from shared.confload import parse_duration as parse_duration  # agent.cli reads durations too
 from shared.wire import MAX_LABELS, MAX_RESULTS_PER_BATCH, Ident, LabelValue, Name, Word
@@ -89,6 +89,9 @@ _PATTERN_HINTS = {
     ),
     r"^[a-z][a-z0-9_]{0,63}$": "must be lower snake case (a-z 0-9 _), starting with a letter",
 }
+
+
+_M = TypeVar("_M", bound=BaseModel)
 
 
 class ConfigError(LoadError):
@@ -394,33 +397,36 @@ def load_config(path: str | os.PathLike[str]) -> Config:
 
     shown = os.fspath(path)
     source = Path(path)
-    try:
-        text = source.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError([f"{shown}: cannot read: {exc.strerror or exc}"]) from None
-    except UnicodeDecodeError as exc:
-        raise ConfigError([f"{shown}: not UTF-8 text (byte {exc.start})"]) from None
-    try:
-        raw, lines = load(text)
-    except yaml.YAMLError as exc:
-        line, problem = yaml_error_line(exc)
-        raise ConfigError([f"{shown}:{line}: YAML: {problem}"]) from None
-    if not isinstance(raw, dict):
-        raise ConfigError([f"{shown}:1: the file must be a YAML mapping (ward:, collector:, ...)"])
-    errors: list[tuple[Loc, str]] = []
-    model: ConfigFile | None = None
-    try:
-        model = ConfigFile.model_validate(raw)
-    except ValidationError as exc:
-        errors.extend(error_messages(exc, ConfigFile))
-    checker = _Checker(raw, lines, source.absolute().parent)
-    checker.run(dict(REGISTRY))
-    errors.extend(checker.errors)
+    raw, lines = read_mapping(path, ConfigError, "ward:, collector:, ...")
+    model, checker = _validate(ConfigFile, raw, lines, shown, source.absolute().parent)
+    return _build(model, checker, source, dict(REGISTRY))
 
+
+def _validate(
+    model_type: type[_M],
+    raw: dict[Any, Any],
+    lines: dict[Loc, int],
+    shown: str,
+    base: Path,
+    interval: float | None = None,
+    timeout: float | None = None,
+) -> tuple[_M, _Checker]:
+    """The model and the cross-field checks over ``raw``; ConfigError lists every problem."""
+    from checks.registry import REGISTRY
+
+    errors: list[tuple[Loc, str]] = []
+    model: _M | None = None
+    try:
+        model = model_type.model_validate(raw)
+    except ValidationError as exc:
+        errors.extend(error_messages(exc, model_type))
+    checker = _Checker(raw, lines, base)
+    checker.run(dict(REGISTRY), interval, timeout)
+    errors.extend(checker.errors)
     if errors or model is None:
         errors.sort(key=lambda e: line_of(lines, e[0]))  # stable: same line keeps its order
         raise ConfigError([located(shown, lines, loc, msg) for loc, msg in errors])
-    return _build(model, checker, source, dict(REGISTRY))
+    return model, checker
 
 
 def _specs(
@@ -462,18 +468,7 @@ def load_plan(
 
     text = yaml.safe_dump({"checks": checks}, allow_unicode=True, sort_keys=False)
     raw, lines = load(text)
-    errors: list[tuple[Loc, str]] = []
-    model: PlanFile | None = None
-    try:
-        model = PlanFile.model_validate(raw)
-    except ValidationError as exc:
-        errors.extend(error_messages(exc, PlanFile))
-    checker = _Checker(raw, lines, Path("."))
-    checker.run(dict(REGISTRY), interval, timeout)
-    errors.extend(checker.errors)
-    if errors or model is None:
-        errors.sort(key=lambda e: line_of(lines, e[0]))
-        raise ConfigError([located(shown, lines, loc, msg) for loc, msg in errors])
+    model, checker = _validate(PlanFile, raw, lines, shown, Path("."), interval, timeout)
     return _specs(model.checks, checker.params, ward, interval, timeout, dict(REGISTRY))
 
 

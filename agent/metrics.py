@@ -263,7 +263,6 @@ class AgentCollector(Collector):
         info.add_metric([], {"version": self.version, "ward": self.ward, "agent": self.agent})
         yield info
 
-
     def _plan(self, plan: PlanStats) -> Iterable[Metric]:
         yield GaugeMetricFamily(
             "wardready_agent_plan_version",

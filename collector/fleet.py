@@ -36,13 +36,11 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy.engine import Engine
 
 from collector import db
-from shared.confload import LoadError, Loc, field_errors, line_of, load, located
-from shared.confload import yaml_error_line as _yaml_error_line
+from shared.confload import LoadError, Loc, field_errors, line_of, located, read_mapping
 from shared.devicechecks import device_checks
 from shared.wire import Device, Ident, Name
 
@@ -160,19 +158,7 @@ def read_file(path: str | Path, known_wards: dict[str, str] | None = None) -> Fl
     too, exactly as an agent would check it.
     """
     shown = str(path)
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise FleetError([f"{shown}: cannot read: {exc.strerror or exc}"]) from None
-    except UnicodeDecodeError as exc:
-        raise FleetError([f"{shown}: not UTF-8 text (byte {exc.start})"]) from None
-    try:
-        raw, lines = load(text)
-    except yaml.YAMLError as exc:
-        line, problem = _yaml_error_line(exc)
-        raise FleetError([f"{shown}:{line}: YAML: {problem}"]) from None
-    if not isinstance(raw, dict):
-        raise FleetError([f"{shown}:1: the file must be a mapping (defaults:, groups:, wards:)"])
+    raw, lines = read_mapping(path, FleetError, "version:, defaults:, groups:, wards:")
     try:
         doc = FleetFile.model_validate(raw)
     except ValidationError as exc:

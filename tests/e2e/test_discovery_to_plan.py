@@ -32,6 +32,11 @@ def collector_cli(db: str, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def in_scanner(net: Lan, module: str, *args: str) -> list[str]:
+    """A command line running ``python -m module args`` in the scanner PC's namespace."""
+    return ["ip", "netns", "exec", net.ns["scanner"], sys.executable, "-m", module, *args]
+
+
 def test_discovered_printers_become_plan_checks_after_acceptance(
     lan: Lan,  # noqa: F811
     printer: str,  # noqa: F811
@@ -46,21 +51,9 @@ def test_discovered_printers_become_plan_checks_after_acceptance(
     # The collector runs in the scanner PC's namespace, as the ward's collector would be
     # reachable from the ward PC; its loopback is that namespace's own.
     port = 18080
+    listen = f"127.0.0.1:{port}"
     serve = Proc(
-        [
-            "ip",
-            "netns",
-            "exec",
-            lan.ns["scanner"],
-            sys.executable,
-            "-m",
-            "collector",
-            "--db",
-            db,
-            "serve",
-            "--listen",
-            f"127.0.0.1:{port}",
-        ],
+        in_scanner(lan, "collector", "--db", db, "serve", "--listen", listen),
         tmp_path / "collector.log",
     )
     try:
@@ -79,13 +72,8 @@ def test_discovered_printers_become_plan_checks_after_acceptance(
                 }
             )
         )
-        cmd = [
-            "ip",
-            "netns",
-            "exec",
-            lan.ns["scanner"],
-            sys.executable,
-            "-m",
+        cmd = in_scanner(
+            lan,
             "agent",
             "discover",
             "--subnet",
@@ -99,7 +87,7 @@ def test_discovered_printers_become_plan_checks_after_acceptance(
             "--report",
             "-c",
             str(config),
-        ]
+        )
         found = subprocess.run(cmd, capture_output=True, text=True, timeout=60, cwd=ROOT)
         assert found.returncode == 0, found.stderr
         assert "inventory of 3 devices reported" in found.stderr

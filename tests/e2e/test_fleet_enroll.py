@@ -139,7 +139,8 @@ def agent_of(collector: Collector, ward: str, name: str) -> dict[str, Any]:
     return next(a for a in agents if a["agent"] == name)
 
 
-def test_three_agents_enroll_run_their_plans_and_one_is_revoked(tmp_path: Path) -> None:
+def fleet_collector(tmp_path: Path) -> tuple[Collector, Path]:
+    """A collector (not started yet) with the ward list and the fleet file imported."""
     profile = tmp_path / "profile.yaml"
     profile.write_text(PROFILE)
     collector = Collector(tmp_path, profile)
@@ -147,6 +148,11 @@ def test_three_agents_enroll_run_their_plans_and_one_is_revoked(tmp_path: Path) 
     fleet_yaml = tmp_path / "fleet.yaml"
     fleet_yaml.write_text(fleet_file(collector.port))
     collector.cli("fleet", "import", str(fleet_yaml))
+    return collector, fleet_yaml
+
+
+def test_three_agents_enroll_run_their_plans_and_one_is_revoked(tmp_path: Path) -> None:
+    collector, _ = fleet_collector(tmp_path)
     agents = [
         Enrolled(tmp_path, W1, "pc-01", free_port()),
         Enrolled(tmp_path, W1, "pc-02", free_port()),
@@ -235,13 +241,7 @@ def count_results(workdir: Path, agent: str) -> list[int]:
 
 
 def test_plan_change_hot_reload_and_bad_plan(tmp_path: Path) -> None:
-    profile = tmp_path / "profile.yaml"
-    profile.write_text(PROFILE)
-    collector = Collector(tmp_path, profile)
-    collector.setup()
-    fleet_yaml = tmp_path / "fleet.yaml"
-    fleet_yaml.write_text(fleet_file(collector.port))
-    collector.cli("fleet", "import", str(fleet_yaml))
+    collector, fleet_yaml = fleet_collector(tmp_path)
     agent = Enrolled(tmp_path, W1, "pc-01", free_port())
     with stopping(collector, agent):
         collector.start()
