@@ -133,7 +133,11 @@ def enroll(
         doc["metrics"] = {"listen": metrics_listen}
     config.parent.mkdir(parents=True, exist_ok=True)
     head = f"# written by wardready-agent enroll: agent {name} of ward {ward}\n"
-    config.write_text(head + yaml.safe_dump(doc, allow_unicode=True, sort_keys=False))
+    text = head + yaml.safe_dump(doc, allow_unicode=True, sort_keys=False)
+    if config.exists() and config.read_text(encoding="utf-8", errors="replace") != text:
+        # A config written by hand (local checks, say) is kept beside the new one.
+        config.replace(config.with_name(config.name + ".bak"))
+    config.write_text(text, encoding="utf-8")
     try:
         loaded = load_config(config)
     except ConfigError as exc:

@@ -45,19 +45,26 @@ class PlanBook:
         self.engine = engine
         self.seconds = seconds
         self._lock = threading.Lock()
-        self._plans: tuple[float, dict[str, fleetstore.Plan]] | None = None
+        self._plans: tuple[float, tuple[Any, ...], dict[str, fleetstore.Plan]] | None = None
         self._reported: dict[tuple[str, str], tuple[int | None, str | None]] = {}
         self.served: dict[tuple[str, str], Served] = {}
         self.requests: dict[str, int] = {"sent": 0, "not_modified": 0, "no_plan": 0}
 
     def plans(self) -> dict[str, fleetstore.Plan]:
+        """Every ward's plan; re-read only when the plans table changed (checked every few
+        seconds), since parsing thousands of plans on each verdict would cost more than it."""
         now = time.monotonic()
         with self._lock:
             if self._plans is not None and now - self._plans[0] <= self.seconds:
-                return self._plans[1]
-        plans = fleetstore.all_plans(self.engine)
+                return self._plans[2]
+            held = self._plans
+        mark = fleetstore.plans_mark(self.engine)
+        if held is not None and held[1] == mark:
+            plans = held[2]
+        else:
+            plans = fleetstore.all_plans(self.engine)
         with self._lock:
-            self._plans = (now, plans)
+            self._plans = (now, mark, plans)
         return plans
 
     def forget(self) -> None:

@@ -367,6 +367,14 @@ def plan_versions(engine: Engine) -> dict[str, tuple[int, float]]:
     return {r.ward_id: (r.version, r.updated_at) for r in rows}
 
 
+def plans_mark(engine: Engine) -> tuple[Any, ...]:
+    """Changes whenever any plan does: versions only go up, so their sum and count tell."""
+    p = db.plans
+    with engine.connect() as conn:
+        row = conn.execute(sa.select(sa.func.count(), sa.func.sum(p.c.version))).one()
+    return tuple(row)
+
+
 def all_plans(engine: Engine) -> dict[str, Plan]:
     p = db.plans
     with engine.connect() as conn:
