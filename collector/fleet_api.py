@@ -25,7 +25,7 @@ from collector.service import Service
 log = logging.getLogger(__name__)
 
 
-class Problem(BaseModel):
+class Refusal(BaseModel):
     detail: str
 
 
@@ -109,10 +109,10 @@ def fleet_routes(service: Service) -> APIRouter:
         "/api/v1/enroll",
         response_model=enrollment.EnrollAnswer,
         responses={
-            401: {"model": Problem, "description": "unknown code"},
-            403: {"model": Problem, "description": "code expired, revoked or used up"},
-            409: {"model": Problem, "description": "agent name taken by another machine"},
-            429: {"model": Problem, "description": "too many failed attempts from here"},
+            401: {"model": Refusal, "description": "unknown code"},
+            403: {"model": Refusal, "description": "code expired, revoked or used up"},
+            409: {"model": Refusal, "description": "agent name taken by another machine"},
+            429: {"model": Refusal, "description": "too many failed attempts from here"},
         },
     )
     def enroll(body: enrollment.EnrollRequest, request: Request) -> Any:
@@ -142,8 +142,8 @@ def fleet_routes(service: Service) -> APIRouter:
         response_model=PlanOut,
         responses={
             304: {"description": "the plan named by If-None-Match is current"},
-            401: {"model": Problem, "description": "missing, unknown or revoked token"},
-            404: {"model": Problem, "description": "no plan for the token's ward"},
+            401: {"model": Refusal, "description": "missing, unknown or revoked token"},
+            404: {"model": Refusal, "description": "no plan for the token's ward"},
         },
         dependencies=[Security(bearer)],
     )
@@ -177,7 +177,7 @@ def fleet_routes(service: Service) -> APIRouter:
     @router.get(
         "/api/v1/wards/{ward_id}/plan",
         response_model=PlanShown,
-        responses={404: {"model": Problem, "description": "no plan for this ward"}},
+        responses={404: {"model": Refusal, "description": "no plan for this ward"}},
     )
     def ward_plan(ward_id: str, _who: Annotated[Principal, Depends(reader)]) -> dict[str, Any]:
         plan = fleetstore.get_plan(service.engine, ward_id)
@@ -188,7 +188,7 @@ def fleet_routes(service: Service) -> APIRouter:
     @router.post(
         "/api/v1/wards/{ward_id}/inventory/accept",
         response_model=AcceptOut,
-        responses={422: {"model": Problem, "description": "nothing to accept"}},
+        responses={422: {"model": Refusal, "description": "nothing to accept"}},
     )
     def accept_inventory(
         ward_id: str, body: AcceptIn, _who: Annotated[Principal, Depends(admin)]
