@@ -53,7 +53,7 @@ def cmd_enroll_create(args: argparse.Namespace) -> int:
 def cmd_enroll_list(args: argparse.Namespace) -> int:
     found = enrollment.list_codes(_engine(args), args.ward)
     now = time.time()
-    ward_w = max((width(c.ward) for c in found), default=4)
+    ward_w = max([4, *(width(c.ward) for c in found)])
     print(f"PREFIX  {fit('WARD', ward_w)}  {fit('STATE', 8)}  USES   {fit('EXPIRES', 25)}")
     for c in found:
         uses = f"{c.uses}/{c.max_uses}"
@@ -78,8 +78,8 @@ def cmd_agent_list(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([dataclasses.asdict(a) for a in found], ensure_ascii=False, indent=2))
         return 0
-    ward_w = max((width(a.ward) for a in found), default=4)
-    agent_w = max((width(a.agent) for a in found), default=5)
+    ward_w = max([4, *(width(a.ward) for a in found)])
+    agent_w = max([5, *(width(a.agent) for a in found)])
     print(
         f"{fit('WARD', ward_w)}  {fit('AGENT', agent_w)}  {fit('HOST', 16)}  VERSION  PLAN  "
         f"{fit('ENROLLED', 25)}  STATE"
