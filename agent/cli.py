@@ -27,6 +27,7 @@ from pydantic import ValidationError
 from agent import __version__
 from agent.config import Config, ConfigError, error_messages, load_config, parse_duration
 from agent.metrics import AgentCollector, Board, MetricsServer, make_registry
+from agent.plan import Plan, PlanPoller, load_cached
 from agent.scheduler import CheckSpec, Scheduler
 from agent.shipper import Shipper
 from agent.spool import Spool
@@ -38,6 +39,19 @@ log = logging.getLogger("agent")
 DRAIN_SECONDS = 5.0
 
 
+def merge_checks(
+    local: Sequence[CheckSpec], plan: Sequence[CheckSpec], warn: bool = True
+) -> tuple[CheckSpec, ...]:
+    """The plan's checks, then the local ones; a local check replaces the plan's of its name."""
+    mine = {s.name for s in local}
+    clash = [s.name for s in plan if s.name in mine]
+    if clash and warn:
+        log.warning(
+            "the local config replaces the plan's check(s) of the same name: %s", ", ".join(clash)
+        )
+    return (*(s for s in plan if s.name not in mine), *local)
+
+
 class Agent:
     """The daemon's parts, wired: scheduler -> spool (+ board for metrics) -> shipper."""
 
@@ -45,7 +59,14 @@ class Agent:
         self.config = config
         self.drain_seconds = drain_seconds
         self.spool = Spool(config.spool_path, config.spool_max_results)
-        self.board = Board(config.checks)
+        self.poller: PlanPoller | None = None
+        checks = config.checks
+        if config.collector.plan:
+            cached = load_cached(config)
+            if cached is not None:
+                checks = merge_checks(config.checks, cached.checks)
+            self.poller = PlanPoller(config, self.apply_plan, cached)
+        self.board = Board(checks)
         c = config.collector
         self.shipper = Shipper(
             self.spool,
@@ -56,16 +77,35 @@ class Agent:
             push_interval=c.push_interval,
             timeout=c.timeout,
             batch_size=c.batch_size,
-            checks=len(config.checks),
+            checks=len(checks),
             ca_file=c.ca_file,
             client_cert=c.client_cert,
             client_key=c.client_key,
         )
-        self.scheduler = Scheduler(config.checks, self._sink, workers=config.workers)
+        self.shipper.plan = self.poller
+        self.scheduler = Scheduler(checks, self._sink, workers=config.workers)
         self.metrics: MetricsServer | None = None
 
+    def apply_plan(self, plan: Plan) -> None:
+        """Run ``plan`` (with the local checks) from now on, without a restart."""
+        checks = merge_checks(self.config.checks, plan.checks)
+        added, changed, removed = self.scheduler.update(checks)
+        self.board.retain(s.name for s in checks)
+        self.shipper.checks = len(checks)
+        log.info(
+            "plan v%d applied: %d checks (%d new, %d changed, %d removed, %d unchanged)",
+            plan.version,
+            len(checks),
+            len(added),
+            len(changed),
+            len(removed),
+            len(checks) - len(added) - len(changed),
+        )
+
     def _sink(self, spec: CheckSpec, result: Result) -> None:
-        self.board.record(spec, result)
+        # A run of a check removed while it ran is still shipped, but no longer shown.
+        if any(s.name == spec.name for s in self.scheduler.specs):
+            self.board.record(spec, result)
         self.spool.append(result, spec.interval)
         self.shipper.notify(self.spool.depth())
 
@@ -77,7 +117,7 @@ class Agent:
             cfg.agent,
             cfg.ward,
             __version__,
-            len(cfg.checks),
+            len(self.scheduler.specs),
             cfg.collector.url,
             cfg.spool_path,
             self.spool.depth(),
@@ -91,14 +131,19 @@ class Agent:
                 version=__version__,
                 spool=self.spool,
                 pushes=self.shipper,
+                plan=self.poller,
             )
             host, port = cfg.metrics_listen
             self.metrics = MetricsServer(make_registry(collector), host, port)
         self.shipper.start()
         self.scheduler.start()
+        if self.poller is not None:
+            self.poller.start()
 
     def stop(self, drain: bool = True) -> None:
         """Finish runs in flight into the spool, push what can be pushed, close."""
+        if self.poller is not None:
+            self.poller.stop()
         self.scheduler.stop(wait=True)
         self.shipper.stop()
         if drain:
@@ -131,7 +176,15 @@ def cmd_validate(args: argparse.Namespace) -> int:
         print("\n".join(exc.messages), file=sys.stderr)
         return 2
     n = len(config.checks)
-    print(f"{args.config}: OK ({n} check{'' if n == 1 else 's'})")
+    plan = ""
+    if config.collector.plan:
+        cached = load_cached(config)
+        plan = (
+            f"; plus the collector's plan ({len(cached.checks)} in v{cached.version})"
+            if (cached)
+            else "; plus the collector's plan (not fetched yet)"
+        )
+    print(f"{args.config}: OK ({n} check{'' if n == 1 else 's'}{plan})")
     return 0
 
 
@@ -322,6 +375,39 @@ def cmd_discover(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_enroll(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from agent import enroll
+
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(message)s")
+    try:
+        done = enroll.enroll(
+            args.collector,
+            args.code,
+            agent=args.agent,
+            ca_file=Path(args.ca_file) if args.ca_file else None,
+            config=Path(args.config),
+            token_file=Path(args.token_file),
+            spool=Path(args.spool),
+            metrics_listen=args.metrics_listen,
+        )
+    except enroll.EnrollFailed as exc:
+        print(f"enroll: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"enroll: cannot write {exc.filename}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    print(f"enrolled as agent {done.agent} of ward {done.ward}")
+    print(f"token: {done.token_file} (mode 0600)")
+    if done.plan_version is not None:
+        print(f"plan: v{done.plan_version}, {done.plan_checks} checks")
+    else:
+        print(f"plan: {done.plan_problem}")
+    print(f"config: {done.config}; start with: wardready-agent run -c {done.config}")
+    return 0
+
+
 # -- the on-site table -----------------------------------------------------------------------
 
 
@@ -407,6 +493,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-c", "--config", required=True, metavar="FILE")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("enroll", help="trade an enrollment code for a token and a config")
+    p.add_argument("--collector", required=True, metavar="URL", help="the collector's URL")
+    p.add_argument("--code", required=True, help="from `wardready-collector enroll create`")
+    p.add_argument("--ca-file", metavar="FILE", help="trust this CA for an https:// collector")
+    p.add_argument("--agent", metavar="NAME", help="agent name (default: the host name)")
+    p.add_argument("--config", default="/etc/wardready/agent.yaml", metavar="PATH")
+    p.add_argument("--token-file", default="/etc/wardready/token", metavar="PATH")
+    p.add_argument("--spool", default="/var/lib/wardready/spool.db", metavar="PATH")
+    p.add_argument("--metrics-listen", metavar="HOST:PORT", help="default 127.0.0.1:9430")
+    p.set_defaults(func=cmd_enroll)
 
     p = sub.add_parser("check", help="run one check now and print its result")
     p.add_argument("type", help="check type, e.g. icmp, tcp, http, dns, host")

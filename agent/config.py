@@ -13,6 +13,9 @@ Layout (all keys; unknown keys are errors everywhere)::
       push_interval: 5s
       timeout: 5s                  # per HTTP request
       batch_size: 500              # results per push, at most shared.wire.MAX_RESULTS_PER_BATCH
+      ca_file: /etc/wardready/ca.pem   # optional: trust this CA for an https:// collector
+      plan: false                  # true: also run the ward's check plan from the collector
+      plan_interval: 30s           # how often the plan is asked for (If-None-Match: cheap)
     spool:
       path: /var/lib/wardready/spool.db
       max_results: 100000
@@ -22,7 +25,7 @@ Layout (all keys; unknown keys are errors everywhere)::
       interval: 30s
       timeout: 10s
       workers: 8                   # checks running at once (scheduler thread pool size)
-    checks:                        # at least one
+    checks:                        # at least one, unless collector.plan is true
       - name: wan-city             # unique, shared.wire Name
         type: icmp                 # a key of checks.registry.REGISTRY
         target: 10.0.0.1
@@ -46,7 +49,7 @@ import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 from urllib.parse import urlsplit
 
 import yaml
@@ -72,7 +75,7 @@ from shared.confload import (
     load,
     located,
     model_at,
-    yaml_error_line,
+    read_mapping,
 )
 from shared.confload import parse_duration as parse_duration  # agent.cli reads durations too
 from shared.wire import MAX_LABELS, MAX_RESULTS_PER_BATCH, Ident, LabelValue, Name, Word
@@ -91,6 +94,9 @@ _PATTERN_HINTS = {
     ),
     r"^[a-z][a-z0-9_]{0,63}$": "must be lower snake case (a-z 0-9 _), starting with a letter",
 }
+
+
+_M = TypeVar("_M", bound=BaseModel)
 
 
 class ConfigError(LoadError):
@@ -135,6 +141,8 @@ class CollectorSection(_Section):
     push_interval: Duration = 5.0
     timeout: Duration = 5.0
     batch_size: int = Field(500, ge=1, le=MAX_RESULTS_PER_BATCH)
+    plan: bool = False
+    plan_interval: Duration = 30.0
 
     @field_validator("url")
     @classmethod
@@ -207,7 +215,13 @@ class ConfigFile(_Section):
     spool: SpoolSection = SpoolSection()
     metrics: MetricsSection = MetricsSection()
     defaults: DefaultsSection = DefaultsSection()
-    checks: list[CheckSection] = Field(min_length=1)
+    checks: list[CheckSection] = Field(default_factory=list)
+
+
+class PlanFile(_Section):
+    """A check plan from the collector, validated as a config file's ``checks:``."""
+
+    checks: list[CheckSection] = Field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -220,6 +234,8 @@ class CollectorSettings:
     ca_file: Path | None = None
     client_cert: Path | None = None
     client_key: Path | None = None
+    plan: bool = False
+    plan_interval: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -233,6 +249,8 @@ class Config:
     metrics_listen: tuple[str, int] | None
     workers: int
     checks: tuple[CheckSpec, ...]
+    default_interval: float = 30.0
+    default_timeout: float = 10.0
 
 
 def _short(value: object, limit: int = 60) -> str:
@@ -287,11 +305,18 @@ class _Checker:
         self.token: str | None = None
         self.tls_files: dict[str, Path] = {}
 
-    def run(self, registry: dict[str, CheckType]) -> None:
+    def run(
+        self,
+        registry: dict[str, CheckType],
+        d_interval: float | None = None,
+        d_timeout: float | None = None,
+    ) -> None:
         defaults = self.raw.get("defaults")
         defaults = defaults if isinstance(defaults, dict) else {}
-        d_interval = _try_duration(defaults.get("interval", DefaultsSection().interval))
-        d_timeout = _try_duration(defaults.get("timeout", DefaultsSection().timeout))
+        if d_interval is None:
+            d_interval = _try_duration(defaults.get("interval", DefaultsSection().interval))
+        if d_timeout is None:
+            d_timeout = _try_duration(defaults.get("timeout", DefaultsSection().timeout))
         if d_interval and d_timeout and d_timeout >= d_interval:
             self.errors.append((("defaults", "timeout"), _too_long(d_timeout, d_interval)))
         checks = self.raw.get("checks")
@@ -302,6 +327,16 @@ class _Checker:
                     self._check(i, item, registry, d_interval, d_timeout, first_line)
         self._read_token()
         self._check_tls()
+        self._need_checks()
+
+    def _need_checks(self) -> None:
+        section = self.raw.get("collector")
+        if not isinstance(section, dict) or section.get("plan") is True:
+            return
+        checks = self.raw.get("checks")
+        if checks is None or checks == []:
+            msg = "at least one check is needed (or collector.plan: true, to take the plan's)"
+            self.errors.append((("checks",), msg))
 
     def _check(
         self,
@@ -420,34 +455,78 @@ def load_config(
 
     shown = os.fspath(path)
     source = Path(path)
-    try:
-        text = source.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError([f"{shown}: cannot read: {exc.strerror or exc}"]) from None
-    except UnicodeDecodeError as exc:
-        raise ConfigError([f"{shown}: not UTF-8 text (byte {exc.start})"]) from None
-    try:
-        raw, lines = load(text)
-    except yaml.YAMLError as exc:
-        line, problem = yaml_error_line(exc)
-        raise ConfigError([f"{shown}:{line}: YAML: {problem}"]) from None
-    if not isinstance(raw, dict):
-        raise ConfigError([f"{shown}:1: the file must be a YAML mapping (ward:, collector:, ...)"])
+    raw, lines = read_mapping(path, ConfigError, "ward:, collector:, ...")
+    model, checker = _validate(ConfigFile, raw, lines, shown, source.absolute().parent, registry)
+    return _build(model, checker, source, dict(registry))
 
+
+def _validate(
+    model_type: type[_M],
+    raw: dict[Any, Any],
+    lines: dict[Loc, int],
+    shown: str,
+    base: Path,
+    registry: Mapping[str, CheckType],
+    interval: float | None = None,
+    timeout: float | None = None,
+) -> tuple[_M, _Checker]:
+    """The model and the cross-field checks over ``raw``; ConfigError lists every problem."""
     errors: list[tuple[Loc, str]] = []
-    model: ConfigFile | None = None
+    model: _M | None = None
     try:
-        model = ConfigFile.model_validate(raw)
+        model = model_type.model_validate(raw)
     except ValidationError as exc:
-        errors.extend(error_messages(exc, ConfigFile))
-    checker = _Checker(raw, lines, source.absolute().parent)
-    checker.run(dict(registry))
+        errors.extend(error_messages(exc, model_type))
+    checker = _Checker(raw, lines, base)
+    checker.run(dict(registry), interval, timeout)
     errors.extend(checker.errors)
-
     if errors or model is None:
         errors.sort(key=lambda e: line_of(lines, e[0]))  # stable: same line keeps its order
         raise ConfigError([located(shown, lines, loc, msg) for loc, msg in errors])
-    return _build(model, checker, source, dict(registry))
+    return model, checker
+
+
+def _specs(
+    checks: list[CheckSection],
+    params: dict[int, Params],
+    ward: str,
+    interval: float,
+    timeout: float,
+    registry: dict[str, CheckType],
+) -> tuple[CheckSpec, ...]:
+    return tuple(
+        CheckSpec(
+            name=ch.name,
+            check=ch.type,
+            kind=registry[ch.type],
+            target=Target(
+                name=ch.target_name or ch.name,
+                address=ch.target,
+                labels={"ward": ward, **ch.labels},
+            ),
+            params=params[i],
+            interval=ch.interval or interval,
+            timeout=ch.timeout or timeout,
+        )
+        for i, ch in enumerate(checks)
+    )
+
+
+def load_plan(
+    checks: object,
+    shown: str,
+    ward: str,
+    interval: float = DefaultsSection().interval,
+    timeout: float = DefaultsSection().timeout,
+) -> tuple[CheckSpec, ...]:
+    """A plan's ``checks`` (JSON from the collector), validated exactly as a config file's
+    are; errors read ``plan v3:7: checks[1].params.count: ...`` (lines of the YAML form)."""
+    from checks.registry import REGISTRY
+
+    text = yaml.safe_dump({"checks": checks}, allow_unicode=True, sort_keys=False)
+    raw, lines = load(text)
+    model, checker = _validate(PlanFile, raw, lines, shown, Path("."), REGISTRY, interval, timeout)
+    return _specs(model.checks, checker.params, ward, interval, timeout, dict(REGISTRY))
 
 
 def _build(
@@ -456,23 +535,9 @@ def _build(
     c = model.collector
     token = checker.token if c.token is None else c.token.get_secret_value()
     assert token is not None  # exactly one of token/token_file, and a file was read
-    specs = []
-    for i, ch in enumerate(model.checks):
-        specs.append(
-            CheckSpec(
-                name=ch.name,
-                check=ch.type,
-                kind=registry[ch.type],
-                target=Target(
-                    name=ch.target_name or ch.name,
-                    address=ch.target,
-                    labels={"ward": model.ward, **ch.labels},
-                ),
-                params=checker.params[i],
-                interval=ch.interval or model.defaults.interval,
-                timeout=ch.timeout or model.defaults.timeout,
-            )
-        )
+    d = model.defaults
+    specs = _specs(model.checks, checker.params, model.ward, d.interval, d.timeout, registry)
+    base = source.absolute().parent
     return Config(
         source=source,
         ward=model.ward,
@@ -486,10 +551,14 @@ def _build(
             ca_file=checker.tls_files.get("ca_file"),
             client_cert=checker.tls_files.get("client_cert"),
             client_key=checker.tls_files.get("client_key"),
+            plan=c.plan,
+            plan_interval=c.plan_interval,
         ),
-        spool_path=_resolve(source.absolute().parent, model.spool.path),
+        spool_path=_resolve(base, model.spool.path),
         spool_max_results=model.spool.max_results,
         metrics_listen=parse_listen(model.metrics.listen),
         workers=model.defaults.workers,
-        checks=tuple(specs),
+        checks=specs,
+        default_interval=d.interval,
+        default_timeout=d.timeout,
     )

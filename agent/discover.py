@@ -25,7 +25,8 @@ from typing import Any
 import yaml
 
 from agent.discover_net import Announced, SnmpAnswer
-from shared.wire import Device, Inventory
+from shared.devicechecks import device_checks
+from shared.wire import MAX_SERVICES, Device, Endpoint, Inventory
 
 MAX_PREFIX_UNFORCED = 22
 KINDS = ("printer", "scanner", "multifunction", "vc", "router", "unknown")
@@ -231,80 +232,23 @@ def merge(
 # ---- output ---------------------------------------------------------------------------------
 
 
-def _slug(address: str) -> str:
-    return address.replace(".", "-")
-
-
-def _service_check(host: Host, s: Announced, labels: dict[str, str]) -> dict[str, Any] | None:
-    a = host.address
-    if s.service in ("ipp", "ipps"):
-        path = (s.txt.get("rp") or "ipp/print").strip("/")
-        return {
-            "name": f"{host.kind}-{_slug(a)}-{s.service}",
-            "type": "printer_ipp",
-            "target": f"{s.service}://{a}:{s.port}/{path}",
-            "labels": labels,
-        }
-    if s.service in ("uscan", "uscans"):
-        scheme = "https" if s.service == "uscans" else "http"
-        path = (s.txt.get("rs") or "eSCL").strip("/")
-        return {
-            "name": f"{host.kind}-{_slug(a)}-{s.service}",
-            "type": "scanner_escl",
-            "target": f"{scheme}://{a}:{s.port}/{path}",
-            "labels": {"role": "counter_device"},
-        }
-    if s.service == "sip":
-        return {
-            "name": f"vc-{_slug(a)}-sip",
-            "type": "sip",
-            "target": f"{a}:{s.port}",
-            "labels": {"role": "vc"},
-        }
-    return None
+def endpoints(host: Host) -> list[Endpoint]:
+    """What ``host`` announced, as the wire schema (and the check mapping) takes it."""
+    out = []
+    for s in host.services[:MAX_SERVICES]:
+        path = s.txt.get("rp", "") if s.service in ("ipp", "ipps") else s.txt.get("rs", "")
+        out.append(Endpoint(service=s.service[:64], port=s.port, path=path[:255]))
+    return out
 
 
 def checks_snippet(
     hosts: Sequence[Host], community: str = "public", snmp_port: int = 161
 ) -> list[dict[str, Any]]:
-    """Agent config ``checks:`` entries for what was found, labelled as the shipped profile
-    expects (``role: counter_device``, ``device: printer``, ``role: vc``)."""
+    """Agent config ``checks:`` entries for what was found (``shared.devicechecks``)."""
     checks: list[dict[str, Any]] = []
     for h in hosts:
-        is_printer = h.kind in ("printer", "multifunction")
-        labels = {"role": "counter_device"}
-        if is_printer:
-            labels = {"role": "counter_device", "device": "printer"}
-        words = set(h.service_words())
-        names: set[str] = set()
-        for s in h.services:
-            # One IPP and one eSCL check per device: the TLS variant only when it is the one
-            # offered, since printers mostly present self-signed certificates.
-            if s.service in ("ipps", "uscans") and s.service[:-1] in words:
-                continue
-            check = _service_check(h, s, dict(labels))
-            if check is not None and check["name"] not in names:
-                names.add(check["name"])
-                checks.append(check)
-        if h.snmp is not None and h.snmp.printer_mib:
-            check = {
-                "name": f"{h.kind}-{_slug(h.address)}-snmp",
-                "type": "printer_snmp",
-                "target": h.address if snmp_port == 161 else f"{h.address}:{snmp_port}",
-                "labels": dict(labels),
-            }
-            if community != "public":
-                check["params"] = {"community": community}
-            checks.append(check)
-        if h.kind == "router":
-            checks.append(
-                {
-                    "name": f"router-{_slug(h.address)}-icmp",
-                    "type": "icmp",
-                    "target": h.address,
-                    "labels": {"role": "lan", "device": "router"},
-                }
-            )
+        mib = h.snmp is not None and h.snmp.printer_mib
+        checks += device_checks(h.address, h.kind, endpoints(h), mib, community, snmp_port)
     return checks
 
 
@@ -367,6 +311,8 @@ def inventory(hosts: Sequence[Host], ward: str, agent: str, now: float | None = 
                 kind=h.kind,
                 services=h.service_words()[:16],
                 sys_descr=(h.snmp.sys_descr if h.snmp else "")[:1024],
+                endpoints=endpoints(h),
+                printer_mib=bool(h.snmp and h.snmp.printer_mib),
             )
             for h in hosts
         ],

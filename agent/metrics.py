@@ -53,6 +53,17 @@ class SpoolStats(Protocol):
     def counts(self, kind: str) -> dict[str, int]: ...
 
 
+class PlanStats(Protocol):
+    @property
+    def version(self) -> int | None: ...
+
+    @property
+    def errors_total(self) -> int: ...
+
+    @property
+    def polls(self) -> dict[str, int]: ...
+
+
 class PushStats(Protocol):
     @property
     def last_push_success(self) -> float | None: ...
@@ -111,6 +122,7 @@ class AgentCollector(Collector):
         version: str,
         spool: SpoolStats | None = None,
         pushes: PushStats | None = None,
+        plan: PlanStats | None = None,
     ) -> None:
         self.board = board
         self.ward = ward
@@ -118,6 +130,7 @@ class AgentCollector(Collector):
         self.version = version
         self.spool = spool
         self.pushes = pushes
+        self.plan = plan
 
     def collect(self) -> Iterable[Metric]:
         entries, failures = self.board.snapshot()
@@ -233,9 +246,32 @@ class AgentCollector(Collector):
                     "corrected by it when it exceeds 2 s",
                     value=self.pushes.clock_offset,
                 )
+        if self.plan is not None:
+            yield from self._plan(self.plan)
         info = InfoMetricFamily("wardready_agent", "The agent's version, ward and name")
         info.add_metric([], {"version": self.version, "ward": self.ward, "agent": self.agent})
         yield info
+
+    def _plan(self, plan: PlanStats) -> Iterable[Metric]:
+        yield GaugeMetricFamily(
+            "wardready_agent_plan_version",
+            "Version of the collector's check plan the agent runs; -1 before one was applied",
+            value=-1 if plan.version is None else plan.version,
+        )
+        yield CounterMetricFamily(
+            "wardready_agent_plan_errors",
+            "Plans from the collector refused because they did not validate",
+            value=plan.errors_total,
+        )
+        polls = CounterMetricFamily(
+            "wardready_agent_plan_polls",
+            "Plan requests to the collector, by outcome: changed (a new plan applied), "
+            "not_modified (304), invalid (refused), failed (no answer or an HTTP error)",
+            labels=["outcome"],
+        )
+        for outcome, n in sorted(plan.polls.items()):
+            polls.add_metric([outcome], n)
+        yield polls
 
 
 def _exported(

@@ -80,24 +80,50 @@ class Scheduler:
         aps_log = logging.getLogger("apscheduler")
         if aps_log.level == logging.NOTSET:
             aps_log.setLevel(logging.WARNING)
-        now = datetime.now(UTC)
         for spec in self.specs:
-            delay = self._rng.uniform(0, min(spec.interval, self._start_spread))
-            self._scheduler.add_job(
-                self._run,
-                trigger=IntervalTrigger(seconds=spec.interval, timezone=UTC),
-                args=[spec],
-                id=spec.name,
-                name=spec.name,
-                max_instances=1,
-                coalesce=True,
-                # A run late by less than its interval is still worth doing; later than that,
-                # the next run is as good.
-                misfire_grace_time=max(1, int(spec.interval)),
-                next_run_time=now + timedelta(seconds=delay),
-            )
+            self._add(spec)
         self._scheduler.start()
         log.info("scheduler started: %d checks", len(self.specs))
+
+    def _add(self, spec: CheckSpec) -> None:
+        delay = self._rng.uniform(0, min(spec.interval, self._start_spread))
+        self._scheduler.add_job(
+            self._run,
+            trigger=IntervalTrigger(seconds=spec.interval, timezone=UTC),
+            args=[spec],
+            id=spec.name,
+            name=spec.name,
+            max_instances=1,
+            coalesce=True,
+            # A run late by less than its interval is still worth doing; later than that,
+            # the next run is as good.
+            misfire_grace_time=max(1, int(spec.interval)),
+            next_run_time=datetime.now(UTC) + timedelta(seconds=delay),
+        )
+
+    def update(self, specs: Sequence[CheckSpec]) -> tuple[list[str], list[str], list[str]]:
+        """Run ``specs`` from now on, without a restart: a check whose spec is unchanged keeps
+        its job and next run time, a changed one is rescheduled, a removed one gets no further
+        run (a run in flight still hands its result to the sink), a new one starts. Returns
+        the names (added, changed, removed)."""
+        names = [s.name for s in specs]
+        if len(set(names)) != len(names):
+            raise ValueError("check names must be unique")
+        old = {s.name: s for s in self.specs}
+        new = {s.name: s for s in specs}
+        added = [n for n in new if n not in old]
+        changed = [n for n in new if n in old and new[n] != old[n]]
+        removed = [n for n in old if n not in new]
+        with self._lock:
+            self.specs = tuple(specs)
+            for n in removed:
+                self._failing.pop(n, None)
+        for n in removed + changed:
+            if self._scheduler.get_job(n) is not None:
+                self._scheduler.remove_job(n)
+        for n in changed + added:
+            self._add(new[n])
+        return added, changed, removed
 
     def stop(self, wait: bool = True) -> None:
         """Stop scheduling; with ``wait``, let runs in flight finish (each within its timeout)."""

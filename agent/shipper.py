@@ -32,6 +32,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import httpx
 from pydantic import ValidationError
@@ -39,7 +40,7 @@ from pydantic import ValidationError
 from agent import __version__
 from agent.metrics import process_usage
 from agent.spool import Spool
-from shared.wire import MAX_BATCH_BYTES, Ack, AgentStatus, Batch, ResultRecord
+from shared.wire import MAX_BATCH_BYTES, MAX_PLAN_ERROR, Ack, AgentStatus, Batch, ResultRecord
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,14 @@ KEEP_ON = frozenset({401, 403, 404, 405, 408, 413, 429})
 SERVER_TIME_HEADER = "x-wardready-time"
 _MESSAGE_MAX = 300
 _RESULT_INDEX = re.compile(r"\bresults\.(\d+)\b")
+
+
+class PlanState(Protocol):
+    @property
+    def version(self) -> int | None: ...
+
+    @property
+    def error(self) -> str | None: ...
 
 
 @dataclass(frozen=True)
@@ -116,6 +125,8 @@ class Shipper:
             follow_redirects=False,
             verify=tls_context(ca_file, client_cert, client_key),
         )
+        # The collector's plan this agent runs, when it runs one (agent.plan.PlanPoller).
+        self.plan: PlanState | None = None
         self._push_lock = threading.Lock()
         self._stopping = threading.Event()
         self._wake = threading.Event()
@@ -139,6 +150,8 @@ class Shipper:
             cpu_seconds_total=cpu,
             checks=self.checks,
             clock_offset_seconds=self.clock_offset,
+            plan_version=self.plan.version if self.plan else None,
+            plan_error=(self.plan.error or "")[:MAX_PLAN_ERROR] or None if self.plan else None,
         )
 
     def correction(self) -> float:

@@ -34,6 +34,7 @@ from collector import inventory as inventory_store
 from collector import tokens as tokenstore
 from collector.auth import Principal, RateLimiter
 from collector.clock import ServerTime
+from collector.fleet_api import fleet_routes
 from collector.ingest import IngestError
 from collector.service import Service
 from collector.summary import VerdictWord, WardDetail, WardSummary
@@ -313,6 +314,8 @@ def create_app(
             first_ready=history.first_ready(service.engine, ward_id, t0, t1),
             changes=history.changes(service.engine, ward_id, t0, t1),
         )
+
+    app.include_router(fleet_routes(service))
 
     @app.post(
         "/api/v1/ingest",

@@ -379,19 +379,25 @@ def cmd_status(args: argparse.Namespace) -> int:
         rows, now = _summaries_from_db(args, lang)
     if args.working_group is not None:
         rows = [r for r in rows if str(r.working_group) == args.working_group]
+    from collector import fleet_cli
+
+    outdated = fleet_cli.outdated(args)
     if args.json:
         doc = {
             "ready": sum(1 for r in rows if r.verdict == "ready"),
             "total": len(rows),
             "evaluated_at": now,
             "wards": [dataclasses.asdict(r) for r in rows],
+            "outdated_plans": outdated,
         }
         print(json.dumps(doc, ensure_ascii=False, indent=2))
         return 0
     columns = args.width or int(os.environ.get("COLUMNS", "0")) or 100
     # English keeps the API's reasons word for word: scripts read them.
     titles = _titles(args.profile, lang) if lang != "en" else {}
-    sys.stdout.write(render_status(rows, now, columns, lang, titles))
+    sys.stdout.write(
+        render_status(rows, now, columns, lang, titles) + fleet_cli.render_outdated(outdated)
+    )
     return 0
 
 
@@ -708,6 +714,10 @@ def build_parser() -> argparse.ArgumentParser:
     from collector import audit_cli  # imported here: it imports this module
 
     audit_cli.add_parser(sub)
+
+    from collector import fleet_cli
+
+    fleet_cli.add_commands(sub)
     return p
 
 

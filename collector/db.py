@@ -149,6 +149,73 @@ history = sa.Table(
 )
 
 
+# -- the fleet: enrollment codes, enrolled agents, the fleet file and each ward's plan --------
+
+# One-time (or N-time) codes that an agent trades for a token of its own; stored hashed.
+enroll_codes = sa.Table(
+    "enroll_codes",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("ward_id", sa.String(64), sa.ForeignKey("wards.id"), nullable=False),
+    sa.Column("hash", sa.String(64), nullable=False, unique=True),
+    sa.Column("prefix", sa.String(8), nullable=False, unique=True),
+    sa.Column("created_at", sa.Double, nullable=False),
+    sa.Column("expires_at", sa.Double, nullable=False),
+    sa.Column("max_uses", sa.Integer, nullable=False),
+    sa.Column("uses", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("revoked_at", sa.Double, nullable=True),
+)
+
+# Who each agent is (from enrollment) and which plan version it says it runs (every batch).
+fleet_agents = sa.Table(
+    "fleet_agents",
+    metadata,
+    sa.Column("ward_id", sa.String(64), sa.ForeignKey("wards.id"), primary_key=True),
+    sa.Column("agent", sa.String(64), primary_key=True),
+    sa.Column("hostname", sa.UnicodeText, nullable=False, server_default=""),
+    sa.Column("machine_id_hash", sa.String(64), nullable=False, server_default=""),
+    sa.Column("version", sa.String(64), nullable=False, server_default=""),
+    sa.Column("os", sa.UnicodeText, nullable=False, server_default=""),
+    sa.Column("enrolled_at", sa.Double, nullable=True),
+    sa.Column("code_prefix", sa.String(8), nullable=False, server_default=""),
+    sa.Column("revoked_at", sa.Double, nullable=True),
+    sa.Column("plan_version", sa.BigInteger, nullable=True),
+    sa.Column("plan_error", sa.UnicodeText, nullable=True),
+    sa.Column("plan_reported_at", sa.Double, nullable=True),
+)
+
+# The imported fleet file (one row), already parsed: JSON of its defaults, groups and wards.
+fleet = sa.Table(
+    "fleet",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("source", sa.UnicodeText, nullable=False),
+    sa.Column("body", sa.UnicodeText, nullable=False),
+    sa.Column("imported_at", sa.Double, nullable=False),
+)
+
+# Checks an admin accepted from a ward's discovered inventory (JSON list of check entries).
+accepted_checks = sa.Table(
+    "accepted_checks",
+    metadata,
+    sa.Column("ward_id", sa.String(64), sa.ForeignKey("wards.id"), primary_key=True),
+    sa.Column("checks", sa.UnicodeText, nullable=False),
+    sa.Column("accepted_at", sa.Double, nullable=False),
+)
+
+# Each ward's effective plan; ``version`` goes up by one whenever ``digest`` changes.
+plans = sa.Table(
+    "plans",
+    metadata,
+    sa.Column("ward_id", sa.String(64), sa.ForeignKey("wards.id"), primary_key=True),
+    sa.Column("version", sa.BigInteger, nullable=False),
+    sa.Column("digest", sa.String(64), nullable=False),
+    sa.Column("checks", sa.UnicodeText, nullable=False),
+    sa.Column("sources", sa.UnicodeText, nullable=False),
+    sa.Column("updated_at", sa.Double, nullable=False),
+)
+
+
 def database_url(explicit: str | None = None) -> str:
     return explicit or os.environ.get("WARDREADY_DB") or DEFAULT_URL
 

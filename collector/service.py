@@ -35,6 +35,7 @@ from sqlalchemy.engine import Engine
 
 from collector import db, history, ingest
 from collector import wards as wardlist
+from collector.expected import PlanBook, annotate
 from collector.profile import Profile, default_profile_path, load_profile
 from collector.readiness import Verdict, evaluate_all
 from collector.selfmetrics import SelfMetrics
@@ -132,6 +133,7 @@ class Service:
         self.state = State.for_profile(profile, **self._budgets)
         self.metrics = SelfMetrics()
         self.tokens = TokenCache(engine, token_seconds)
+        self.plan_book = PlanBook(engine)
         self.clock = clock
         self._verdict_seconds = verdict_seconds
         self._wards_seconds = wards_seconds
@@ -305,6 +307,7 @@ class Service:
             began = time.perf_counter()
             with self._writer.begin() as conn:
                 stored = ingest.store(conn, batch, now)
+                self.plan_book.note(conn, batch, now)
             metrics.commit_duration.observe(time.perf_counter() - began)
             # Only after the commit: State must never hold what the database may not.
             if stored.inserted:
@@ -324,7 +327,11 @@ class Service:
         not cached.
         """
         if now is not None:
-            return evaluate_all(self.profile, self.state, list(self.wards()), now, self._ward_error)
+            result = evaluate_all(
+                self.profile, self.state, list(self.wards()), now, self._ward_error
+            )
+            annotate(result, self.profile, self.plan_book, now)
+            return result
         mono = time.monotonic()
         # While judge_forever runs, a cached result may be up to two periods old: a request
         # then never waits for an evaluation of every ward (~0.5 s at 3,321 wards).
@@ -342,6 +349,7 @@ class Service:
         began, cpu = time.perf_counter(), time.thread_time()
         now = self.clock()
         result = evaluate_all(self.profile, self.state, list(self.wards()), now, self._ward_error)
+        annotate(result, self.profile, self.plan_book, now)
         took = time.perf_counter() - began
         self.metrics.judge_duration.observe(took)
         self.metrics.judge_cpu.inc(time.thread_time() - cpu)

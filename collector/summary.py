@@ -23,6 +23,7 @@ from pydantic import Field
 
 from collector import db, i18n
 from collector import inventory as inventory_store
+from collector.fleet_api import WardFleet, ward_fleet
 from collector.readiness import AGENT_SILENT, NO_DATA, CriterionResult, Verdict
 from collector.service import AgentInfo
 from collector.state import SeriesUsage
@@ -94,6 +95,7 @@ class WardDetail(WardSummary):
     series: Annotated[
         SeriesUsage, Field(description="series held in memory against the ward's budgets")
     ]
+    fleet: Annotated[WardFleet, Field(description="the ward's plan and enrolled agents")]
 
 
 def summarize(ward: Ward, verdict: Verdict | None) -> WardSummary:
@@ -221,6 +223,7 @@ def detail(service: Service, ward_id: str) -> WardDetail | None:
         last_seen=max((a.last_seen for a in agents), default=None),
         evaluated_at=verdict.evaluated_at if verdict else service.clock(),
         series=service.series_usage(ward_id),
+        fleet=WardFleet(**ward_fleet(service, ward_id)),
     )
 
 

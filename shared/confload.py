@@ -9,9 +9,11 @@ Durations ("30s") are read here too. Each caller words its own messages and hint
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -118,6 +120,28 @@ def load(text: str) -> tuple[Any, dict[Loc, int]]:
         return data, loader.lines
     finally:
         loader.dispose()
+
+
+def read_mapping(
+    path: str | os.PathLike[str], error: type[LoadError], keys: str
+) -> tuple[dict[Any, Any], dict[Loc, int]]:
+    """Read a YAML file that must hold a mapping; raise ``error`` saying what is wrong, where.
+    ``keys`` names the top-level keys expected, for the message when it is no mapping."""
+    shown = os.fspath(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise error([f"{shown}: cannot read: {exc.strerror or exc}"]) from None
+    except UnicodeDecodeError as exc:
+        raise error([f"{shown}: not UTF-8 text (byte {exc.start})"]) from None
+    try:
+        raw, lines = load(text)
+    except yaml.YAMLError as exc:
+        line, problem = yaml_error_line(exc)
+        raise error([f"{shown}:{line}: YAML: {problem}"]) from None
+    if not isinstance(raw, dict):
+        raise error([f"{shown}:1: the file must be a YAML mapping ({keys})"])
+    return raw, lines
 
 
 def line_of(lines: Mapping[Loc, int], loc: Loc) -> int:

@@ -68,6 +68,7 @@ def _text(max_length: int, min_length: int = 0) -> WithJsonSchema:
         schema["minLength"] = min_length
     return WithJsonSchema(schema)
 
+MAX_PLAN_ERROR = 1024
 
 Ident = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$")]
 Name = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:@/-]{0,127}$")]
@@ -138,6 +139,10 @@ class AgentStatus(_Strict):
     clock_offset_seconds: Finite | None = Field(
         default=None, ge=-MAX_AGE_SECONDS, le=MAX_AGE_SECONDS
     )
+    # The collector's check plan the agent runs (None: no plan, a local config alone), and
+    # why the newest plan it received was not applied, if it was not.
+    plan_version: int | None = Field(default=None, ge=0)
+    plan_error: Annotated[str, StringConstraints(max_length=MAX_PLAN_ERROR)] | None = None
 
 
 class Batch(_Strict):
@@ -177,6 +182,14 @@ DeviceKind = Literal["printer", "scanner", "multifunction", "vc", "router", "unk
 Text255 = Annotated[str, StringConstraints(max_length=255)]
 
 
+class Endpoint(_Strict):
+    """A service a device announced: enough to build a check for it."""
+
+    service: Annotated[str, StringConstraints(max_length=64)]
+    port: int = Field(ge=0, le=65535)
+    path: Annotated[str, StringConstraints(max_length=255)] = ""  # DNS-SD rp / rs
+
+
 class Device(_Strict):
     # Only text and a word: lax mode coerces nothing into a string from JSON, and the agent's
     # discovery hands its kind over as a plain str (checked against DeviceKind here).
@@ -190,6 +203,8 @@ class Device(_Strict):
         default_factory=list, max_length=MAX_SERVICES
     )
     sys_descr: Annotated[str, StringConstraints(max_length=1024)] = ""
+    endpoints: list[Endpoint] = Field(default_factory=list, max_length=MAX_SERVICES)
+    printer_mib: bool = False
 
 
 class Inventory(_Strict):

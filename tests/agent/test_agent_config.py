@@ -112,7 +112,10 @@ INVALID: list[tuple[str, list[str]]] = [
     ),
     (
         "no_checks.yaml",
-        ["no_checks.yaml:5: checks: List should have at least 1 item after validation, not 0"],
+        [
+            "no_checks.yaml:5: checks: at least one check is needed (or collector.plan: true, "
+            "to take the plan's)"
+        ],
     ),
     (
         # a key overriding a merged one is no duplicate; its error points at the override
