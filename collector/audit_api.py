@@ -9,12 +9,16 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Header, HTTPException, Query
+from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from collector import audit_compare, audit_export, audits, auth, i18n
 from collector.service import Service
+from shared.wire import MAX_INT64
+
+# Ids are 64-bit in the database: a larger number is a 422 here, not an overflow there.
+AuditId = Annotated[int, Path(ge=1, le=MAX_INT64, description="the audit's id")]
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     **auth.DENIED,
@@ -119,8 +123,8 @@ def router(service: Service) -> APIRouter:
 
     @r.get("/compare", responses=_ERRORS, dependencies=[Depends(auth.reader)])
     def compare(
-        a: Annotated[int, Query(description="the earlier audit's id")],
-        b: Annotated[int, Query(description="the later audit's id")],
+        a: Annotated[int, Query(ge=1, le=MAX_INT64, description="the earlier audit's id")],
+        b: Annotated[int, Query(ge=1, le=MAX_INT64, description="the later audit's id")],
     ) -> dict[str, Any]:
         return audit_compare.compare(load(a), load(b)).as_dict()
 
@@ -130,7 +134,7 @@ def router(service: Service) -> APIRouter:
         responses=_ERRORS,
         dependencies=[Depends(auth.reader)],
     )
-    def read(audit_id: int) -> AuditOut:
+    def read(audit_id: AuditId) -> AuditOut:
         a = load(audit_id)
         problems = audits.verify(engine, audit_id)
         return AuditOut(
@@ -143,7 +147,7 @@ def router(service: Service) -> APIRouter:
         responses=_ERRORS,
         dependencies=[Depends(auth.reader)],
     )
-    def verify(audit_id: int) -> Verification:
+    def verify(audit_id: AuditId) -> Verification:
         a = load(audit_id)
         problems = audits.verify(engine, audit_id)
         return Verification(id=a.id, intact=not problems, sha256=a.sha256, problems=problems)
@@ -162,7 +166,7 @@ def router(service: Service) -> APIRouter:
         dependencies=[Depends(auth.reader)],
     )
     def export(
-        audit_id: int,
+        audit_id: AuditId,
         format: Annotated[Literal["html", "pdf", "csv"], Query()] = "pdf",
         lang: Annotated[Literal["vi", "en"] | None, Query()] = None,
         accept_language: Annotated[str | None, Header()] = None,

@@ -110,6 +110,7 @@ def fleet_routes(service: Service) -> APIRouter:
         "/api/v1/enroll",
         response_model=enrollment.EnrollAnswer,
         responses={
+            400: {"description": "a body that is not JSON"},
             401: {"model": Refusal, "description": "unknown code"},
             403: {"model": Refusal, "description": "code expired, revoked or used up"},
             409: {"model": Refusal, "description": "agent name taken by another machine"},
@@ -196,7 +197,8 @@ def fleet_routes(service: Service) -> APIRouter:
             **DENIED,
             400: {"description": "a body that is not JSON"},
             404: {"model": Refusal, "description": "no such ward"},
-            422: {"model": Refusal, "description": "nothing to accept"},
+            # No model: FastAPI's own 422 (a body that does not validate) has another shape.
+            422: {"description": "nothing to accept, or a body that does not validate"},
         },
     )
     def accept_inventory(

@@ -76,6 +76,12 @@ def _request(client: TestClient, service: Service, endpoint: str, headers: dict[
         window = {"from": "2026-06-12T08:00+07:00", "to": "2026-06-12T08:10+07:00"}
         r = client.post(path, json={**window, "title": "t", "signed_off_by": "s",
                                     "step_seconds": 60}, headers=headers)  # fmt: skip
+    elif endpoint == "POST /api/v1/enroll":
+        enrolling = {"code": "K7QM-3XPA-W9", "agent": "pc-09", "hostname": "pc-09",
+                     "machine_id_hash": "0" * 64, "version": "0.1.0", "os": "Linux"}  # fmt: skip
+        r = client.post(path, json=enrolling, headers=headers)
+    elif endpoint == "POST /api/v1/wards/{ward}/inventory/accept":
+        r = client.post(path.replace("{ward}", READY), json={}, headers=headers)
     elif endpoint == "GET /api/v1/audits/compare":
         r = client.get(path, params={"a": 1, "b": 1}, headers=headers)
     elif endpoint == "GET /api/v1/audits/{audit_id}/export":
@@ -110,6 +116,12 @@ MATRIX: dict[str, tuple[int, ...]] = {
     "POST /api/v1/tokens": (401, 401, 403, 403, 201, 401),
     "DELETE /api/v1/tokens/{prefix}": (401, 401, 403, 403, 200, 401),
     "GET /api/v1/audit-log": (401, 401, 403, 403, 200, 401),
+    # The code is the credential here, not a token: a made-up one is refused alike.
+    "POST /api/v1/enroll": (401, 401, 401, 401, 401, 401),
+    "GET /api/v1/plan": (401, 401, 404, 403, 403, 401),
+    "GET /api/v1/fleet": (401, 401, 403, 200, 200, 401),
+    "GET /api/v1/wards/{ward}/plan": (401, 401, 403, 404, 404, 401),
+    "POST /api/v1/wards/{ward}/inventory/accept": (401, 401, 403, 403, 422, 401),
 }
 
 
@@ -138,10 +150,10 @@ def test_role_matrix_with_bearer(
 def test_role_matrix_with_cookie(
     open_client: TestClient, service: Service, kinds: dict[str, str | None], endpoint: str
 ) -> None:
-    # The board's cookie stands for the token on reads and admin actions; never for an
-    # agent's writes, which take the Authorization header only.
+    # The board's cookie stands for the token on reads and admin actions; never for what an
+    # agent does (writes, its plan), which takes the Authorization header only.
     expected = dict(zip(KINDS, MATRIX[endpoint], strict=True))
-    if endpoint in ("POST /api/v1/ingest", "POST /api/v1/inventory"):
+    if endpoint in ("POST /api/v1/ingest", "POST /api/v1/inventory", "GET /api/v1/plan"):
         expected = dict.fromkeys(KINDS, 401)
     got = {}
     for kind in KINDS:

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from collector import fleet, inventory
+from collector import fleet, inventory, tokens
 from collector.service import Service
 from shared.wire import Device, Endpoint, Inventory
 from tests.collector.conftest import BROKEN, READY, auth, batch, body
@@ -176,8 +176,15 @@ def test_accepted_inventory_becomes_checks_in_the_plan(service: Service, tmp_pat
 
 def test_accept_through_the_api(client: TestClient, service: Service, tmp_path: Path) -> None:
     inventory.store(service.engine, printer_inventory(), time.time())
-    r = client.post(f"/api/v1/wards/{BROKEN}/inventory/accept", json={"devices": ["10.1.100.10"]})
+    url = f"/api/v1/wards/{BROKEN}/inventory/accept"
+    # Changing a ward's plan is an admin's: the client reads as a viewer.
+    assert client.post(url, json={"devices": ["10.1.100.10"]}).status_code == 403
+    admin = tokens.create(service.engine, role="admin", name="Trung tâm CĐS")
+    client.headers["Authorization"] = f"Bearer {admin}"
+    r = client.post(url, json={"devices": ["10.1.100.10"]})
     assert r.status_code == 200, r.text
+    logged = client.get("/api/v1/audit-log").json()
+    assert logged[-1]["action"] == "inventory.accept" and logged[-1]["who"].endswith("CĐS")
     assert [c["type"] for c in r.json()["accepted"]] == ["printer_ipp"]
     assert r.json()["plan_version"] == 1
     shown = client.get(f"/api/v1/wards/{BROKEN}/plan").json()

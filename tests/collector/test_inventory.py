@@ -64,6 +64,8 @@ def test_inventory_is_stored_and_shown_on_the_ward(client: TestClient, token: st
         "kind": "unknown",
         "services": [],
         "sys_descr": "",
+        "endpoints": [],
+        "printer_mib": False,
     }
     # Another ward's page does not show it.
     assert client.get(f"/api/v1/wards/{BROKEN}").json()["inventory"] == []
