@@ -91,6 +91,8 @@ agents = sa.Table(
     sa.Column("last_seq", sa.BigInteger, nullable=True),
     sa.Column("spool_depth", sa.BigInteger, nullable=False, server_default="0"),
     sa.Column("spool_dropped_total", sa.BigInteger, nullable=False, server_default="0"),
+    # Collector minus agent, as the agent last measured it; NULL until it says.
+    sa.Column("clock_offset_seconds", sa.Double, nullable=True),
     sa.Column("resident_memory_bytes", sa.BigInteger, nullable=False, server_default="0"),
 )
 

@@ -52,6 +52,7 @@ from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from prometheus_client.registry import Collector, CollectorRegistry
 from prometheus_client.samples import Sample as PromSample
 
+from collector.clocks import CLOCK_SKEW
 from collector.declared import check_types
 from collector.readiness import AGENT_SILENT, FAILED, NO_DATA, UNKNOWN, Verdict
 from collector.state import Sample
@@ -109,6 +110,11 @@ FIXED = {
     ),
     "wardready_agent_resident_memory_bytes": (
         "The agent's resident memory, as it reported in its last batch.",
+        ("ward", "agent"),
+    ),
+    "wardready_agent_clock_offset_seconds": (
+        "The collector's clock minus the agent's PC's, as the agent last measured it "
+        "(negative: the PC's clock is fast); absent until the agent says.",
         ("ward", "agent"),
     ),
     "wardready_agent_info": (
@@ -221,12 +227,18 @@ def _reasons(v: Verdict) -> list[dict[str, str]]:
             out.append(
                 {"ward": ward, "criterion": AGENT_SILENT, "severity": severity, "status": FAILED}
             )
+        elif text.startswith(f"warning: {CLOCK_SKEW}:"):
+            out.append(
+                {"ward": ward, "criterion": CLOCK_SKEW, "severity": "warning", "status": FAILED}
+            )
     for c in v.criteria:
         if c.status in (FAILED, UNKNOWN):
             out.append(
                 {"ward": ward, "criterion": c.id, "severity": c.severity, "status": c.status}
             )
-    return out
+    # Two agents with a wrong clock give two reasons but one series: a scrape with the same
+    # series twice is refused whole.
+    return list({tuple(d.items()): d for d in out}.values())
 
 
 class ReadinessCollector(Collector):
@@ -288,6 +300,10 @@ class ReadinessCollector(Collector):
             fam["wardready_agent_spool_dropped_results"].add(labels, a.spool_dropped_total, text)
             fam["wardready_agent_resident_memory_bytes"].add(labels, a.resident_memory_bytes, text)
             fam["wardready_agent_info"].add({**labels, "version": a.version}, 1.0)
+            if a.clock_offset_seconds is not None:
+                fam["wardready_agent_clock_offset_seconds"].add(
+                    labels, a.clock_offset_seconds, text
+                )
 
         yield from fam.values()
         yield from self._checks(wards)

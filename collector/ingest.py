@@ -335,6 +335,7 @@ def store(conn: sa.Connection, batch: Batch, now: float) -> Stored:
         "spool_depth": status.spool_depth,
         "spool_dropped_total": status.spool_dropped_total,
         "resident_memory_bytes": status.resident_memory_bytes,
+        "clock_offset_seconds": status.clock_offset_seconds,
     }
     upsert = db.insert_for(conn, a).values(ward_id=ward, agent=agent, first_seen=now, **values)
     conn.execute(upsert.on_conflict_do_update(index_elements=[a.c.ward_id, a.c.agent], set_=values))

@@ -33,7 +33,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from collector import db, history, ingest
+from collector import clocks, db, history, ingest
 from collector import wards as wardlist
 from collector.expected import PlanBook, annotate
 from collector.profile import Profile, default_profile_path, load_profile
@@ -67,6 +67,7 @@ class AgentInfo:
     spool_depth: int
     spool_dropped_total: int
     resident_memory_bytes: int
+    clock_offset_seconds: float | None = None
 
 
 def profile_path(explicit: str | Path | None = None) -> Path:
@@ -266,6 +267,7 @@ class Service:
                 spool_depth=row.spool_depth,
                 spool_dropped_total=row.spool_dropped_total,
                 resident_memory_bytes=row.resident_memory_bytes,
+                clock_offset_seconds=row.clock_offset_seconds,
             )
             for row in rows
         ]
@@ -331,6 +333,7 @@ class Service:
                 self.profile, self.state, list(self.wards()), now, self._ward_error
             )
             annotate(result, self.profile, self.plan_book, now)
+            clocks.annotate(result, self.agents())
             return result
         mono = time.monotonic()
         # While judge_forever runs, a cached result may be up to two periods old: a request
@@ -350,6 +353,7 @@ class Service:
         now = self.clock()
         result = evaluate_all(self.profile, self.state, list(self.wards()), now, self._ward_error)
         annotate(result, self.profile, self.plan_book, now)
+        clocks.annotate(result, self.agents())
         took = time.perf_counter() - began
         self.metrics.judge_duration.observe(took)
         self.metrics.judge_cpu.inc(time.thread_time() - cpu)

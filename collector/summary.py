@@ -23,6 +23,7 @@ from pydantic import Field
 
 from collector import db, i18n
 from collector import inventory as inventory_store
+from collector.clocks import CLOCK_SKEW
 from collector.fleet_api import WardFleet, ward_fleet
 from collector.readiness import AGENT_SILENT, NO_DATA, CriterionResult, Verdict
 from collector.service import AgentInfo
@@ -247,6 +248,8 @@ def reason_text(reason: str, lang: str, titles: dict[str, str]) -> str:
         text = _("no agent has reported")
     elif head == AGENT_SILENT and sep:
         text = f"{_('agent silent')}: {tail}"
+    elif head == CLOCK_SKEW and sep:
+        text = f"{_('wrong clock on a ward PC')}: {tail}"
     elif head in titles and sep:
         # "id: English title — evidence": the English title is the profile's, known exactly.
         _title, dash, evidence = tail.partition(" — ")

@@ -372,3 +372,13 @@ def test_a_too_large_body_is_counted(client: TestClient, service: Service, token
         == 1
     )
     assert sample(service, "wardready_collector_ingest_requests_total", code="413") == 1
+
+
+def test_a_wrong_clock_is_said_in_words() -> None:
+    from collector.clocks import describe
+
+    assert describe(-600) == "10 min fast"
+    assert describe(7200) == "2 h slow"
+    assert describe(-45) == "45 s fast"
+    assert describe(9000) == "2.5 h slow"
+    assert describe(-3 * 86400) == "3.0 days fast"

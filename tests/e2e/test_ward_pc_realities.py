@@ -70,7 +70,25 @@ def test_a_wrong_clock_is_learned_corrected_and_shown(
         assert worst < 10, (label, rows)
         offset = agent_metric(agent, "wardready_agent_clock_offset_seconds")
         assert offset is not None and abs(offset + skew) < 3, (label, offset)
-        wait_until(lambda: collector.ward(WARD)["verdict"] == "ready", 30, what="ready")
+        ward = wait_until(
+            lambda: (w := collector.ward(WARD))["verdict"] == "ready"
+            and any("clock_skew" in r for r in w["reasons"])
+            and w,
+            30,
+            what="ready, with the wrong clock said",
+        )
+        # The collector shows the skew as its own reason and metric, in words an officer reads.
+        (reason,) = [r for r in ward["reasons"] if "clock_skew" in r]
+        assert reason.startswith(f"warning: clock_skew: pc-01's clock is {label}"), reason
+        (shown,) = ward["agents"]
+        assert abs(shown["clock_offset_seconds"] + skew) < 3, shown
+        metrics = collector.get("/metrics")
+        exported = [
+            line
+            for line in metrics.splitlines()
+            if line.startswith("wardready_agent_clock_offset_seconds{") and 'agent="pc-01"' in line
+        ]
+        assert len(exported) == 1 and abs(float(exported[0].split()[-1]) + skew) < 3, exported
 
 
 def test_a_result_refused_for_good_is_set_aside_and_the_rest_flows(tmp_path: Path) -> None:
