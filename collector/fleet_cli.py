@@ -17,7 +17,16 @@ import httpx
 
 from collector import enroll as enrollment
 from collector import fleet as fleetstore
-from collector.cli import HTTP_TIMEOUT, UsageError, _audit, _engine, fit, when, width
+from collector.cli import (
+    HTTP_TIMEOUT,
+    UsageError,
+    _audit,
+    _engine,
+    _read_token,
+    fit,
+    when,
+    width,
+)
 from shared.confload import parse_duration
 
 DAY_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -170,8 +179,15 @@ def cmd_inventory_accept(args: argparse.Namespace) -> int:
 def outdated(args: argparse.Namespace) -> list[dict[str, Any]]:
     """Agents on an old plan (or refusing the current one), from the DB or ``--url``."""
     if getattr(args, "url", None):
+        token = _read_token(args)
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
         try:
-            r = httpx.get(f"{args.url.rstrip('/')}/api/v1/fleet", timeout=HTTP_TIMEOUT)
+            r = httpx.get(
+                f"{args.url.rstrip('/')}/api/v1/fleet",
+                timeout=HTTP_TIMEOUT,
+                headers=headers,
+                verify=args.ca_file or True,
+            )
             r.raise_for_status()
             rows: list[dict[str, Any]] = r.json()["outdated"]
             return rows

@@ -75,14 +75,15 @@ def pair() -> Iterator[Pair]:
         made.remove()
 
 
-def wait_up(name: str) -> None:
-    """A veth gets carrier a moment after both ends are up: wait for it (at most 5 s)."""
+def wait_up(name: str, state: str = "up") -> None:
+    """A veth gets (or loses) carrier a moment after its peer changes: wait for the kernel to
+    say so (at most 5 s)."""
     for _ in range(100):
         with open(f"/sys/class/net/{name}/operstate") as f:
-            if f.read().strip() == "up":
+            if f.read().strip() == state:
                 return
         time.sleep(0.05)
-    raise AssertionError(f"{name} never came up")
+    raise AssertionError(f"{name} never became {state}")
 
 
 def test_a_healthy_pair_and_its_drop_rate(run: RunCheck, pair: Pair) -> None:
@@ -117,6 +118,7 @@ def test_a_healthy_pair_and_its_drop_rate(run: RunCheck, pair: Pair) -> None:
 
 def test_no_carrier_and_admin_down_are_link_down(run: RunCheck, pair: Pair) -> None:
     ip("link", "set", pair.b, "down")
+    wait_up(pair.a, "lowerlayerdown")
     r = run("link", "localhost", interfaces=[pair.a, pair.b])
     assert (r.success, r.reason) == (False, "link_down")
     assert r.metrics[f"up__{pair.a}"] == 0 and r.metrics[f"up__{pair.b}"] == 0

@@ -311,7 +311,10 @@ def test_plan_change_hot_reload_and_bad_plan(tmp_path: Path) -> None:
                 "plan_error": reported["plan_error"],
             }
         ]
-        status = collector.cli("status", "--url", collector.url, "--working-group", "1").stdout
+        status = collector.cli(
+            "status", "--url", collector.url, "--working-group", "1",
+            "--token-file", str(collector.viewer_token_file),
+        ).stdout  # fmt: skip
         assert "ward-minh-phung/pc-01: runs v2, current v3; refused it: plan v3" in status
         time.sleep(2)
         assert agent.stop() == 0

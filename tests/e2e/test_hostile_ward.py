@@ -23,6 +23,8 @@ HOSTILE = "ward-phu-tho"
 BIG = 1.7976931348623157e308
 FLOOD_BATCHES = 40
 FLOOD_SIZE = 2000
+# The line, the host check and the gadget: what the hostile ward holds before its flood.
+SERIES_BEFORE_FLOOD = 3
 WARD_BUDGET = 4000
 # Memory may grow with the work a process has done (allocator pools, caches filled once), but
 # not with what one ward sends: without budgets this flood took the collector to 3.6 times
@@ -52,7 +54,14 @@ criteria:
     title: PC disk has room
     severity: warning
     select: {check: host}
-    condition: {metric: disk_free_ratio, agg: max, window: 15m, op: ">", threshold: 0.1}
+    condition: {metric: disk_free_ratio_min, agg: max, window: 15m, op: ">", threshold: 0.1}
+  # A check type this collector does not know: its values have no declared range, so any
+  # finite number arrives and every aggregation must survive it.
+  - id: gadget
+    title: A newer agent's gadget
+    severity: warning
+    select: {check: gadget}
+    condition: {metric: level, agg: avg, window: 15m, op: "<", threshold: 1}
 """
 
 
@@ -95,7 +104,7 @@ class Sender:
                 "localhost",
                 check="host",
                 labels={"role": "host"},
-                metrics={"disk_free_ratio": 0.5},
+                metrics={"disk_free_ratio_min": 0.5},
                 started=now - 10,
             ),
         ]
@@ -126,7 +135,9 @@ def rss(collector: Collector) -> int:
 
 
 def scrape(collector: Collector) -> dict[str, Any]:
-    text = httpx.get(f"{collector.url}/metrics", timeout=30).text
+    token = collector.viewer_token_file.read_text().strip()
+    auth = {"Authorization": f"Bearer {token}"}
+    text = httpx.get(f"{collector.url}/metrics", timeout=30, headers=auth).text
     return {f.name: f for f in text_string_to_metric_families(text)}
 
 
@@ -161,7 +172,10 @@ def assert_others_judged(collector: Collector) -> None:
 def test_a_hostile_ward_neither_blinds_nor_fills_the_collector(tmp_path: Path) -> None:
     profile = tmp_path / "profile.yaml"
     profile.write_text(PROFILE)
-    collector = Collector(tmp_path, profile, serve_args=["--verdict-seconds", "0.5"])
+    # No rate limit: this flood is to meet the series budgets, not the token's rate.
+    collector = Collector(
+        tmp_path, profile, serve_args=["--verdict-seconds", "0.5", "--ingest-rate", "0"]
+    )
     collector.setup()
     good = [Sender(collector, w, collector.token(w, "pc-01")) for w in GOOD]
     any_agent = collector.cli("token", "create", "--ward", HOSTILE).stdout.split()[-1]
@@ -178,21 +192,21 @@ def test_a_hostile_ward_neither_blinds_nor_fills_the_collector(tmp_path: Path) -
         scrape(collector)
         baseline = rss(collector)
 
-        # Absurd but valid values into the hostile ward's own series: every aggregation of
-        # the profile runs over them.
+        # Values outside what a metric can be (a ratio of -1.8e308) are refused at the door.
+        implausible = [hostile.result("wan-city", "gw", metrics={"loss_ratio": -BIG})]
+        r = hostile.post(implausible)
+        assert r.status_code == 422 and "loss_ratio" in r.text, r.text
+        # Absurd values a metric's range allows (durations have no upper bound, an unknown
+        # check type has no range at all) arrive: every aggregation of the profile runs
+        # over them.
         absurd = [
-            hostile.result("wan-city", "gw", metrics={"loss_ratio": v, "rtt_avg_seconds": v})
+            hostile.result("wan-city", "gw", metrics={"loss_ratio": ratio, "rtt_avg_seconds": v})
+            for v, ratio in ((BIG, 1.0), (BIG, 0.0), (1e308, 1.0), (BIG, 5e-324), (5e-324, 1.0))
+        ]
+        absurd += [
+            hostile.result("gadget", "gadget-1", check="gadget", metrics={"level": v})
             for v in (BIG, BIG, -BIG, 1e308, BIG, 5e-324)
         ]
-        absurd.append(
-            hostile.result(
-                "host",
-                "localhost",
-                check="host",
-                labels={"role": "host"},
-                metrics={"disk_free_ratio": -BIG},
-            )
-        )
         assert hostile.post(absurd).status_code == 200
 
         # A flood of new series under ever new agent names: the ward's budget stops it.
@@ -216,7 +230,7 @@ def test_a_hostile_ward_neither_blinds_nor_fills_the_collector(tmp_path: Path) -
         )
         assert_others_judged(collector)
         series = collector.ward(HOSTILE)["series"]
-        assert series["used"] == 2 + accepted * FLOOD_SIZE
+        assert series["used"] == SERIES_BEFORE_FLOOD + accepted * FLOOD_SIZE
         refused = (FLOOD_BATCHES - accepted) * FLOOD_SIZE
         assert series["refused"] == refused
         families = scrape(collector)
@@ -243,7 +257,8 @@ def test_a_hostile_ward_neither_blinds_nor_fills_the_collector(tmp_path: Path) -
         after = [hostile.result("flood", f"after-{i}") for i in range(FLOOD_SIZE)]
         r = hostile.post(after, agent="pc-99")
         assert r.status_code == 422 and "series budget of ward" in r.json()["detail"], r.text
-        assert collector.ward(HOSTILE)["series"]["used"] == 2 + accepted * FLOOD_SIZE
+        used = collector.ward(HOSTILE)["series"]["used"]
+        assert used == SERIES_BEFORE_FLOOD + accepted * FLOOD_SIZE
         restarted = rss(collector)
         assert restarted < RSS_FACTOR * baseline, (baseline, restarted)
         assert httpx.get(f"{collector.url}/healthz", timeout=5).json() == {"status": "ok"}
