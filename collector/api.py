@@ -29,7 +29,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
-from collector import audit_api, auditlog, auth, board, exposition, history, summary
+from collector import audit_api, audit_pages, auditlog, auth, board, exposition, history, summary
 from collector import inventory as inventory_store
 from collector import tokens as tokenstore
 from collector.auth import Principal, RateLimiter
@@ -395,6 +395,7 @@ def create_app(
         return Response(body, media_type=exposition.CONTENT_TYPE)
 
     board.install(app, service)
+    app.include_router(audit_pages.router(service))
     app.include_router(audit_api.router(service))
     _admin_routes(app, service)
 

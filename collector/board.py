@@ -146,7 +146,7 @@ def _ward_charts(service: Service, ward: str, page: Page) -> list[str]:
     return [c for c in out if c]
 
 
-def _read_form(body: bytes) -> dict[str, str]:
+def read_form(body: bytes) -> dict[str, str]:
     fields = parse_qs(body.decode("utf-8", "replace"), max_num_fields=8)
     return {k: v[0] for k, v in fields.items()}
 
@@ -234,7 +234,7 @@ def router(service: Service) -> APIRouter:
         body = await request.body()
         if len(body) > MAX_LOGIN_BYTES:
             raise HTTPException(413, f"body: larger than {MAX_LOGIN_BYTES} bytes")
-        token = _read_form(body).get("token", "").strip()
+        token = read_form(body).get("token", "").strip()
         who = lookup(request, token)
         if who is None or who.role not in READERS:
             # The same answer for an unknown token and an agent's: nothing to probe with.

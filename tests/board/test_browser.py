@@ -11,6 +11,7 @@ import importlib.util
 import shutil
 import tempfile
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -221,6 +222,25 @@ def test_ward_page_renders_with_charts_and_is_accessible(fleet: Collector, signe
         if tag == "phone":
             # Wide tables scroll inside their box; the page itself does not.
             assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
+        page.close()
+
+
+def test_audits_page_lists_a_sealed_audit_and_is_accessible(
+    fleet: Collector, signed_in: Any
+) -> None:
+    # An audit of the last two minutes of the running fleet, taken from the CLI.
+    end = datetime.now(UTC) - timedelta(seconds=5)
+    window = [(end - timedelta(minutes=2)).isoformat(), end.isoformat()]
+    fleet.cli("audit", "create", "--from", window[0], "--to", window[1], "--title",
+              "Chạy thử tại chỗ", "--signed-off-by", "Nguyễn Văn An")  # fmt: skip
+    for size, tag in ((DESKTOP, "1366x768"), (PHONE, "phone")):
+        page, errors = open_page(signed_in, fleet.url + "/audits", size)
+        assert page.locator("table.audits tbody tr").count() >= 1
+        row = page.locator("table.audits tbody tr").first.inner_text()
+        assert "Chạy thử tại chỗ" in row and "Nguyên vẹn" in row and "Nguyễn Văn An" in row
+        shot(page, f"audits-{tag}")
+        assert serious_violations(page) == []
+        assert errors == []
         page.close()
 
 
