@@ -30,22 +30,10 @@ class Refusal(BaseModel):
     detail: str
 
 
-class FleetAgentOut(BaseModel):
-    agent: str
-    hostname: str
-    machine_id_hash: str
-    version: str
-    os: str
-    enrolled_at: float | None
-    revoked_at: float | None
-    plan_version: int | None = Field(description="the plan version the agent says it runs")
-    plan_error: str | None = Field(description="why the agent refused the newest plan")
-
-
 class WardFleet(BaseModel):
     plan_version: int | None = Field(description="the ward's current plan; null: no plan")
     plan_updated_at: float | None
-    agents: list[FleetAgentOut]
+    agents: list[enrollment.EnrolledAgent]
 
 
 class PlanOut(BaseModel):
@@ -93,10 +81,7 @@ def ward_fleet(service: Service, ward_id: str) -> dict[str, Any]:
     return {
         "plan_version": plan.version if plan else None,
         "plan_updated_at": plan.updated_at if plan else None,
-        "agents": [
-            {k: v for k, v in dataclasses.asdict(a).items() if k != "ward"}
-            for a in enrollment.agents(service.engine, ward_id)
-        ],
+        "agents": enrollment.agents(service.engine, ward_id),
     }
 
 
