@@ -178,8 +178,8 @@ class Agent:
     timeout: str = "4s"
     push_interval: str = "1s"
     metrics_port: int = 0
-    # Put before the agent's command line, e.g. ["faketime", "-f", "+600s"] for a wrong clock.
-    wrapper: Sequence[str] = ()
+    # Extra environment for the agent, e.g. libfaketime's for a PC whose clock is wrong.
+    env: dict[str, str] = field(default_factory=dict)
     proc: Proc | None = None
 
     def __post_init__(self) -> None:
@@ -214,9 +214,9 @@ class Agent:
     def start(self, token: str | None = None) -> Agent:
         if token is not None or not self.config_path.exists():
             self.write_config(token or self.collector.token(self.ward, self.name))
-        argv = [*self.wrapper, *_cli("agent"), "run", "-c", str(self.config_path)]
+        argv = [*_cli("agent"), "run", "-c", str(self.config_path)]
         log = self.workdir / f"{self.ward}.{self.name}.log"
-        self.proc = Proc(f"agent {self.ward}", argv, log).start()
+        self.proc = Proc(f"agent {self.ward}", argv, log, self.env).start()
         return self
 
     def stop(self) -> int | None:

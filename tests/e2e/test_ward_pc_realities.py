@@ -12,14 +12,20 @@ from pathlib import Path
 import pytest
 from fleet import Agent, Collector, stopping, wait_until
 
-from tests.helpers import need_program
+from tests.helpers import need
 
 pytestmark = pytest.mark.e2e
 
 WARD = "ward-minh-phung"
-# libfaketime's monotonic clock stalls Python's timed waits: fake the wall clock alone, which
-# is what a wrong CMOS clock is.
-FAKETIME = ["env", "FAKETIME_DONT_FAKE_MONOTONIC=1", "faketime", "-f"]
+
+
+def faketime(offset: str) -> dict[str, str]:
+    """libfaketime preloaded into the agent itself (the `faketime` program would fork, and
+    stopping it would leave the agent running). Its monotonic clock stalls Python's timed
+    waits: the wall clock alone is faked, which is what a wrong CMOS clock is."""
+    libs = sorted(Path("/usr/lib").glob("*/faketime/libfaketime.so.1"))
+    need(bool(libs), "libfaketime is not installed (Debian faketime; scripts/setup.sh)")
+    return {"LD_PRELOAD": str(libs[0]), "FAKETIME": offset, "FAKETIME_DONT_FAKE_MONOTONIC": "1"}
 
 PROFILE = """\
 version: 1
@@ -52,14 +58,13 @@ def agent_metric(agent: Agent, name: str) -> float | None:
 def test_a_wrong_clock_is_learned_corrected_and_shown(
     tmp_path: Path, skew: int, label: str
 ) -> None:
-    need_program("faketime")
     profile = tmp_path / "profile.yaml"
     profile.write_text(PROFILE)
     collector = Collector(tmp_path, profile)
     collector.setup()
     check = {"name": "collector-port", "type": "tcp", "target": f"127.0.0.1:{collector.port}"}
     agent = Agent(tmp_path, WARD, "pc-01", collector, [check], interval="1s", timeout="900ms",
-                  wrapper=[*FAKETIME, f"{skew:+d}s"])  # fmt: skip
+                  env=faketime(f"{skew:+d}s"))  # fmt: skip
     with stopping(collector, agent):
         collector.start()
         agent.start()
