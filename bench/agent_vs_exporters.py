@@ -54,11 +54,9 @@ COMMUNITY = "mono-normal"  # snmpsim serves tests/data/snmprec/<community>.snmpr
 
 BLACKBOX = {
     "modules": {
-        "icmp": {"prober": "icmp", "timeout": "10s",
-                 "icmp": {"preferred_ip_protocol": "ip4"}},  # fmt: skip
+        "icmp": {"prober": "icmp", "timeout": "10s", "icmp": {"preferred_ip_protocol": "ip4"}},
         "tcp_connect": {"prober": "tcp", "timeout": "10s"},
-        "http_2xx": {"prober": "http", "timeout": "10s",
-                     "http": {"preferred_ip_protocol": "ip4"}},  # fmt: skip
+        "http_2xx": {"prober": "http", "timeout": "10s", "http": {"preferred_ip_protocol": "ip4"}},
     }
 }
 
@@ -70,8 +68,13 @@ def snmp_module() -> dict[str, object]:
         indexes = [{"labelname": index, "type": "gauge"}]
         if index != "hrDeviceIndex":
             indexes.insert(0, {"labelname": "hrDeviceIndex", "type": "gauge"})
-        return {"name": name, "oid": oid, "type": kind, "help": f"{name} ({oid})",
-                "indexes": indexes}  # fmt: skip
+        return {
+            "name": name,
+            "oid": oid,
+            "type": kind,
+            "help": f"{name} ({oid})",
+            "indexes": indexes,
+        }
 
     supplies, inputs = "1.3.6.1.2.1.43.11.1.1", "1.3.6.1.2.1.43.8.2.1"
     return {
@@ -82,16 +85,28 @@ def snmp_module() -> dict[str, object]:
         "retries": 1,
         "timeout": "1s",
         "metrics": [
-            {"name": "sysDescr", "oid": "1.3.6.1.2.1.1.1", "type": "DisplayString",
-             "help": "sysDescr"},  # fmt: skip
+            {
+                "name": "sysDescr",
+                "oid": "1.3.6.1.2.1.1.1",
+                "type": "DisplayString",
+                "help": "sysDescr",
+            },
             metric("hrDeviceStatus", "1.3.6.1.2.1.25.3.2.1.5", "hrDeviceIndex"),
             metric("hrPrinterStatus", "1.3.6.1.2.1.25.3.5.1.1", "hrDeviceIndex"),
-            metric("hrPrinterDetectedErrorState", "1.3.6.1.2.1.25.3.5.1.2", "hrDeviceIndex",
-                   "OctetString"),  # fmt: skip
+            metric(
+                "hrPrinterDetectedErrorState",
+                "1.3.6.1.2.1.25.3.5.1.2",
+                "hrDeviceIndex",
+                "OctetString",
+            ),
             metric("prtMarkerSuppliesClass", f"{supplies}.4", "prtMarkerSuppliesIndex"),
             metric("prtMarkerSuppliesType", f"{supplies}.5", "prtMarkerSuppliesIndex"),
-            metric("prtMarkerSuppliesDescription", f"{supplies}.6", "prtMarkerSuppliesIndex",
-                   "DisplayString"),  # fmt: skip
+            metric(
+                "prtMarkerSuppliesDescription",
+                f"{supplies}.6",
+                "prtMarkerSuppliesIndex",
+                "DisplayString",
+            ),
             metric("prtMarkerSuppliesSupplyUnit", f"{supplies}.7", "prtMarkerSuppliesIndex"),
             metric("prtMarkerSuppliesMaxCapacity", f"{supplies}.8", "prtMarkerSuppliesIndex"),
             metric("prtMarkerSuppliesLevel", f"{supplies}.9", "prtMarkerSuppliesIndex"),
@@ -102,15 +117,23 @@ def snmp_module() -> dict[str, object]:
     }
 
 
-def agent_plan(web: int, collector: int, dns: int | None, snmp: int, echoes: int | None
-               ) -> list[dict[str, object]]:  # fmt: skip
+def agent_plan(
+    web: int, collector: int, dns: int | None, snmp: int, echoes: int | None
+) -> list[dict[str, object]]:
     checks = plan(web, collector, dns)
     if echoes is not None:
         for c in checks:
             if c["type"] == "icmp":
                 c["params"] = {"count": echoes}
-    checks.append({"name": "printer-0", "type": "printer_snmp", "target": f"127.0.0.1:{snmp}",
-                   "params": {"community": COMMUNITY}, "labels": {"role": "printer"}})  # fmt: skip
+    checks.append(
+        {
+            "name": "printer-0",
+            "type": "printer_snmp",
+            "target": f"127.0.0.1:{snmp}",
+            "params": {"community": COMMUNITY},
+            "labels": {"role": "printer"},
+        }
+    )
     return checks
 
 
@@ -179,8 +202,9 @@ def exporter(name: str, program: str, args: list[str], port: int, work: Path) ->
         sys.exit(f"{program} is missing: scripts/setup.sh installs it (Debian package)")
     argv = [program, f"--web.listen-address=127.0.0.1:{port}", *args]
     proc = Proc(name, argv, work / f"{name}.log").start()
-    wait_until(lambda: httpx.get(f"http://127.0.0.1:{port}/", timeout=1).status_code == 200,
-               15, what=name)  # fmt: skip
+    wait_until(
+        lambda: httpx.get(f"http://127.0.0.1:{port}/", timeout=1).status_code == 200, 15, what=name
+    )
     return proc
 
 
@@ -207,38 +231,69 @@ def main() -> None:
         dns_port = None
         if shutil.which("dnsmasq"):
             dns_port = free_port()
-            argv = ["dnsmasq", "--no-daemon", "--port", str(dns_port),
-                    "--listen-address=127.0.0.1", "--bind-interfaces", "--no-resolv",
-                    "--no-hosts", "--address=/ward.test/127.0.0.9",
-                    f"--pid-file={work / 'dnsmasq.pid'}"]  # fmt: skip
+            argv = [
+                "dnsmasq",
+                "--no-daemon",
+                "--port",
+                str(dns_port),
+                "--listen-address=127.0.0.1",
+                "--bind-interfaces",
+                "--no-resolv",
+                "--no-hosts",
+                "--address=/ward.test/127.0.0.9",
+                f"--pid-file={work / 'dnsmasq.pid'}",
+            ]
             extra.append(Proc("dnsmasq", argv, work / "dnsmasq.log").start())
         stack.enter_context(stopping(*extra))
         (work / "blackbox.yml").write_text(yaml.safe_dump(BLACKBOX))
         (work / "snmp.yml").write_text(yaml.safe_dump({"printer": snmp_module()}))
         ports = {n: free_port() for n in ("blackbox", "node", "snmp")}
         refs = {
-            "blackbox_exporter": exporter("blackbox_exporter", "prometheus-blackbox-exporter",
-                                          [f"--config.file={work / 'blackbox.yml'}"],
-                                          ports["blackbox"], work),  # fmt: skip
-            "node_exporter": exporter("node_exporter", "prometheus-node-exporter", [],
-                                      ports["node"], work),  # fmt: skip
-            "snmp_exporter": exporter("snmp_exporter", "prometheus-snmp-exporter",
-                                      [f"--config.file={work / 'snmp.yml'}"],
-                                      ports["snmp"], work),  # fmt: skip
+            "blackbox_exporter": exporter(
+                "blackbox_exporter",
+                "prometheus-blackbox-exporter",
+                [f"--config.file={work / 'blackbox.yml'}"],
+                ports["blackbox"],
+                work,
+            ),
+            "node_exporter": exporter(
+                "node_exporter", "prometheus-node-exporter", [], ports["node"], work
+            ),
+            "snmp_exporter": exporter(
+                "snmp_exporter",
+                "prometheus-snmp-exporter",
+                [f"--config.file={work / 'snmp.yml'}"],
+                ports["snmp"],
+                work,
+            ),
         }
         stack.enter_context(stopping(*refs.values()))
         collector.start()
         stack.enter_context(stopping(collector))
         checks = agent_plan(web_port, collector.port, dns_port, snmp, args.echoes)
-        agent = Agent(work, "ward-minh-phung", "bench", collector, checks, interval="30s",
-                      timeout="10s", push_interval="5s")  # fmt: skip
+        agent = Agent(
+            work,
+            "ward-minh-phung",
+            "bench",
+            collector,
+            checks,
+            interval="30s",
+            timeout="10s",
+            push_interval="5s",
+        )
         agent.start()
         stack.enter_context(stopping(agent))
-        urls = [(u.split("module=")[1].split("&")[0], u)
-                for u in probe_urls(ports["blackbox"], web_port, collector.port)]  # fmt: skip
+        urls = [
+            (u.split("module=")[1].split("&")[0], u)
+            for u in probe_urls(ports["blackbox"], web_port, collector.port)
+        ]
         urls.append(("node", f"http://127.0.0.1:{ports['node']}/metrics"))
-        urls.append(("snmp", f"http://127.0.0.1:{ports['snmp']}/snmp?module=printer"
-                             f"&target=127.0.0.1:{snmp}"))  # fmt: skip
+        urls.append(
+            (
+                "snmp",
+                f"http://127.0.0.1:{ports['snmp']}/snmp?module=printer&target=127.0.0.1:{snmp}",
+            )
+        )
         driver = Driver(urls)
         loop = threading.Thread(target=driver.run, daemon=True)
         loop.start()
@@ -247,8 +302,7 @@ def main() -> None:
         report(args, agent, refs, driver)
 
 
-def report(args: argparse.Namespace, agent: Agent, refs: dict[str, Proc], driver: Driver
-           ) -> None:  # fmt: skip
+def report(args: argparse.Namespace, agent: Agent, refs: dict[str, Proc], driver: Driver) -> None:
     procs = {"agent": psutil.Process(agent.proc.pid)}  # type: ignore[union-attr]
     procs |= {name: psutil.Process(p.pid) for name, p in refs.items()}
     time.sleep(args.warmup)
@@ -270,24 +324,27 @@ def report(args: argparse.Namespace, agent: Agent, refs: dict[str, Proc], driver
     refs_rss = sum(mib[n] for n in refs)
     agent_probe_runs = {k: runs1.get(k, 0) - runs0.get(k, 0) for k in runs1}
     probe_kinds = ("icmp", "tcp", "http")
-    bb = {k: driver.count(t0, t1, k) for k in ("icmp", "tcp_connect", "http_2xx", "node",
-                                                  "snmp")}  # fmt: skip
+    bb = {k: driver.count(t0, t1, k) for k in ("icmp", "tcp_connect", "http_2xx", "node", "snmp")}
     bb_probes = sum(bb[k][0] for k in ("icmp", "tcp_connect", "http_2xx"))
     all_runs = sum(agent_probe_runs.values())
     probe_runs = sum(agent_probe_runs.get(k, 0) for k in probe_kinds)
     echoes = args.echoes or 5
     show: Callable[[str], None] = print
-    show(f"agent vs exporters, every {INTERVAL:g} s, loopback targets "
-         f"(warm-up {args.warmup:g} s, measured {span:.0f} s; agent icmp: {echoes} echo(es)/run, "
-         "blackbox: 1)")  # fmt: skip
+    show(
+        f"agent vs exporters, every {INTERVAL:g} s, loopback targets "
+        f"(warm-up {args.warmup:g} s, measured {span:.0f} s; agent icmp: {echoes} echo(es)/run, "
+        "blackbox: 1)"
+    )
     show("")
     show(f"  {'process':<20}{'RSS MiB':>9}{'CPU s':>8}{'% core':>8}")
     for n in procs:
         show(f"  {n:<20}{mib[n]:>9.1f}{cpu[n]:>8.2f}{100 * cpu[n] / span:>8.2f}")
     refs_cpu = sum(cpu[n] for n in refs)
     show(f"  {'exporters (sum)':<20}{refs_rss:>9.1f}{refs_cpu:>8.2f}{100 * refs_cpu / span:>8.2f}")
-    show(f"  {'bench scrape loop':<20}{'':>9}{loop_cpu:>8.2f}{100 * loop_cpu / span:>8.2f}"
-         "   (counted for neither side)")  # fmt: skip
+    show(
+        f"  {'bench scrape loop':<20}{'':>9}{loop_cpu:>8.2f}{100 * loop_cpu / span:>8.2f}"
+        "   (counted for neither side)"
+    )
     show("")
     show(f"  RSS  agent / exporters' sum           {mib['agent'] / refs_rss:6.2f}   (goal <= 0.8)")
     show(f"  CPU  agent / exporters' sum           {cpu['agent'] / refs_cpu:6.2f}")
@@ -302,8 +359,10 @@ def report(args: argparse.Namespace, agent: Agent, refs: dict[str, Proc], driver
     show(f"  CPU ms per probe  blackbox ({bb_probes} probes)             {bb_ms:7.3f}")
     show(f"  CPU per probe  agent / blackbox        {agent_ms / bb_ms:6.2f}   (goal <= 1.5)")
     if probe_runs != all_runs:
-        show(f"  (the agent's CPU also covers {all_runs - probe_runs:g} host, dns and printer "
-             "runs and its pushes; blackbox's covers only its probes)")  # fmt: skip
+        show(
+            f"  (the agent's CPU also covers {all_runs - probe_runs:g} host, dns and printer "
+            "runs and its pushes; blackbox's covers only its probes)"
+        )
 
 
 if __name__ == "__main__":
