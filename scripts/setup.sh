@@ -17,6 +17,7 @@ apt_packages=(
   openssh-server                    # ssh
   faketime                          # ward PCs whose clock is wrong
   prometheus prometheus-alertmanager                # rules, routes and dashboards
+  prometheus-node-exporter prometheus-blackbox-exporter prometheus-snmp-exporter  # bench: the bar
   chromium                          # the board's browser tests (driven by playwright)
   libpango-1.0-0 libpangoft2-1.0-0                  # WeasyPrint: audit PDFs
   fonts-noto-core fonts-dejavu-core                 # every Vietnamese letter in the PDFs
