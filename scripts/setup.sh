@@ -17,6 +17,7 @@ apt_packages=(
   openssh-server                    # ssh
   faketime                          # ward PCs whose clock is wrong
   prometheus prometheus-alertmanager                # rules, routes and dashboards
+  systemd-container debootstrap                     # ansible: hosts that boot real systemd
 )
 
 missing=()
@@ -55,4 +56,14 @@ if [ ! -f "$wheelhouse/.stamp" ] || [ "$(cat "$wheelhouse/.stamp")" != "$want" ]
   echo "$want" > "$wheelhouse/.stamp"
 fi
 export WARDREADY_AGENT_WHEELHOUSE="$wheelhouse"
+# The collector's too ([collector] extra): the Ansible tests install both on hosts that reach no
+# package index.
+collector_wheelhouse="$root/.cache/collector-wheelhouse"
+if [ ! -f "$collector_wheelhouse/.stamp" ] || [ "$(cat "$collector_wheelhouse/.stamp")" != "$want" ]; then
+  echo "setup: fetching the collector's wheels into $collector_wheelhouse" >&2
+  rm -rf "$collector_wheelhouse"
+  "$venv/bin/python" -m pip download -q -d "$collector_wheelhouse" "$root[collector]" 2>&1 | grep -v '^WARNING: Location' >&2 || true
+  echo "$want" > "$collector_wheelhouse/.stamp"
+fi
+export WARDREADY_COLLECTOR_WHEELHOUSE="$collector_wheelhouse"
 export PATH="$venv/bin:$PATH"
