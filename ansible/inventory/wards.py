@@ -53,8 +53,9 @@ def rows(path: Path, required: tuple[str, ...]) -> list[tuple[int, dict[str, str
             missing = [c for c in required if c not in (reader.fieldnames or [])]
             if missing:
                 raise InventoryError(f"{path}:1: missing column(s) {', '.join(missing)}")
-            return [(reader.line_num, {k: (v or "").strip() for k, v in r.items() if k})
-                    for r in reader]  # fmt: skip
+            return [
+                (reader.line_num, {k: (v or "").strip() for k, v in r.items() if k}) for r in reader
+            ]
     except OSError as exc:
         raise InventoryError(f"{path}: cannot read: {exc.strerror or exc}") from exc
 
@@ -68,7 +69,9 @@ def load_units(paths: list[Path]) -> dict[str, dict[str, object]]:
                 if not r[column]:
                     raise InventoryError(f"{where}: {column}: empty")
             if not r["working_group"].isdigit():
-                raise InventoryError(f"{where}: working_group: not a number: {r['working_group']!r}")
+                raise InventoryError(
+                    f"{where}: working_group: not a number: {r['working_group']!r}"
+                )
             unit: dict[str, object] = {
                 "ward_id": r["id"],
                 "ward_name": unicodedata.normalize("NFC", r["name"]),
@@ -102,8 +105,11 @@ def build(units: dict[str, dict[str, object]], pcs: Path) -> dict[str, object]:
             "ansible_host": r["address"],
             "wardready_agent_name": r.get("agent") or host,
         }
-        for group in ("wardready_agents", f"wg_{unit['working_group']}",
-                      f"former_{slug(str(unit['former_district']))}"):  # fmt: skip
+        for group in (
+            "wardready_agents",
+            f"wg_{unit['working_group']}",
+            f"former_{slug(str(unit['former_district']))}",
+        ):
             groups.setdefault(group, []).append(host)
     inventory: dict[str, object] = {g: {"hosts": hosts} for g, hosts in sorted(groups.items())}
     inventory["_meta"] = {"hostvars": hostvars}

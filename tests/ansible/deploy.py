@@ -19,7 +19,9 @@ from tests.helpers import ROOT
 
 ANSIBLE = ROOT / "ansible"
 PLAY_TIMEOUT = 600
-RECAP = re.compile(r"^(\S+)\s+:\s+ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.M)
+RECAP = re.compile(
+    r"^(\S+)\s+:\s+ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.M
+)
 
 # The one check each ward's plan gives its agent: the line to the city, which the test
 # profile below requires.
@@ -41,9 +43,12 @@ def source_tree() -> Path:
     return Path(os.environ.get("WARDREADY_TEST_TREE") or ROOT)
 
 
-def run(argv: list[str | Path], timeout: float = 300, **kw: Any) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(a) for a in argv], capture_output=True, text=True,
-                          timeout=timeout, **kw)  # fmt: skip
+def run(
+    argv: list[str | Path], timeout: float = 300, **kw: Any
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(a) for a in argv], capture_output=True, text=True, timeout=timeout, **kw
+    )
 
 
 def version_of(tree: Path) -> str:
@@ -53,8 +58,20 @@ def version_of(tree: Path) -> str:
 
 
 def build_wheel(tree: Path, out: Path) -> Path:
-    built = run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
-                 "-w", out, tree], cwd="/")  # fmt: skip
+    built = run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            out,
+            tree,
+        ],
+        cwd="/",
+    )
     assert built.returncode == 0, built.stderr[-2000:]
     (wheel,) = out.glob("wardready-*.whl")
     return wheel
@@ -63,9 +80,24 @@ def build_wheel(tree: Path, out: Path) -> Path:
 def build_version(tree: Path, version: str, work: Path) -> Path:
     """A wheel of ``tree`` that calls itself ``version`` (pyproject and the agent's own)."""
     copy = work / f"tree-{version}"
-    shutil.copytree(tree, copy, ignore=shutil.ignore_patterns(
-        ".git", ".venv", ".cache", "build", "dist", "*.egg-info", "__pycache__", ".mypy_cache",
-        ".ruff_cache", ".pytest_cache", "demo-run", "artifacts"))  # fmt: skip
+    shutil.copytree(
+        tree,
+        copy,
+        ignore=shutil.ignore_patterns(
+            ".git",
+            ".venv",
+            ".cache",
+            "build",
+            "dist",
+            "*.egg-info",
+            "__pycache__",
+            ".mypy_cache",
+            ".ruff_cache",
+            ".pytest_cache",
+            "demo-run",
+            "artifacts",
+        ),
+    )
     old = version_of(tree)
     for rel in ("pyproject.toml", "agent/__init__.py"):
         path = copy / rel
@@ -96,27 +128,36 @@ class Recap:
 
 
 def playbook(inventory: Path, env: dict[str, str], name: str, *args: str) -> Recap:
-    argv = [str(Path(sys.executable).parent / "ansible-playbook"), "-i", str(inventory),
-            name, *args]  # fmt: skip
+    argv = [
+        str(Path(sys.executable).parent / "ansible-playbook"),
+        "-i",
+        str(inventory),
+        name,
+        *args,
+    ]
     done = run(argv, timeout=PLAY_TIMEOUT, cwd=ANSIBLE, env=env)  # type: ignore[arg-type]
     out = done.stdout + done.stderr
-    hosts = {m[0]: {"ok": int(m[1]), "changed": int(m[2]), "unreachable": int(m[3]),
-                    "failed": int(m[4])} for m in RECAP.findall(out)}  # fmt: skip
+    hosts = {
+        m[0]: {"ok": int(m[1]), "changed": int(m[2]), "unreachable": int(m[3]), "failed": int(m[4])}
+        for m in RECAP.findall(out)
+    }
     return Recap(done.returncode, out, hosts)
 
 
 def ansible_env(work: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ANSIBLE_")}
-    env.update({
-        "ANSIBLE_CONFIG": str(ANSIBLE / "ansible.cfg"),
-        "ANSIBLE_HOME": str(work / "ansible-home"),
-        "ANSIBLE_SSH_CONTROL_PATH_DIR": str(work / "cp"),
-        "ANSIBLE_NOCOLOR": "1",
-        "ANSIBLE_FORCE_COLOR": "0",
-        "ANSIBLE_TIMEOUT": "20",
-        "LC_ALL": "C.UTF-8",
-        "PATH": f"{Path(sys.executable).parent}:{env.get('PATH', '/usr/bin:/bin')}",
-    })  # fmt: skip
+    env.update(
+        {
+            "ANSIBLE_CONFIG": str(ANSIBLE / "ansible.cfg"),
+            "ANSIBLE_HOME": str(work / "ansible-home"),
+            "ANSIBLE_SSH_CONTROL_PATH_DIR": str(work / "cp"),
+            "ANSIBLE_NOCOLOR": "1",
+            "ANSIBLE_FORCE_COLOR": "0",
+            "ANSIBLE_TIMEOUT": "20",
+            "LC_ALL": "C.UTF-8",
+            "PATH": f"{Path(sys.executable).parent}:{env.get('PATH', '/usr/bin:/bin')}",
+        }
+    )
     return env
 
 

@@ -108,11 +108,23 @@ class Fleet:
         upper, workdir, merged = base / "upper", base / "work", base / "root"
         for d in (upper, workdir, merged):
             d.mkdir(parents=True)
-        sh("mount", "-t", "overlay", "overlay", "-o",
-           f"lowerdir={self.lower},upperdir={upper},workdir={workdir}", str(merged))  # fmt: skip
+        sh(
+            "mount",
+            "-t",
+            "overlay",
+            "overlay",
+            "-o",
+            f"lowerdir={self.lower},upperdir={upper},workdir={workdir}",
+            str(merged),
+        )
         self._mounted.append(merged)
-        host = Host(name, f"{self.net}.{index}", self._netns(f"wr-ah{index}-{self.tag}"),
-                    merged, base / "console.log")  # fmt: skip
+        host = Host(
+            name,
+            f"{self.net}.{index}",
+            self._netns(f"wr-ah{index}-{self.tag}"),
+            merged,
+            base / "console.log",
+        )
         self._wire(host, index)
         self._prepare(host, mask)
         self.hosts[name] = host
@@ -126,8 +138,18 @@ class Fleet:
         ssh = root / "etc/ssh"
         for old in ssh.glob("ssh_host_*"):
             old.unlink()
-        sh("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", host.name,
-           "-f", str(ssh / "ssh_host_ed25519_key"))  # fmt: skip
+        sh(
+            "ssh-keygen",
+            "-q",
+            "-t",
+            "ed25519",
+            "-N",
+            "",
+            "-C",
+            host.name,
+            "-f",
+            str(ssh / "ssh_host_ed25519_key"),
+        )
         (ssh / "sshd_config.d/wardready-test.conf").write_text(
             "HostKey /etc/ssh/ssh_host_ed25519_key\nPermitRootLogin prohibit-password\n"
             "PasswordAuthentication no\n"
@@ -148,21 +170,35 @@ class Fleet:
         for host in self.hosts.values():
             with host.log.open("ab") as out:
                 host.popen = subprocess.Popen(
-                    ["systemd-nspawn", "--quiet", "--boot", "--register=no", "--keep-unit",
-                     "--console=read-only", f"--directory={host.root}",
-                     f"--machine=wra-{host.name}-{self.tag}"[:64],
-                     f"--network-namespace-path=/run/netns/{host.netns}"],
-                    stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                    [
+                        "systemd-nspawn",
+                        "--quiet",
+                        "--boot",
+                        "--register=no",
+                        "--keep-unit",
+                        "--console=read-only",
+                        f"--directory={host.root}",
+                        f"--machine=wra-{host.name}-{self.tag}"[:64],
+                        f"--network-namespace-path=/run/netns/{host.netns}",
+                    ],
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
                     start_new_session=True,
-                )  # fmt: skip
+                )
         deadline = time.monotonic() + BOOT_TIMEOUT
         for host in self.hosts.values():
             self._wait_ssh(host, deadline)
-            state = self.ssh(host, "systemctl is-system-running --wait", check=False,
-                             timeout=max(5.0, deadline - time.monotonic()))  # fmt: skip
+            state = self.ssh(
+                host,
+                "systemctl is-system-running --wait",
+                check=False,
+                timeout=max(5.0, deadline - time.monotonic()),
+            )
             if state.stdout.strip() not in ("running", "degraded"):
-                raise RuntimeError(f"{host.name} did not boot: {state.stdout}{state.stderr}\n"
-                                   f"{self.console(host)}")  # fmt: skip
+                raise RuntimeError(
+                    f"{host.name} did not boot: {state.stdout}{state.stderr}\n{self.console(host)}"
+                )
 
     def _wait_ssh(self, host: Host, deadline: float) -> None:
         while time.monotonic() < deadline:
@@ -180,22 +216,43 @@ class Fleet:
             return ""
 
     def ssh_argv(self) -> list[str]:
-        return ["ssh", "-i", str(self.key), "-o", f"UserKnownHostsFile={self.known_hosts}",
-                "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes",
-                "-o", "ConnectTimeout=5", "-l", "root"]  # fmt: skip
+        return [
+            "ssh",
+            "-i",
+            str(self.key),
+            "-o",
+            f"UserKnownHostsFile={self.known_hosts}",
+            "-o",
+            "StrictHostKeyChecking=yes",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "ConnectTimeout=5",
+            "-l",
+            "root",
+        ]
 
-    def ssh(self, host: Host, command: str, check: bool = True,
-            timeout: float = SSH_TIMEOUT) -> subprocess.CompletedProcess[str]:  # fmt: skip
-        done = subprocess.run([*self.ssh_argv(), host.address, command], capture_output=True,
-                              text=True, timeout=timeout)  # fmt: skip
+    def ssh(
+        self, host: Host, command: str, check: bool = True, timeout: float = SSH_TIMEOUT
+    ) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run(
+            [*self.ssh_argv(), host.address, command],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
         if check and done.returncode != 0:
-            raise AssertionError(f"{host.name}: {command!r} exited {done.returncode}:\n"
-                                 f"{done.stdout}{done.stderr}")  # fmt: skip
+            raise AssertionError(
+                f"{host.name}: {command!r} exited {done.returncode}:\n{done.stdout}{done.stderr}"
+            )
         return done
 
     def put(self, host: Host, path: str, text: str) -> None:
-        self.ssh(host, f"mkdir -p {shlex.quote(str(Path(path).parent))} && "
-                       f"cat > {shlex.quote(path)} <<'WARDREADY_EOF'\n{text}WARDREADY_EOF")  # fmt: skip
+        self.ssh(
+            host,
+            f"mkdir -p {shlex.quote(str(Path(path).parent))} && "
+            f"cat > {shlex.quote(path)} <<'WARDREADY_EOF'\n{text}WARDREADY_EOF",
+        )
 
     # -- teardown --------------------------------------------------------------------------
 

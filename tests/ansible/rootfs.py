@@ -24,11 +24,21 @@ SUITE = "bookworm"
 MIRROR = "http://deb.debian.org/debian"
 PACKAGES = (
     # Every host: what systemd, sshd and Ansible's modules need.
-    "systemd", "systemd-sysv", "dbus", "openssh-server", "sudo", "python3", "python3-venv",
-    "python3-apt", "iproute2", "iputils-ping", "ca-certificates",
+    "systemd",
+    "systemd-sysv",
+    "dbus",
+    "openssh-server",
+    "sudo",
+    "python3",
+    "python3-venv",
+    "python3-apt",
+    "iproute2",
+    "iputils-ping",
+    "ca-certificates",
     # The city host's monitoring role installs these; there is no mirror inside the test.
-    "prometheus", "prometheus-alertmanager",
-)  # fmt: skip
+    "prometheus",
+    "prometheus-alertmanager",
+)
 CACHE = Path(os.environ.get("WARDREADY_ROOTFS_CACHE", "/var/cache/wardready"))
 BUILD_TIMEOUT = 1200
 
@@ -54,13 +64,20 @@ def ensure(log: Path | None = None) -> Path:
             return done
         work = CACHE / f"{done.name}.tmp-{os.getpid()}"
         shutil.rmtree(work, ignore_errors=True)
-        argv = ["debootstrap", "--variant=minbase", f"--include={','.join(PACKAGES)}",
-                SUITE, str(work), MIRROR]  # fmt: skip
+        argv = [
+            "debootstrap",
+            "--variant=minbase",
+            f"--include={','.join(PACKAGES)}",
+            SUITE,
+            str(work),
+            MIRROR,
+        ]
         out = log.open("ab") if log else subprocess.DEVNULL
         try:
             started = time.monotonic()
-            subprocess.run(argv, stdout=out, stderr=subprocess.STDOUT, check=True,
-                           timeout=BUILD_TIMEOUT)  # fmt: skip
+            subprocess.run(
+                argv, stdout=out, stderr=subprocess.STDOUT, check=True, timeout=BUILD_TIMEOUT
+            )
             _settle(work)
             os.rename(work, done)
             print(f"rootfs: built {done} in {time.monotonic() - started:.0f} s", file=sys.stderr)

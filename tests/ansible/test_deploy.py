@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.ansible import rootfs
 from tests.ansible.deploy import (
@@ -59,18 +60,20 @@ class Site:
     wheel_b: Path
     work: Path
     token: str | None = None
+    untouched: dict[str, str] = field(default_factory=dict)
     runs: dict[str, Recap] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
 
-    def play(self, name: str, *args: str) -> Recap:
+    def play(self, label: str, name: str, *args: str) -> Recap:
         started = time.monotonic()
         recap = playbook(self.inventory, self.env, name, *args)
-        self.seconds[f"{name} {' '.join(args)}".strip()] = time.monotonic() - started
+        self.seconds[label] = time.monotonic() - started
         return recap
 
     def ward(self, host: Host) -> dict[str, object]:
-        found: dict[str, object] = api(f"{self.url}/api/v1/wards/{self.ward_ids[host.name]}",
-                                       self.token)  # fmt: skip
+        found: dict[str, object] = api(
+            f"{self.url}/api/v1/wards/{self.ward_ids[host.name]}", self.token
+        )
         return found
 
     def reported_version(self, host: Host) -> str | None:
@@ -94,26 +97,46 @@ class Site:
 def wheelhouse(kind: str) -> Path:
     env = f"WARDREADY_{kind.upper()}_WHEELHOUSE"
     path = Path(os.environ.get(env) or ROOT / f".cache/{kind}-wheelhouse")
-    need(path.is_dir() and any(path.glob("*.whl")), f"no {kind} wheelhouse at {path} "
-         "(scripts/setup.sh builds it)")  # fmt: skip
+    need(
+        path.is_dir() and any(path.glob("*.whl")),
+        f"no {kind} wheelhouse at {path} (scripts/setup.sh builds it)",
+    )
     return path
 
 
-def write_inventory(site_dir: Path, net: Fleet, city: Host, wards: dict[int, Host],
-                    ward_ids: dict[str, str], settings: dict[str, object]) -> Path:  # fmt: skip
+def write_inventory(
+    site_dir: Path,
+    net: Fleet,
+    city: Host,
+    wards: dict[int, Host],
+    ward_ids: dict[str, str],
+    settings: dict[str, object],
+) -> Path:
     inv = site_dir / "inventory"
     (inv / "group_vars").mkdir(parents=True)
     (inv / "wards.py").symlink_to(ANSIBLE / "inventory/wards.py")
     lines = ["host,ward,address,agent"]
     lines += [f"{h.name},{ward_ids[h.name]},{h.address}," for h in wards.values()]
     (inv / "ward_pcs.csv").write_text("\n".join(lines) + "\n")
-    (inv / "city.yml").write_text(json.dumps({"wardready_city": {
-        "hosts": {city.name: {"ansible_host": city.address}},
-        "children": {"wardready_collector": {"hosts": {city.name: None}},
-                     "wardready_monitoring": {"hosts": {city.name: None}}}}}))  # fmt: skip
+    (inv / "city.yml").write_text(
+        json.dumps(
+            {
+                "wardready_city": {
+                    "hosts": {city.name: {"ansible_host": city.address}},
+                    "children": {
+                        "wardready_collector": {"hosts": {city.name: None}},
+                        "wardready_monitoring": {"hosts": {city.name: None}},
+                    },
+                }
+            }
+        )
+    )
     ssh_args = f"-o UserKnownHostsFile={net.known_hosts} -o StrictHostKeyChecking=yes"
-    common = {"ansible_user": "root", "ansible_ssh_private_key_file": str(net.key),
-              "ansible_ssh_common_args": ssh_args}  # fmt: skip
+    common = {
+        "ansible_user": "root",
+        "ansible_ssh_private_key_file": str(net.key),
+        "ansible_ssh_common_args": ssh_args,
+    }
     (inv / "group_vars/all.yml").write_text(json.dumps({**common, **settings}, indent=1))
     return inv
 
@@ -148,38 +171,82 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
         ward_ids = {h.name: rows[g]["id"] for g, h in wards.items()}
         roles = _collector_has_roles(tree)
         fleet_file = work / "fleet.yaml"
-        fleet_file.write_text(json.dumps({"version": 1, "defaults": {"checks": [{
-            "name": "wan-city", "type": "icmp", "target": city.address, "interval": "5s",
-            "timeout": "4s", "labels": {"role": "wan", "line": "fibre"},
-            "params": {"count": 3, "interval_seconds": 0.2}}]}}))  # fmt: skip
+        fleet_file.write_text(
+            json.dumps(
+                {
+                    "version": 1,
+                    "defaults": {
+                        "checks": [
+                            {
+                                "name": "wan-city",
+                                "type": "icmp",
+                                "target": city.address,
+                                "interval": "5s",
+                                "timeout": "4s",
+                                "labels": {"role": "wan", "line": "fibre"},
+                                "params": {"count": 3, "interval_seconds": 0.2},
+                            }
+                        ]
+                    },
+                }
+            )
+        )
         profile = work / "profile.yaml"
         profile.write_text(PROFILE)
         url = f"http://{city.address}:8080"
-        inventory = write_inventory(work, net, city, wards, ward_ids, {
-            "wardready_collector_url": url,
-            "wardready_agent_wheel": str(wheel_a),
-            "wardready_agent_wheelhouse": str(agent_wh),
-            "wardready_agent_push_interval": "2s",
-            "wardready_agent_report_delay": 2,
-            "wardready_collector_wheel": str(wheel_a),
-            "wardready_collector_wheelhouse": str(collector_wh),
-            "wardready_collector_profile": str(profile),
-            "wardready_collector_fleet_file": str(fleet_file),
-            "wardready_monitoring_scrape_token": roles,
-        })  # fmt: skip
-        site = Site(net, city, wards, ward_ids, inventory, ansible_env(work), url, version_a,
-                    version_b, wheel_b, work, seconds=seconds)  # fmt: skip
-        site.runs["first"] = site.play("site.yml")
+        inventory = write_inventory(
+            work,
+            net,
+            city,
+            wards,
+            ward_ids,
+            {
+                "wardready_collector_url": url,
+                "wardready_agent_wheel": str(wheel_a),
+                "wardready_agent_wheelhouse": str(agent_wh),
+                "wardready_agent_push_interval": "2s",
+                "wardready_agent_report_delay": 2,
+                "wardready_collector_wheel": str(wheel_a),
+                "wardready_collector_wheelhouse": str(collector_wh),
+                "wardready_collector_profile": str(profile),
+                "wardready_collector_fleet_file": str(fleet_file),
+                "wardready_monitoring_scrape_token": roles,
+            },
+        )
+        site = Site(
+            net,
+            city,
+            wards,
+            ward_ids,
+            inventory,
+            ansible_env(work),
+            url,
+            version_a,
+            version_b,
+            wheel_b,
+            work,
+            seconds=seconds,
+        )
+        # What an officer sees first: --check --diff on hosts where nothing is installed yet.
+        site.runs["preview"] = site.play(
+            "site.yml --check on new hosts", "site.yml", "--check", "--diff"
+        )
+        site.untouched = {
+            h.name: net.ssh(h, "ls /opt /etc/systemd/system").stdout for h in net.hosts.values()
+        }
+        site.runs["first"] = site.play("site.yml, first run", "site.yml")
         assert site.runs["first"].rc == 0, site.runs["first"].output[-6000:]
         site.token = (
             net.ssh(city, "wardready-collector token create --role viewer --name test")
-            .stdout.strip().splitlines()[-1] if roles else None
-        )  # fmt: skip
-        site.runs["second"] = site.play("site.yml")
-        site.runs["check"] = site.play("site.yml", "--check", "--diff")
+            .stdout.strip()
+            .splitlines()[-1]
+            if roles
+            else None
+        )
+        site.runs["second"] = site.play("site.yml, second run", "site.yml")
+        site.runs["check"] = site.play("site.yml --check --diff", "site.yml", "--check", "--diff")
         yield site
-        print("\nseconds:", json.dumps({k: round(v, 1) for k, v in site.seconds.items()},
-                                       indent=1))  # fmt: skip
+        print("\nseconds:", json.dumps({k: round(v, 1) for k, v in site.seconds.items()}, indent=1))
 
 
 def _collector_has_roles(tree: Path) -> bool:
@@ -194,6 +261,15 @@ def test_site_yml_converges_and_a_second_run_changes_nothing(site: Site) -> None
     assert second.rc == 0, second.output[-6000:]
     assert second.changed() == dict.fromkeys(second.hosts, 0), second.output[-6000:]
     assert all(r["failed"] == 0 and r["unreachable"] == 0 for r in second.hosts.values())
+
+
+def test_check_mode_on_new_hosts_shows_changes_and_makes_none(site: Site) -> None:
+    preview = site.runs["preview"]
+    assert preview.rc == 0, preview.output[-6000:]
+    assert len(preview.hosts) == 4 and all(n > 0 for n in preview.changed().values())
+    assert "wardready-agent.service" in preview.output  # --diff shows the unit to be written
+    for name, listing in site.untouched.items():
+        assert "wardready" not in listing, (name, listing)
 
 
 def test_check_mode_on_converged_hosts_reports_no_change(site: Site) -> None:
@@ -224,8 +300,8 @@ def test_each_agent_runs_as_its_own_user_with_cap_net_raw_alone(site: Site) -> N
 def test_agents_enrolled_got_their_plan_reported_and_the_wards_are_ready(site: Site) -> None:
     for host in site.wards.values():
         # The agent's own config has no checks: the icmp check came from the collector's plan.
-        config = site.fleet.ssh(host, "cat /etc/wardready/agent.yaml").stdout
-        assert "checks:" not in config and "plan: true" in config, config
+        config = yaml.safe_load(site.fleet.ssh(host, "cat /etc/wardready/agent.yaml").stdout)
+        assert "checks" not in config and config["collector"]["plan"] is True, config
         plan = json.loads(site.fleet.ssh(host, "cat /var/lib/wardready/spool.db.plan.json").stdout)
         assert [c["name"] for c in plan["checks"]] == ["wan-city"], plan
         site.wait(f"{host.name} ready", lambda h=host: site.ward(h)["verdict"] == "ready")
@@ -239,8 +315,10 @@ def test_agents_enrolled_got_their_plan_reported_and_the_wards_are_ready(site: S
 
 
 def test_systemd_analyze_verify_accepts_every_unit(site: Site) -> None:
-    units = {site.city.name: "/etc/systemd/system/wardready-collector*.service "
-             "/etc/systemd/system/wardready-collector-backup.timer"}  # fmt: skip
+    units = {
+        site.city.name: "/etc/systemd/system/wardready-collector*.service "
+        "/etc/systemd/system/wardready-collector-backup.timer"
+    }
     for host in (site.city, *site.wards.values()):
         paths = units.get(host.name, f"/etc/systemd/system/{AGENT_UNIT}")
         done = site.fleet.ssh(host, f"systemd-analyze verify {paths}", check=False)
@@ -252,9 +330,12 @@ def test_the_collector_backs_up_its_database_while_running(site: Site) -> None:
     net.ssh(city, "systemctl start wardready-collector-backup.service")
     listed = net.ssh(city, "ls /var/backups/wardready-collector").stdout.split()
     assert len(listed) == 1 and listed[0].endswith(".db"), listed
-    wards = net.ssh(city, "python3 -c \"import sqlite3,sys; print(sqlite3.connect("
-                    f"'/var/backups/wardready-collector/{listed[0]}').execute("
-                    "'select count(*) from wards').fetchone()[0])\"").stdout  # fmt: skip
+    wards = net.ssh(
+        city,
+        'python3 -c "import sqlite3,sys; print(sqlite3.connect('
+        f"'/var/backups/wardready-collector/{listed[0]}').execute("
+        "'select count(*) from wards').fetchone()[0])\"",
+    ).stdout
     assert int(wards) >= 100
 
 
@@ -262,21 +343,33 @@ def test_prometheus_and_alertmanager_run_with_the_wardready_rules(site: Site) ->
     net, city = site.fleet, site.city
     for unit in MONITORING:
         assert net.ssh(city, f"systemctl is-active {unit}", check=False).stdout.strip() == "active"
-    site.wait("prometheus answers", lambda: net.ssh(city, _GET.format(
-        "http://127.0.0.1:9090/api/v1/rules"), check=False).returncode == 0)  # fmt: skip
+    site.wait(
+        "prometheus answers",
+        lambda: (
+            net.ssh(city, _GET.format("http://127.0.0.1:9090/api/v1/rules"), check=False).returncode
+            == 0
+        ),
+    )
     rules = json.loads(net.ssh(city, _GET.format("http://127.0.0.1:9090/api/v1/rules")).stdout)
     names = {g["name"] for g in rules["data"]["groups"]}
-    assert names and all(g["file"].startswith("/etc/prometheus/rules/")
-                         for g in rules["data"]["groups"]), names  # fmt: skip
+    assert names and all(
+        g["file"].startswith("/etc/prometheus/rules/") for g in rules["data"]["groups"]
+    ), names
     targets = json.loads(net.ssh(city, _GET.format("http://127.0.0.1:9090/api/v1/targets")).stdout)
     jobs = {t["labels"]["job"] for t in targets["data"]["activeTargets"]}
     assert "wardready-collector" in jobs
-    site.wait("alertmanager ready", lambda: net.ssh(city, _GET.format(
-        "http://127.0.0.1:9093/-/ready"), check=False).returncode == 0)  # fmt: skip
+    site.wait(
+        "alertmanager ready",
+        lambda: (
+            net.ssh(city, _GET.format("http://127.0.0.1:9093/-/ready"), check=False).returncode == 0
+        ),
+    )
 
 
-_GET = "python3 -c \"import urllib.request,sys; sys.stdout.write(urllib.request.urlopen('{}'," \
-       " timeout=5).read().decode())\""  # fmt: skip
+_GET = (
+    "python3 -c \"import urllib.request,sys; sys.stdout.write(urllib.request.urlopen('{}',"
+    ' timeout=5).read().decode())"'
+)
 
 
 @pytest.fixture(scope="module")
@@ -284,8 +377,10 @@ def upgraded(site: Site) -> dict[str, object]:
     """upgrade.yml to B with group 2's agent unable to start under B."""
     net = site.fleet
     g1, g2, g3 = (site.wards[g] for g in GROUPS)
-    fault = ("[Service]\nExecStartPre=/bin/sh -c 'case \"$(readlink /opt/wardready/current)\" in"
-             f" */{site.version_b}) echo planted by the test >&2; exit 1;; esac'\n")  # fmt: skip
+    fault = (
+        '[Service]\nExecStartPre=/bin/sh -c \'case "$(readlink /opt/wardready/current)" in'
+        f" */{site.version_b}) echo planted by the test >&2; exit 1;; esac'\n"
+    )
     net.put(g2, f"/etc/systemd/system/{AGENT_UNIT}.d/wardready-test-fault.conf", fault)
     net.ssh(g2, "systemctl daemon-reload")
     before = net.ssh(g3, f"systemctl show -P ActiveEnterTimestampMonotonic {AGENT_UNIT}").stdout
@@ -295,12 +390,20 @@ def upgraded(site: Site) -> dict[str, object]:
         vault.write_text(json.dumps({"wardready_viewer_token": site.token}))
         password = site.work / "vault-password"
         password.write_text("test-only vault password\n")
-        encrypted = run([shutil.which("ansible-vault") or "ansible-vault", "encrypt", vault,
-                         "--vault-password-file", password], env=site.env)  # fmt: skip
+        encrypted = run(
+            [
+                shutil.which("ansible-vault") or "ansible-vault",
+                "encrypt",
+                vault,
+                "--vault-password-file",
+                password,
+            ],
+            env=site.env,
+        )
         assert encrypted.returncode == 0, encrypted.stderr
         assert site.token not in vault.read_text()
         extra += ["-e", f"@{vault}", "--vault-password-file", str(password)]
-    recap = site.play("upgrade.yml", *extra)
+    recap = site.play("upgrade.yml", "upgrade.yml", *extra)
     return {"recap": recap, "before": before, "g1": g1, "g2": g2, "g3": g3}
 
 

@@ -21,7 +21,7 @@ PREFIX = "wardready-"
 def sqlite_path(url: str) -> str | None:
     for scheme in ("sqlite:///", "sqlite+pysqlite:///"):
         if url.startswith(scheme):
-            return url[len(scheme):]
+            return url[len(scheme) :]
     return None
 
 
@@ -44,8 +44,9 @@ def backup(url: str, folder: Path) -> Path:
         done = folder / f"{PREFIX}{stamp}.pgdump"
         tmp = done.with_suffix(".pgdump.tmp")
         plain = "postgresql:" + url.split(":", 1)[1]  # pg_dump knows no SQLAlchemy driver suffix
-        subprocess.run(["pg_dump", "--format=custom", f"--file={tmp}", plain],
-                       check=True, timeout=3600)  # fmt: skip
+        subprocess.run(
+            ["pg_dump", "--format=custom", f"--file={tmp}", plain], check=True, timeout=3600
+        )
     else:
         raise SystemExit(f"backup: WARDREADY_DB: no backup method for {url.split(':', 1)[0]}")
     os.replace(tmp, done)
@@ -53,9 +54,11 @@ def backup(url: str, folder: Path) -> Path:
 
 
 def prune(folder: Path, keep: int) -> list[Path]:
-    copies = sorted((p for p in folder.iterdir()
-                     if p.name.startswith(PREFIX) and not p.name.endswith(".tmp")),
-                    key=lambda p: p.name, reverse=True)  # fmt: skip
+    copies = sorted(
+        (p for p in folder.iterdir() if p.name.startswith(PREFIX) and not p.name.endswith(".tmp")),
+        key=lambda p: p.name,
+        reverse=True,
+    )
     old = copies[keep:]
     for p in old:
         p.unlink()
@@ -64,8 +67,10 @@ def prune(folder: Path, keep: int) -> list[Path]:
 
 def main(argv: list[str]) -> int:
     if len(argv) != 3 or not argv[2].isdigit() or int(argv[2]) < 1:
-        print("usage: backup.py DIR KEEP (KEEP >= 1), WARDREADY_DB in the environment",
-              file=sys.stderr)  # fmt: skip
+        print(
+            "usage: backup.py DIR KEEP (KEEP >= 1), WARDREADY_DB in the environment",
+            file=sys.stderr,
+        )
         return 2
     url = os.environ.get("WARDREADY_DB", "")
     if not url:
