@@ -23,20 +23,6 @@ RECAP = re.compile(
     r"^(\S+)\s+:\s+ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.M
 )
 
-# The one check each ward's plan gives its agent: the line to the city, which the test
-# profile below requires.
-PROFILE = """\
-version: 1
-silence_seconds: 30
-criteria:
-  - id: wan_up
-    title: WAN line to the city answers
-    severity: blocker
-    select: {check: icmp, labels: {role: wan}}
-    condition: {metric: success, agg: min, last: 2, op: ">=", threshold: 1}
-    max_age_intervals: 3
-"""
-
 
 def source_tree() -> Path:
     """The tree the wheels are built from (WARDREADY_TEST_TREE tries another checkout)."""

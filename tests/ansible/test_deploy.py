@@ -23,7 +23,6 @@ import yaml
 from tests.ansible import rootfs
 from tests.ansible.deploy import (
     ANSIBLE,
-    PROFILE,
     Recap,
     ansible_env,
     api,
@@ -36,6 +35,7 @@ from tests.ansible.deploy import (
     version_of,
 )
 from tests.ansible.hosts import Fleet, Host, fleet
+from tests.e2e.test_ward_lifecycle import LINE_PROFILE
 from tests.helpers import ROOT, need, need_program, need_root
 
 pytestmark = [pytest.mark.e2e, pytest.mark.netns]
@@ -192,7 +192,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
             )
         )
         profile = work / "profile.yaml"
-        profile.write_text(PROFILE)
+        profile.write_text(LINE_PROFILE)  # icmp to the city, up
         url = f"http://{city.address}:8080"
         inventory = write_inventory(
             work,

@@ -97,36 +97,27 @@ def test_groups_per_working_group_and_former_district_with_names_as_written(
 def test_bad_site_data_is_refused_naming_file_line_and_field(
     tmp_path: Path, pcs: str, message: str
 ) -> None:
-    done = subprocess.run(
-        [ANSIBLE / "inventory/wards.py", "--list"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        env={
-            **os.environ,
-            "WARDREADY_UNITS": str(_write(tmp_path / "u.csv", UNITS)),
-            "WARDREADY_WARD_PCS": str(_write(tmp_path / "ward_pcs.csv", pcs)),
-        },
-    )
+    done = wards_py(_write(tmp_path / "u.csv", UNITS), _write(tmp_path / "ward_pcs.csv", pcs))
     assert done.returncode == 1
     assert message in done.stderr, done.stderr
 
 
 def test_a_bad_units_row_names_its_line(tmp_path: Path) -> None:
-    units = UNITS + "ward-x,Phường X,ward,Quận 1,two\n"
-    done = subprocess.run(
+    units = _write(tmp_path / "u.csv", UNITS + "ward-x,Phường X,ward,Quận 1,two\n")
+    done = wards_py(units, _write(tmp_path / "p.csv", "host,ward,address\n"))
+    assert done.returncode == 1
+    assert "u.csv:6: working_group: not a number: 'two'" in done.stderr, done.stderr
+
+
+def wards_py(units: Path, pcs: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "WARDREADY_UNITS": str(units), "WARDREADY_WARD_PCS": str(pcs)}
+    return subprocess.run(
         [ANSIBLE / "inventory/wards.py", "--list"],
         capture_output=True,
         text=True,
         timeout=30,
-        env={
-            **os.environ,
-            "WARDREADY_UNITS": str(_write(tmp_path / "u.csv", units)),
-            "WARDREADY_WARD_PCS": str(_write(tmp_path / "p.csv", "host,ward,address\n")),
-        },
+        env=env,
     )
-    assert done.returncode == 1
-    assert "u.csv:6: working_group: not a number: 'two'" in done.stderr, done.stderr
 
 
 def _write(path: Path, text: str) -> Path:
