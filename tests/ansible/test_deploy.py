@@ -13,7 +13,7 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -81,8 +81,7 @@ class Site:
         assert isinstance(agents, list)
         return next((a["version"] for a in agents if a["agent"] == host.name), None)
 
-    def wait(self, what: str, predicate: object, timeout: float = 60) -> None:
-        assert callable(predicate)
+    def wait(self, what: str, predicate: Callable[[], object], timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
@@ -305,6 +304,10 @@ def test_agents_enrolled_got_their_plan_reported_and_the_wards_are_ready(site: S
         plan = json.loads(site.fleet.ssh(host, "cat /var/lib/wardready/spool.db.plan.json").stdout)
         assert [c["name"] for c in plan["checks"]] == ["wan-city"], plan
         site.wait(f"{host.name} ready", lambda h=host: site.ward(h)["verdict"] == "ready")
+        # Ready because the plan's icmp check of the line to the city succeeds, run by this agent.
+        (criterion,) = site.ward(host)["criteria"]  # type: ignore[misc]
+        evidence = criterion["evidence"][0]
+        assert evidence["series"] == f"{host.name}/wan-city" and evidence["observed"] == 1.0
         assert site.reported_version(host) == site.version_a
         # No token was ever written into the inventory or its variables.
         token = site.fleet.ssh(host, "cat /etc/wardready/token").stdout.strip()
