@@ -8,6 +8,7 @@ import json
 import os
 import re
 import shutil
+import ssl
 import subprocess
 import sys
 import urllib.request
@@ -147,9 +148,37 @@ def ansible_env(work: Path) -> dict[str, str]:
     return env
 
 
-def api(url: str, token: str | None = None, timeout: float = 10) -> Any:
+def api(url: str, token: str | None = None, ca: Path | None = None, timeout: float = 10) -> Any:
     request = urllib.request.Request(url)
     if token:
         request.add_header("Authorization", f"Bearer {token}")
-    with urllib.request.urlopen(request, timeout=timeout) as response:
+    context = ssl.create_default_context(cafile=str(ca)) if ca else None
+    with urllib.request.urlopen(request, timeout=timeout, context=context) as response:
         return json.load(response)
+
+
+def tls_files(work: Path, addresses: list[str]) -> tuple[Path, Path, Path]:
+    """A throwaway CA and a server certificate for ``addresses``: (CA, chain, key) PEM files."""
+    ca, ca_key = work / "ca.pem", work / "ca.key"
+    cert, key, csr, ext = (
+        work / "server.pem",
+        work / "server.key",
+        work / "server.csr",
+        work / "ext",
+    )
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
+    ext.write_text(
+        f"subjectAltName={','.join(f'IP:{a}' for a in addresses)}\n"
+        "extendedKeyUsage=serverAuth\nbasicConstraints=critical,CA:FALSE\n"
+    )
+    for argv in (
+        ["req", "-x509", *ec, "-keyout", ca_key, "-out", ca, "-days", "1",
+         "-subj", "/CN=wardready test CA", "-addext", "basicConstraints=critical,CA:TRUE",
+         "-addext", "keyUsage=critical,keyCertSign,cRLSign"],
+        ["req", *ec, "-keyout", key, "-out", csr, "-subj", "/CN=wardready-city"],
+        ["x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial",
+         "-out", cert, "-days", "1", "-extfile", ext],
+    ):  # fmt: skip
+        done = run(["openssl", *argv])
+        assert done.returncode == 0, done.stderr
+    return ca, cert, key

@@ -32,6 +32,7 @@ from tests.ansible.deploy import (
     playbook,
     run,
     source_tree,
+    tls_files,
     version_of,
 )
 from tests.ansible.hosts import Fleet, Host, fleet
@@ -60,6 +61,7 @@ class Site:
     wheel_b: Path
     work: Path
     token: str | None = None
+    ca: Path | None = None
     untouched: dict[str, str] = field(default_factory=dict)
     runs: dict[str, Recap] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
@@ -71,9 +73,8 @@ class Site:
         return recap
 
     def ward(self, host: Host) -> dict[str, object]:
-        found: dict[str, object] = api(
-            f"{self.url}/api/v1/wards/{self.ward_ids[host.name]}", self.token
-        )
+        url = f"{self.url}/api/v1/wards/{self.ward_ids[host.name]}"
+        found: dict[str, object] = api(url, self.token, self.ca)
         return found
 
     def reported_version(self, host: Host) -> str | None:
@@ -192,7 +193,21 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
         )
         profile = work / "profile.yaml"
         profile.write_text(LINE_PROFILE)  # icmp to the city, up
-        url = f"http://{city.address}:8080"
+        # HTTPS once the collector serves it; Prometheus scrapes it on the city host itself.
+        tls = _collector_has_tls(tree)
+        ca, cert, key = tls_files(work, [city.address, "127.0.0.1"]) if tls else (None, None, None)
+        url = f"{'https' if tls else 'http'}://{city.address}:8080"
+        tls_vars = (
+            {
+                "wardready_collector_tls_cert": str(cert),
+                "wardready_collector_tls_key": str(key),
+                "wardready_agent_ca_file": str(ca),
+                "wardready_monitoring_collector_scheme": "https",
+                "wardready_monitoring_collector_ca_file": str(ca),
+            }
+            if tls
+            else {}
+        )
         inventory = write_inventory(
             work,
             net,
@@ -210,6 +225,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
                 "wardready_collector_profile": str(profile),
                 "wardready_collector_fleet_file": str(fleet_file),
                 "wardready_monitoring_scrape_token": roles,
+                **tls_vars,
             },
         )
         site = Site(
@@ -225,6 +241,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
             wheel_b,
             work,
             seconds=seconds,
+            ca=ca,
         )
         # What an officer sees first: --check --diff on hosts where nothing is installed yet.
         site.runs["preview"] = site.play(
@@ -246,6 +263,11 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
         site.runs["check"] = site.play("site.yml --check --diff", "site.yml", "--check", "--diff")
         yield site
         print("\nseconds:", json.dumps({k: round(v, 1) for k, v in site.seconds.items()}, indent=1))
+
+
+def _collector_has_tls(tree: Path) -> bool:
+    """HTTPS exists once `serve` offers --tls-cert."""
+    return "--tls-cert" in (tree / "collector/cli.py").read_text()
 
 
 def _collector_has_roles(tree: Path) -> bool:
@@ -361,6 +383,17 @@ def test_prometheus_and_alertmanager_run_with_the_wardready_rules(site: Site) ->
     targets = json.loads(net.ssh(city, _GET.format("http://127.0.0.1:9090/api/v1/targets")).stdout)
     jobs = {t["labels"]["job"] for t in targets["data"]["activeTargets"]}
     assert "wardready-collector" in jobs
+
+    def collector_up() -> bool:
+        found = json.loads(
+            net.ssh(city, _GET.format("http://127.0.0.1:9090/api/v1/targets")).stdout
+        )
+        return any(
+            t["labels"]["job"] == "wardready-collector" and t["health"] == "up"
+            for t in found["data"]["activeTargets"]
+        )
+
+    site.wait("prometheus scrapes the collector", collector_up, timeout=90)
     site.wait(
         "alertmanager ready",
         lambda: (
