@@ -22,6 +22,7 @@ apt_packages=(
   libpango-1.0-0 libpangoft2-1.0-0                  # WeasyPrint: audit PDFs
   fonts-noto-core fonts-dejavu-core                 # every Vietnamese letter in the PDFs
   poppler-utils                                     # pdftotext, pdftoppm: audit PDF tests
+  systemd-container debootstrap                     # ansible: hosts that boot real systemd
 )
 
 missing=()
@@ -50,14 +51,25 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   "$venv/bin/python" -m pip install -q -e "$root[dev]"
   echo "$want" > "$stamp"
 fi
-# The light agent's dependencies as wheels, for the test that installs the agent alone into a
-# clean venv without reaching any package index.
-wheelhouse="$root/.cache/agent-wheelhouse"
-if [ ! -f "$wheelhouse/.stamp" ] || [ "$(cat "$wheelhouse/.stamp")" != "$want" ]; then
-  echo "setup: fetching the agent's wheels into $wheelhouse" >&2
-  rm -rf "$wheelhouse"
-  "$venv/bin/python" -m pip download -q -d "$wheelhouse" "$root" 2>&1 | grep -v '^WARNING: Location' >&2 || true
-  echo "$want" > "$wheelhouse/.stamp"
-fi
-export WARDREADY_AGENT_WHEELHOUSE="$wheelhouse"
+# Wheels of every dependency, for the tests that install wardready where no package index is
+# reached: the light agent alone into a clean venv, and the agent and the collector on the
+# Ansible tests' hosts.
+fetch_wheels() {  # DIR SPEC
+  local dir=$1 spec=$2 log="$root/.cache/pip-download.log"
+  if [ -f "$dir/.stamp" ] && [ "$(cat "$dir/.stamp")" = "$want" ]; then
+    return
+  fi
+  echo "setup: fetching the wheels of $spec into $dir" >&2
+  rm -rf "$dir"
+  mkdir -p "$root/.cache"
+  if ! "$venv/bin/python" -m pip download -q -d "$dir" "$spec" 2>"$log"; then
+    grep -v '^WARNING: Location' "$log" >&2
+    exit 1
+  fi
+  echo "$want" > "$dir/.stamp"
+}
+fetch_wheels "$root/.cache/agent-wheelhouse" "$root"
+fetch_wheels "$root/.cache/collector-wheelhouse" "$root[collector]"
+export WARDREADY_AGENT_WHEELHOUSE="$root/.cache/agent-wheelhouse"
+export WARDREADY_COLLECTOR_WHEELHOUSE="$root/.cache/collector-wheelhouse"
 export PATH="$venv/bin:$PATH"
