@@ -254,27 +254,28 @@ def _read_token(args: argparse.Namespace) -> str | None:
     return token
 
 
-def _summaries_from_url(
-    url: str, token: str | None, ca_file: str | None = None
-) -> tuple[list[WardSummary], float]:
+def read_api(args: argparse.Namespace, path: str) -> Any:
+    """``path`` of the collector at ``--url``, read with the ``status`` options' token and CA;
+    RuntimeError names the address when it cannot be read."""
+    url = f"{args.url.rstrip('/')}{path}"
+    token = _read_token(args)
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
-        r = httpx.get(
-            f"{url.rstrip('/')}/api/v1/wards",
-            timeout=HTTP_TIMEOUT,
-            headers=headers,
-            verify=ca_file if ca_file else True,
-        )
+        r = httpx.get(url, timeout=HTTP_TIMEOUT, headers=headers, verify=args.ca_file or True)
         r.raise_for_status()
-        rows = r.json()
+        return r.json()
     except (httpx.HTTPError, ValueError) as exc:
-        raise RuntimeError(f"--url: cannot read {url}/api/v1/wards: {exc}") from None
+        raise RuntimeError(f"--url: cannot read {url}: {exc}") from None
+
+
+def _summaries_from_url(args: argparse.Namespace) -> tuple[list[WardSummary], float]:
+    rows = read_api(args, "/api/v1/wards")
     if not isinstance(rows, list):
-        raise RuntimeError(f"--url: {url}/api/v1/wards did not return a list")
+        raise RuntimeError(f"--url: {args.url}/api/v1/wards did not return a list")
     try:
         return [WardSummary(**{k: row[k] for k in _SUMMARY_FIELDS}) for row in rows], time.time()
     except (KeyError, TypeError) as exc:
-        raise RuntimeError(f"--url: {url}/api/v1/wards: a ward lacks {exc}") from None
+        raise RuntimeError(f"--url: {args.url}/api/v1/wards: a ward lacks {exc}") from None
 
 
 _SUMMARY_FIELDS = tuple(f.name for f in dataclasses.fields(WardSummary))
@@ -374,7 +375,7 @@ def verdict_word(verdict: str, lang: str) -> str:
 def cmd_status(args: argparse.Namespace) -> int:
     lang = cli_lang(args.lang)
     if args.url:
-        rows, now = _summaries_from_url(args.url, _read_token(args), args.ca_file)
+        rows, now = _summaries_from_url(args)
     else:
         rows, now = _summaries_from_db(args, lang)
     if args.working_group is not None:

@@ -13,17 +13,14 @@ import sys
 import time
 from typing import Any
 
-import httpx
-
 from collector import enroll as enrollment
 from collector import fleet as fleetstore
 from collector.cli import (
-    HTTP_TIMEOUT,
     UsageError,
     _audit,
     _engine,
-    _read_token,
     fit,
+    read_api,
     when,
     width,
 )
@@ -179,20 +176,12 @@ def cmd_inventory_accept(args: argparse.Namespace) -> int:
 def outdated(args: argparse.Namespace) -> list[dict[str, Any]]:
     """Agents on an old plan (or refusing the current one), from the DB or ``--url``."""
     if getattr(args, "url", None):
-        token = _read_token(args)
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        # The ward table already said whether the collector can be read: this is an extra.
         try:
-            r = httpx.get(
-                f"{args.url.rstrip('/')}/api/v1/fleet",
-                timeout=HTTP_TIMEOUT,
-                headers=headers,
-                verify=args.ca_file or True,
-            )
-            r.raise_for_status()
-            rows: list[dict[str, Any]] = r.json()["outdated"]
-            return rows
-        except (httpx.HTTPError, ValueError, KeyError):
+            rows: list[dict[str, Any]] = read_api(args, "/api/v1/fleet")["outdated"]
+        except (RuntimeError, KeyError, TypeError):
             return []
+        return rows
     return [dataclasses.asdict(o) for o in fleetstore.outdated(_engine(args))]
 
 

@@ -13,20 +13,13 @@ from pathlib import Path
 import pytest
 from fleet import Agent, Collector, stopping, wait_until
 
+# The same one criterion (the collector's own port answers): only the stored rows matter here.
+from tests.e2e.test_ward_pc_realities import PROFILE
+
 pytestmark = pytest.mark.e2e
 
 WARDS = ("ward-minh-phung", "ward-binh-thoi")
 
-PROFILE = """\
-version: 1
-silence_seconds: 30
-criteria:
-  - id: collector_port
-    title: The collector's port answers
-    severity: blocker
-    select: {check: tcp}
-    condition: {metric: success, agg: min, last: 1, op: ">=", threshold: 1}
-"""
 
 
 def rows(collector: Collector) -> list[tuple[str, str, int]]:
