@@ -23,6 +23,7 @@ apt_packages=(
   fonts-noto-core fonts-dejavu-core                 # every Vietnamese letter in the PDFs
   poppler-utils                                     # pdftotext, pdftoppm: audit PDF tests
   systemd-container debootstrap                     # ansible: hosts that boot real systemd
+  wrk haproxy                                       # national bench load; collector replicas
 )
 
 missing=()

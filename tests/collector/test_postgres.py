@@ -1,19 +1,8 @@
-"""The same Core statements on PostgreSQL: a throwaway server on a Unix socket in /tmp.
-
-Needs psycopg (the ``postgres`` extra) and the PostgreSQL server programs; scripts/setup.sh
-installs both. The server listens on no TCP address, and is stopped by its data directory.
-"""
+"""The same Core statements on PostgreSQL, on the run's throwaway server (tests/pg.py)."""
 
 from __future__ import annotations
 
-import glob
-import importlib.util
-import os
-import shutil
-import subprocess
-import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,64 +14,8 @@ from collector import db, tokens, wards
 from collector.ingest import IngestError
 from collector.profile import load_profile
 from collector.service import Service, prune
-from tests.helpers import need
 
 from .conftest import PROFILE, READY, UNITS, batch, body, healthy_results
-
-
-def pg_program(name: str) -> str | None:
-    found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
-    return found[-1] if found else shutil.which(name)
-
-
-@pytest.fixture(scope="module")
-def pg_url() -> Iterator[str]:
-    need(importlib.util.find_spec("psycopg") is not None, "psycopg is not installed")
-    initdb, pg_ctl = pg_program("initdb"), pg_program("pg_ctl")
-    need(initdb is not None and pg_ctl is not None, "PostgreSQL server programs are missing")
-    assert initdb is not None and pg_ctl is not None
-    prefix: list[str] = []
-    base = Path(tempfile.mkdtemp(prefix="wardready-pg-"))
-    if os.geteuid() == 0:  # initdb refuses to run as root
-        import pwd
-
-        try:
-            owner = pwd.getpwnam("postgres")
-        except KeyError:
-            shutil.rmtree(base)
-            need(False, "running as root and there is no postgres user to run the server")
-        if shutil.which("runuser") is None:
-            shutil.rmtree(base)
-            need(False, "running as root without runuser to drop to the postgres user")
-        os.chown(base, owner.pw_uid, owner.pw_gid)
-        prefix = ["runuser", "-u", "postgres", "--"]
-    data = base / "data"
-
-    def run(*argv: str) -> None:
-        subprocess.run([*prefix, *argv], check=True, capture_output=True, timeout=60)
-
-    try:
-        run(initdb, "-D", str(data), "-A", "trust", "-U", "postgres", "-E", "UTF8")
-        options = f"-k {base} -c listen_addresses=''"
-        run(
-            pg_ctl,
-            "-D",
-            str(data),
-            "-o",
-            options,
-            "-l",
-            str(base / "log"),
-            "-w",
-            "-t",
-            "30",
-            "start",
-        )
-        try:
-            yield f"postgresql+psycopg://postgres@/postgres?host={base}"
-        finally:
-            run(pg_ctl, "-D", str(data), "-m", "fast", "-w", "-t", "30", "stop")
-    finally:
-        shutil.rmtree(base, ignore_errors=True)
 
 
 def test_schema_ingest_verdicts_and_prune_on_postgres(pg_url: str, tmp_path: Path) -> None:

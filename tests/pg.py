@@ -1,0 +1,107 @@
+"""One throwaway PostgreSQL server for the whole test run, and a fresh database per test.
+
+The server comes from Debian's postgresql package (scripts/setup.sh installs it), runs from a
+data directory in /tmp, listens on a Unix socket there and on a loopback TCP port (HAProxy and
+several collector processes reach it like a remote server), and is stopped by its data
+directory when the run ends. Each test that asks gets a database of its own, so tests never
+see each other's rows.
+"""
+
+from __future__ import annotations
+
+import glob
+import importlib.util
+import itertools
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from tests.helpers import need
+
+
+def pg_program(name: str) -> str | None:
+    found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
+    return found[-1] if found else shutil.which(name)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class PgServer:
+    """A running server; :meth:`database` makes a fresh, empty database and returns its URL."""
+
+    def __init__(self, base: Path, port: int) -> None:
+        self.base = base
+        self.port = port
+        self._names = itertools.count(1)
+
+    def url(self, name: str = "postgres", tcp: bool = False) -> str:
+        if tcp:
+            return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{name}"
+        return f"postgresql+psycopg://postgres@/{name}?host={self.base}&port={self.port}"
+
+    def database(self, tcp: bool = False) -> str:
+        import psycopg
+
+        name = f"t{os.getpid()}_{next(self._names)}"
+        conninfo = f"host={self.base} port={self.port} user=postgres dbname=postgres"
+        with psycopg.connect(conninfo, autocommit=True, connect_timeout=10) as conn:
+            conn.execute(f'CREATE DATABASE "{name}" ENCODING \'UTF8\' TEMPLATE template0')
+        return self.url(name, tcp)
+
+
+def _prefix(base: Path) -> list[str]:
+    if os.geteuid() != 0:
+        return []
+    import pwd  # initdb refuses to run as root: run the server as the postgres user
+
+    try:
+        owner = pwd.getpwnam("postgres")
+    except KeyError:
+        need(False, "running as root and there is no postgres user to run the server")
+        raise
+    need(shutil.which("runuser") is not None, "running as root without runuser")
+    os.chown(base, owner.pw_uid, owner.pw_gid)
+    return ["runuser", "-u", "postgres", "--"]
+
+
+def serve() -> Iterator[PgServer]:
+    """Start a server, yield it, stop it and remove its files."""
+    need(importlib.util.find_spec("psycopg") is not None, "psycopg is not installed")
+    initdb, pg_ctl = pg_program("initdb"), pg_program("pg_ctl")
+    need(initdb is not None and pg_ctl is not None, "PostgreSQL server programs are missing")
+    assert initdb is not None and pg_ctl is not None
+    base = Path(tempfile.mkdtemp(prefix="wardready-pg-"))
+    try:
+        prefix = _prefix(base)
+        data = base / "data"
+
+        def run(*argv: str) -> None:
+            done = subprocess.run([*prefix, *argv], capture_output=True, text=True, timeout=90)
+            if done.returncode != 0:
+                log = base / "log"
+                extra = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+                raise RuntimeError(f"{argv[0]} failed: {done.stderr}{extra}")
+
+        run(initdb, "-D", str(data), "-A", "trust", "-U", "postgres", "-E", "UTF8")
+        port = _free_port()
+        # fsync off: a test server's durability is not under test, and CI time is.
+        options = (
+            f"-k {base} -p {port} -c listen_addresses=127.0.0.1 -c max_connections=200"
+            " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+        )
+        run(pg_ctl, "-D", str(data), "-o", options, "-l", str(base / "log"), "-w", "-t", "30",
+            "start")  # fmt: skip
+        try:
+            yield PgServer(base, port)
+        finally:
+            run(pg_ctl, "-D", str(data), "-m", "immediate", "-w", "-t", "30", "stop")
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
