@@ -10,12 +10,8 @@ import sqlalchemy as sa
 
 from collector import audits, db
 from collector.profile import load_profile
-from tests.collector import test_postgres
 
 from .conftest import JUNE_12, Fed, tamper
-
-# The throwaway server of the collector's PostgreSQL tests (a Unix socket, no TCP).
-pg_url = test_postgres.pg_url
 
 
 def test_an_audit_on_postgres_is_byte_for_byte_the_one_on_sqlite(

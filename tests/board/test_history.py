@@ -14,7 +14,6 @@ from collector import db, history, wards
 from collector.readiness import CriterionResult, Evidence, Verdict
 from collector.service import Service
 from tests.collector.conftest import READY, UNITS
-from tests.collector.test_postgres import pg_url  # noqa: F401  (module-scoped server)
 
 T0 = 1_750_000_000.0
 
