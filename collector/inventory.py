@@ -67,7 +67,8 @@ def store(engine: Engine, inv: Inventory, now: float) -> bool:
             set_=values,
             where=t.c.taken_at <= inv.taken_at,
         )
-        return bool(conn.execute(stmt).rowcount)
+        # A returned row, not rowcount: psycopg reports -1 for an upsert (truthy).
+        return conn.execute(stmt.returning(t.c.agent)).first() is not None
 
 
 def latest(engine: Engine, ward: str) -> list[dict[str, Any]]:

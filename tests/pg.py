@@ -17,7 +17,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from tests.helpers import need
@@ -41,20 +41,46 @@ class PgServer:
         self.base = base
         self.port = port
         self._names = itertools.count(1)
+        self._templates: set[str] = set()
 
     def url(self, name: str = "postgres", tcp: bool = False) -> str:
         if tcp:
             return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{name}"
         return f"postgresql+psycopg://postgres@/{name}?host={self.base}&port={self.port}"
 
-    def database(self, tcp: bool = False) -> str:
+    def _admin(self, sql: str) -> None:
         import psycopg
 
-        name = f"t{os.getpid()}_{next(self._names)}"
         conninfo = f"host={self.base} port={self.port} user=postgres dbname=postgres"
         with psycopg.connect(conninfo, autocommit=True, connect_timeout=10) as conn:
-            conn.execute(f'CREATE DATABASE "{name}" ENCODING \'UTF8\' TEMPLATE template0')
+            conn.execute(sql)
+
+    def database(self, tcp: bool = False, template: str = "template0") -> str:
+        """A fresh database, empty or a copy of ``template`` (a file copy on the server, much
+        cheaper than migrating a new database for every test)."""
+        name = f"t{os.getpid()}_{next(self._names)}"
+        self._admin(f'CREATE DATABASE "{name}" ENCODING \'UTF8\' TEMPLATE "{template}"')
         return self.url(name, tcp)
+
+    def drop(self, url: str) -> None:
+        """Drop a database made by :meth:`database`; FORCE ends the sessions a test left open
+        (a CLI run's pool, a killed server's), which would otherwise pile up to max_connections."""
+        name = url.rsplit("/", 1)[1].split("?", 1)[0]
+        self._admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    def template(self, name: str, prepare: Callable[[str], None]) -> str:
+        """A database ``name`` made once per run by ``prepare(url)``, to copy with
+        :meth:`database`; ``prepare`` must close its connections (a template in use cannot be
+        copied)."""
+        if name not in self._templates:
+            self._admin(f'CREATE DATABASE "{name}" ENCODING \'UTF8\' TEMPLATE template0')
+            try:
+                prepare(self.url(name))
+            except BaseException:
+                self._admin(f'DROP DATABASE "{name}" WITH (FORCE)')
+                raise
+            self._templates.add(name)
+        return name
 
 
 def _prefix(base: Path) -> list[str]:

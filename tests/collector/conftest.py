@@ -1,6 +1,7 @@
-"""Shared fixtures for the collector tests: a migrated SQLite database in tmp_path, a small
-profile, a ward list with Vietnamese names, a Service and an in-process client, and a batch
-builder that makes valid wire batches to break on purpose."""
+"""Shared fixtures for the collector tests: a database (a SQLite file in tmp_path, or a
+PostgreSQL database: every test that uses one runs on both), a small profile, a ward list
+with Vietnamese names, a Service and an in-process client, and a batch builder that makes
+valid wire batches to break on purpose."""
 
 from __future__ import annotations
 
@@ -70,8 +71,20 @@ def units_csv(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def db_url(tmp_path: Path) -> str:
+def db_url(database: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
+    """A database for the collector: a SQLite file in tmp_path (the ``engine`` fixture migrates
+    it), or a PostgreSQL database of the test's own, already migrated."""
+    if database == "postgresql":
+        return str(request.getfixturevalue("pg_migrated_url"))
     return f"sqlite:///{tmp_path / 'collector.db'}"
+
+
+@pytest.fixture
+def empty_url(database: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
+    """An empty database, not yet migrated."""
+    if database == "postgresql":
+        return str(request.getfixturevalue("pg_url"))
+    return f"sqlite:///{tmp_path / 'empty.db'}"
 
 
 @pytest.fixture

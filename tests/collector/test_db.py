@@ -1,4 +1,4 @@
-"""Schema migrations and the SQLite set-up."""
+"""Schema migrations (on SQLite and PostgreSQL) and the SQLite set-up."""
 
 from __future__ import annotations
 
@@ -19,8 +19,8 @@ def tables(engine: sa.Engine) -> dict[str, list[str]]:
     }
 
 
-def test_fresh_database_gets_head(tmp_path: Path) -> None:
-    engine = db.make_engine(f"sqlite:///{tmp_path / 'fresh.db'}")
+def test_fresh_database_gets_head(empty_url: str) -> None:
+    engine = db.make_engine(empty_url)
     assert db.current_revision(engine) is None
     db.upgrade(engine)
     assert db.current_revision(engine) == db.head_revision() is not None
@@ -29,8 +29,8 @@ def test_fresh_database_gets_head(tmp_path: Path) -> None:
     assert "received_at" in found["results"] and "hash" in found["tokens"]
 
 
-def test_upgrade_twice_is_a_no_op_and_keeps_data(tmp_path: Path) -> None:
-    engine = db.make_engine(f"sqlite:///{tmp_path / 'twice.db'}")
+def test_upgrade_twice_is_a_no_op_and_keeps_data(empty_url: str) -> None:
+    engine = db.make_engine(empty_url)
     db.upgrade(engine)
     with engine.begin() as conn:
         conn.execute(
@@ -46,8 +46,8 @@ def test_upgrade_twice_is_a_no_op_and_keeps_data(tmp_path: Path) -> None:
         assert conn.execute(sa.select(db.wards.c.name)).scalar_one() == "Phường A"
 
 
-def test_migrations_create_exactly_the_tables_the_code_uses(tmp_path: Path) -> None:
-    engine = db.make_engine(f"sqlite:///{tmp_path / 'diff.db'}")
+def test_migrations_create_exactly_the_tables_the_code_uses(empty_url: str) -> None:
+    engine = db.make_engine(empty_url)
     db.upgrade(engine)
     with engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), db.metadata)
@@ -86,12 +86,16 @@ def test_results_are_unique_per_origin(engine: sa.Engine) -> None:
         conn.execute(sa.insert(db.results), [row])
 
 
-def test_sqlite_runs_in_wal_with_foreign_keys_and_full_sync(engine: sa.Engine) -> None:
+@pytest.mark.sqlite_only("PRAGMAs: WAL, foreign keys, synchronous and busy_timeout are SQLite's")
+def test_sqlite_runs_in_wal_with_foreign_keys_full_sync_and_a_busy_timeout(engine: sa.Engine) -> None:
     with engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
         assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
         assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL
         assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == db.BUSY_TIMEOUT_MS
+
+
+def test_foreign_keys_are_enforced(engine: sa.Engine) -> None:
     with pytest.raises(sa.exc.IntegrityError), engine.begin() as conn:
         conn.execute(
             sa.insert(db.tokens).values(
