@@ -73,7 +73,7 @@ class PgServer:
         :meth:`database`; ``prepare`` must close its connections (a template in use cannot be
         copied)."""
         if name not in self._templates:
-            self._admin(f'CREATE DATABASE "{name}" ENCODING \'UTF8\' TEMPLATE template0')
+            self._admin(f"CREATE DATABASE \"{name}\" ENCODING 'UTF8' TEMPLATE template0")
             try:
                 prepare(self.url(name))
             except BaseException:

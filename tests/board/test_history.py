@@ -3,17 +3,16 @@ queries, the API endpoint, and the same on PostgreSQL."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
-from collector import db, history, wards
+from collector import db, history
 from collector.readiness import CriterionResult, Evidence, Verdict
 from collector.service import Service
-from tests.collector.conftest import READY, UNITS
+from tests.collector.conftest import READY
 
 T0 = 1_750_000_000.0
 
@@ -67,24 +66,8 @@ def check_history(engine: Any) -> None:
         history.time_in_states(engine, READY, T0, T0 - 1)
 
 
-def test_history_on_sqlite(engine: Any, service: Service) -> None:
+def test_history_queries(engine: Any, service: Service) -> None:
     check_history(engine)
-
-
-def test_history_on_postgres(pg_url: str, tmp_path: Path) -> None:  # noqa: F811
-    engine = db.make_engine(pg_url)
-    try:
-        db.upgrade(engine)
-        with db.writer(engine).begin() as conn:
-            conn.execute(sa.delete(db.history))
-        units = tmp_path / "units.csv"
-        units.write_text(UNITS, "utf-8")
-        wards.import_csv(engine, units)
-        check_history(engine)
-    finally:
-        with db.writer(engine).begin() as conn:
-            conn.execute(sa.delete(db.history))
-        engine.dispose()
 
 
 def test_judging_writes_history_and_the_api_answers_windows(
