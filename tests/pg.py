@@ -19,6 +19,7 @@ import subprocess
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 from tests.helpers import need
 
@@ -35,51 +36,105 @@ def _free_port() -> int:
 
 
 class PgServer:
-    """A running server; :meth:`database` makes a fresh, empty database and returns its URL."""
+    """A running server; :meth:`database` gives a fresh database and returns its URL."""
 
     def __init__(self, base: Path, port: int) -> None:
         self.base = base
         self.port = port
         self._names = itertools.count(1)
         self._templates: set[str] = set()
+        self._made: dict[str, str] = {}  # database: its template
+        self._spare: dict[str, list[str]] = {}  # template: emptied copies for the next test
+        # Templates whose tables hold no rows, with their shape (tables, triggers, functions).
+        self._shape: dict[str, list[tuple[Any, ...]]] = {}
+        self._tables: dict[str, list[str]] = {}
 
     def url(self, name: str = "postgres", tcp: bool = False) -> str:
         if tcp:
             return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{name}"
         return f"postgresql+psycopg://postgres@/{name}?host={self.base}&port={self.port}"
 
-    def _admin(self, sql: str) -> None:
+    def _sql(self, sql: str, *params: object, dbname: str = "postgres") -> list[tuple[Any, ...]]:
         import psycopg
 
-        conninfo = f"host={self.base} port={self.port} user=postgres dbname=postgres"
+        conninfo = f"host={self.base} port={self.port} user=postgres dbname={dbname}"
         with psycopg.connect(conninfo, autocommit=True, connect_timeout=10) as conn:
-            conn.execute(sql)
+            cur = conn.execute(sql, params or None)  # type: ignore[arg-type]
+            return cur.fetchall() if cur.description else []
 
     def database(self, tcp: bool = False, template: str = "template0") -> str:
-        """A fresh database, empty or a copy of ``template`` (a file copy on the server, much
-        cheaper than migrating a new database for every test)."""
-        name = f"t{os.getpid()}_{next(self._names)}"
-        self._admin(f'CREATE DATABASE "{name}" ENCODING \'UTF8\' TEMPLATE "{template}"')
+        """A fresh database, empty or a copy of ``template`` made by :meth:`template`: a file
+        copy on the server, much cheaper than migrating a new database for every test."""
+        spare = self._spare.get(template)
+        if spare:
+            name = spare.pop()
+        else:
+            name = f"t{os.getpid()}_{next(self._names)}"
+            self._sql(f'CREATE DATABASE "{name}" ENCODING \'UTF8\' TEMPLATE "{template}"')
+        self._made[name] = template
         return self.url(name, tcp)
 
     def drop(self, url: str) -> None:
-        """Drop a database made by :meth:`database`; FORCE ends the sessions a test left open
-        (a CLI run's pool, a killed server's), which would otherwise pile up to max_connections."""
-        name = url.rsplit("/", 1)[1].split("?", 1)[0]
-        self._admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        """Done with a database made by :meth:`database`. A copy of a template whose tables
+        were all empty is emptied again and kept for the next test (0.03 s, where a new copy
+        costs 0.3 s); any other is dropped. Either way the sessions the test left open (a CLI
+        run's pool, a killed server's) end, which would otherwise pile up to max_connections."""
+        from sqlalchemy.engine import make_url
+
+        name = str(make_url(url).database)
+        template = self._made.pop(name, "")
+        if template in self._shape:
+            try:
+                self._empty(name, template)
+            except Exception:  # a test changed more than rows (a dropped trigger): start over
+                pass
+            else:
+                self._spare.setdefault(template, []).append(name)
+                return
+        self._sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    def _empty(self, name: str, template: str) -> None:
+        self._sql(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = %s AND pid <> pg_backend_pid()",
+            name,
+        )
+        if self._shape_of(name) != self._shape[template]:
+            raise RuntimeError(f"database {name} no longer has the shape of {template}")
+        tables = ", ".join(f'"{t}"' for t in self._tables[template])
+        self._sql(
+            f"SET lock_timeout = '5s'; TRUNCATE {tables} RESTART IDENTITY CASCADE", dbname=name
+        )
+
+    def _shape_of(self, name: str) -> list[tuple[Any, ...]]:
+        return self._sql(
+            "SELECT 'table', tablename FROM pg_tables WHERE schemaname = 'public'"
+            " UNION ALL SELECT 'trigger', tgname FROM pg_trigger WHERE NOT tgisinternal"
+            " UNION ALL SELECT 'function', proname FROM pg_proc"
+            " WHERE pronamespace = 'public'::regnamespace ORDER BY 1, 2",
+            dbname=name,
+        )
 
     def template(self, name: str, prepare: Callable[[str], None]) -> str:
         """A database ``name`` made once per run by ``prepare(url)``, to copy with
         :meth:`database`; ``prepare`` must close its connections (a template in use cannot be
         copied)."""
-        if name not in self._templates:
-            self._admin(f"CREATE DATABASE \"{name}\" ENCODING 'UTF8' TEMPLATE template0")
-            try:
-                prepare(self.url(name))
-            except BaseException:
-                self._admin(f'DROP DATABASE "{name}" WITH (FORCE)')
-                raise
-            self._templates.add(name)
+        if name in self._templates:
+            return name
+        self._sql(f"CREATE DATABASE \"{name}\" ENCODING 'UTF8' TEMPLATE template0")
+        try:
+            prepare(self.url(name))
+        except BaseException:
+            self._sql(f'DROP DATABASE "{name}" WITH (FORCE)')
+            raise
+        self._templates.add(name)
+        shape = self._shape_of(name)
+        tables = [t for kind, t in shape if kind == "table" and t != "alembic_version"]
+        if tables and not self._sql(
+            " UNION ALL ".join(f'SELECT 1 FROM (SELECT 1 FROM "{t}" LIMIT 1) AS x' for t in tables),
+            dbname=name,
+        ):
+            self._shape[name], self._tables[name] = shape, tables
         return name
 
 
