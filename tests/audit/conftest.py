@@ -20,6 +20,7 @@ from collector import audits, db, tokens, wards
 from collector.profile import load_profile
 from collector.readiness import Verdict
 from collector.service import Service
+from tests.pg import PgServer
 
 PROFILE = """\
 version: 1
@@ -190,20 +191,34 @@ def tamper(engine: sa.Engine, **values: Any) -> None:
         conn.execute(sa.update(db.audits).values(**values))
 
 
+# The PostgreSQL template database holding the trial runs (tests/pg.py copies it per test).
+FED_TEMPLATE = "wardready_fed"
+
+
 @dataclass
 class Fed:
-    """A database holding both trial runs, with the live verdicts recorded during each."""
+    """A database holding both trial runs, with the live verdicts recorded during each: a
+    SQLite file (``path``) or a template database on the run's PostgreSQL server (``pg``)."""
 
-    path: Path
     profile_path: Path
     june_12: Trial
     june_22: Trial
+    path: Path | None = None
+    pg: PgServer | None = None
 
     def copy(self, to: Path) -> str:
-        """A URL of a private copy, for a test that writes (audits, tampering)."""
+        """A URL of a private copy, for a test that writes (audits, tampering); give it back
+        with :meth:`release`."""
+        if self.pg is not None:
+            return self.pg.database(template=FED_TEMPLATE)
+        assert self.path is not None
         target = to / "collector.db"
         shutil.copyfile(self.path, target)
         return f"sqlite:///{target}"
+
+    def release(self, url: str) -> None:
+        if self.pg is not None:
+            self.pg.drop(url)
 
 
 def open_service(url: str, profile_path: Path) -> Service:
@@ -216,31 +231,44 @@ def open_service(url: str, profile_path: Path) -> Service:
 
 
 @pytest.fixture(scope="session")
-def fed(tmp_path_factory: pytest.TempPathFactory) -> Fed:
+def fed(
+    database: str, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Fed:
+    """Both trial runs fed through the real ingest path into the database under test."""
     folder = tmp_path_factory.mktemp("fed")
     profile_path = folder / "profile.yaml"
     profile_path.write_text(PROFILE, encoding="utf-8")
     units = folder / "units.csv"
     units.write_text(UNITS, encoding="utf-8")
+    first, second = june_12(), june_22()
+
+    def feed(url: str) -> None:
+        svc = open_service(url, profile_path)
+        try:
+            wards.import_csv(svc.engine, units)
+            svc.wards(refresh=True)
+            fleet = Fleet(svc)
+            fleet.run(first)
+            fleet.run(second)
+        finally:
+            svc.close()  # SQLite folds its WAL into the file; a template must have no session
+
+    if database == "postgresql":
+        server: PgServer = request.getfixturevalue("pg_server")
+        server.template(FED_TEMPLATE, feed)
+        return Fed(profile_path, first, second, pg=server)
     path = folder / "collector.db"
-    svc = open_service(f"sqlite:///{path}", profile_path)
-    try:
-        wards.import_csv(svc.engine, units)
-        svc.wards(refresh=True)
-        fleet = Fleet(svc)
-        first, second = june_12(), june_22()
-        fleet.run(first)
-        fleet.run(second)
-    finally:
-        svc.close()  # closing the last connection folds the WAL into the file, for copying
-    return Fed(path, profile_path, first, second)
+    feed(f"sqlite:///{path}")
+    return Fed(profile_path, first, second, path=path)
 
 
 @pytest.fixture
 def service(fed: Fed, tmp_path: Path) -> Iterator[Service]:
-    svc = open_service(fed.copy(tmp_path), fed.profile_path)
+    url = fed.copy(tmp_path)
+    svc = open_service(url, fed.profile_path)
     yield svc
     svc.close()
+    fed.release(url)
 
 
 @pytest.fixture(scope="session")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,8 +19,10 @@ Capture = pytest.CaptureFixture[str]
 
 
 @pytest.fixture
-def base(fed: Fed, tmp_path: Path) -> list[str]:
-    return ["--db", fed.copy(tmp_path), "--profile", str(fed.profile_path)]
+def base(fed: Fed, tmp_path: Path) -> Iterator[list[str]]:
+    url = fed.copy(tmp_path)
+    yield ["--db", url, "--profile", str(fed.profile_path)]
+    fed.release(url)
 
 
 def run(capsys: Capture, *argv: str) -> tuple[int, str, str]:

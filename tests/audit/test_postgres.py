@@ -14,6 +14,7 @@ from collector.profile import load_profile
 from .conftest import JUNE_12, Fed, tamper
 
 
+@pytest.mark.sqlite_only("compares an audit of the SQLite run with one on PostgreSQL itself")
 def test_an_audit_on_postgres_is_byte_for_byte_the_one_on_sqlite(
     pg_url: str, fed: Fed, tmp_path: Path
 ) -> None:
