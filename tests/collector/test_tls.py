@@ -31,6 +31,11 @@ from tests.pki import Ca, issue, make_ca
 from .conftest import READY
 from .test_api import ROOT, read_line
 
+pytestmark = pytest.mark.sqlite_only(
+    "TLS and certificates are under test, not the database (test_api's real server process"
+    " ingests on both)"
+)
+
 
 class Server:
     """Starts ``serve`` processes; ``pids`` maps each one's URL to its process id."""
