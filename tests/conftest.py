@@ -71,3 +71,13 @@ def pg_migrated_url(pg_server: pg.PgServer) -> Iterator[str]:
     url = pg_server.database(template=pg_server.template("wardready_head", _migrate))
     yield url
     pg_server.drop(url)
+
+
+@pytest.fixture
+def db_url(database: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
+    """A database for the collector: a SQLite file in tmp_path (not yet migrated: the
+    ``engine`` fixture or the collector does it), or a PostgreSQL database of the test's own,
+    already migrated."""
+    if database == "postgresql":
+        return str(request.getfixturevalue("pg_migrated_url"))
+    return f"sqlite:///{tmp_path / 'collector.db'}"

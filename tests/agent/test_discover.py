@@ -251,10 +251,10 @@ UNITS = (
 
 
 @pytest.fixture
-def collector(tmp_path: Path) -> Iterator[tuple[str, str, str]]:
+def collector(db_url: str, tmp_path: Path) -> Iterator[tuple[str, str, str]]:
     """A collector on loopback: its URL, an agent token, and a viewer token for the reads."""
     (tmp_path / "units.csv").write_text(UNITS, encoding="utf-8")
-    service = Service.open(f"sqlite:///{tmp_path / 'c.db'}", default_profile_path())
+    service = Service.open(db_url, default_profile_path())
     wards.import_csv(service.engine, tmp_path / "units.csv")
     token = tokens.create(service.engine, "phuong-ben-thanh", "pc-01")
     viewer = tokens.create(service.engine, role="viewer", name="test")

@@ -71,15 +71,6 @@ def units_csv(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def db_url(database: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
-    """A database for the collector: a SQLite file in tmp_path (the ``engine`` fixture migrates
-    it), or a PostgreSQL database of the test's own, already migrated."""
-    if database == "postgresql":
-        return str(request.getfixturevalue("pg_migrated_url"))
-    return f"sqlite:///{tmp_path / 'collector.db'}"
-
-
-@pytest.fixture
 def empty_url(database: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
     """An empty database, not yet migrated."""
     if database == "postgresql":
