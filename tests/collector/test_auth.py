@@ -135,6 +135,7 @@ def test_matrix_covers_every_route(open_client: TestClient) -> None:
     assert documented | {"GET /openapi.json", "GET /docs"} == set(MATRIX)
 
 
+@pytest.mark.sqlite_only("which role reaches which route is under test, not the database")
 @pytest.mark.parametrize("endpoint", sorted(MATRIX))
 def test_role_matrix_with_bearer(
     open_client: TestClient, service: Service, kinds: dict[str, str | None], endpoint: str
@@ -146,6 +147,7 @@ def test_role_matrix_with_bearer(
     assert dict(zip(KINDS, got, strict=True)) == dict(zip(KINDS, MATRIX[endpoint], strict=True))
 
 
+@pytest.mark.sqlite_only("which role reaches which route is under test, not the database")
 @pytest.mark.parametrize("endpoint", sorted(MATRIX))
 def test_role_matrix_with_cookie(
     open_client: TestClient, service: Service, kinds: dict[str, str | None], endpoint: str

@@ -480,6 +480,7 @@ def _scraped(client: TestClient, service: Service, results: list[dict[str, Any]]
     return text
 
 
+@pytest.mark.sqlite_only("the text each check type renders is under test (all at once: on both)")
 @pytest.mark.parametrize("word", sorted(REGISTRY))
 def test_promtool_finds_nothing_wrong_with_any_check_type(
     word: str, client: TestClient, service: Service
