@@ -3,16 +3,19 @@ queries, the API endpoint, and the same on PostgreSQL."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
-from collector import db, history
+from collector import db, history, tokens
 from collector.readiness import CriterionResult, Evidence, Verdict
 from collector.service import Service
-from tests.collector.conftest import READY
+from tests.collector.conftest import READY, auth, batch, body, healthy_results
+from tests.collector.test_api import serving
 
 T0 = 1_750_000_000.0
 
@@ -97,3 +100,39 @@ def test_judging_writes_history_and_the_api_answers_windows(
     )
     assert backwards.status_code == 422
     assert client.get("/api/v1/wards/ward-nowhere/history").status_code == 404
+
+
+def test_a_served_collector_takes_up_its_history_after_a_restart(
+    db_url: str, profile_path: Path, units_csv: Path, tmp_path: Path
+) -> None:
+    """Real ``serve`` processes on the database under test: what the first judged is what
+    the second starts from, so a restart writes no state "from nothing"."""
+
+    def ward_history(url: str, viewer: str) -> dict[str, Any]:
+        with httpx.Client(base_url=url, timeout=10, headers=auth(viewer)) as http:
+            assert http.get(f"/api/v1/wards/{READY}").json()["verdict"] == "ready"
+            doc: dict[str, Any] = http.get(f"/api/v1/wards/{READY}/history").json()
+            return doc
+
+    with serving(db_url, profile_path, units_csv, tmp_path / "first.log") as url:
+        engine = db.make_engine(db_url)
+        try:
+            agent = tokens.create(engine, READY, "pc-01")
+            viewer = tokens.create(engine, role="viewer", name="Tổ giám sát")
+        finally:
+            engine.dispose()
+        with httpx.Client(base_url=url, timeout=10) as http:
+            data = body(batch(READY, results=healthy_results()))
+            r = http.post("/api/v1/ingest", content=data, headers=auth(agent))
+            assert r.status_code == 200 and r.json()["accepted"] == 5
+        before = ward_history(url, viewer)
+    verdicts = [c for c in before["changes"] if c["criterion"] is None]
+    assert verdicts and verdicts[-1]["to_state"] == "ready"
+    assert before["ready_since"] == verdicts[-1]["at"]
+
+    with serving(db_url, profile_path, units_csv, tmp_path / "second.log") as url:
+        after = ward_history(url, viewer)
+    assert after["ready_since"] == before["ready_since"]
+    assert [c for c in after["changes"] if c["from_state"] is None] == [
+        c for c in before["changes"] if c["from_state"] is None
+    ]

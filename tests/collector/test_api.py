@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -169,9 +170,10 @@ def read_line(proc: subprocess.Popen[bytes], timeout: float) -> str:
     return buf.decode().splitlines()[0] if b"\n" in buf else ""
 
 
-@pytest.fixture
-def server(db_url: str, profile_path: Path, units_csv: Path, tmp_path: Path) -> Iterator[str]:
-    """``python3 -m collector serve`` on a port the OS picks; yields its base URL."""
+@contextmanager
+def serving(db_url: str, profile_path: Path, units_csv: Path, log_path: Path) -> Iterator[str]:
+    """``python3 -m collector serve`` on a port the OS picks; yields its base URL and stops it
+    with SIGTERM, as a service manager would."""
     argv = [
         sys.executable,
         "-m",
@@ -188,13 +190,13 @@ def server(db_url: str, profile_path: Path, units_csv: Path, tmp_path: Path) -> 
         "--verdict-seconds",
         "0",
     ]
-    log = (tmp_path / "serve.log").open("wb")
+    log = log_path.open("wb")
     proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=log)
     try:
         line = read_line(proc, 30)
         assert line.startswith("wardready-collector listening on http://127.0.0.1:"), (
             line,
-            (tmp_path / "serve.log").read_text(),
+            log_path.read_text(),
         )
         yield line.rsplit(" ", 1)[-1]
         os.kill(proc.pid, signal.SIGTERM)
@@ -205,6 +207,12 @@ def server(db_url: str, profile_path: Path, units_csv: Path, tmp_path: Path) -> 
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait(5)
         log.close()
+
+
+@pytest.fixture
+def server(db_url: str, profile_path: Path, units_csv: Path, tmp_path: Path) -> Iterator[str]:
+    with serving(db_url, profile_path, units_csv, tmp_path / "serve.log") as url:
+        yield url
 
 
 def test_real_server_process_ingests_and_serves(
