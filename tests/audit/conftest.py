@@ -230,11 +230,18 @@ def open_service(url: str, profile_path: Path) -> Service:
     return svc
 
 
+_FED: dict[str, Fed] = {}
+
+
 @pytest.fixture(scope="session")
 def fed(
     database: str, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
 ) -> Fed:
-    """Both trial runs fed through the real ingest path into the database under test."""
+    """Both trial runs fed through the real ingest path into the database under test, once
+    per run and database (pytest sets a parametrized session fixture up again whenever the
+    order of tests switches database)."""
+    if database in _FED:
+        return _FED[database]
     folder = tmp_path_factory.mktemp("fed")
     profile_path = folder / "profile.yaml"
     profile_path.write_text(PROFILE, encoding="utf-8")
@@ -256,10 +263,12 @@ def fed(
     if database == "postgresql":
         server: PgServer = request.getfixturevalue("pg_server")
         server.template(FED_TEMPLATE, feed)
-        return Fed(profile_path, first, second, pg=server)
-    path = folder / "collector.db"
-    feed(f"sqlite:///{path}")
-    return Fed(profile_path, first, second, path=path)
+        _FED[database] = Fed(profile_path, first, second, pg=server)
+    else:
+        path = folder / "collector.db"
+        feed(f"sqlite:///{path}")
+        _FED[database] = Fed(profile_path, first, second, path=path)
+    return _FED[database]
 
 
 @pytest.fixture
