@@ -138,32 +138,62 @@ def create(
     return token
 
 
+def create_agents(
+    engine: Engine, pairs: list[tuple[str, str | None]], now: float | None = None
+) -> list[str]:
+    """Agent tokens for many (ward, agent) pairs at once, in one transaction: a national
+    fleet's worth (thousands) would otherwise cost one commit and one read of every prefix
+    each. Returns the tokens in the order of ``pairs``."""
+    now = time.time() if now is None else now
+    made: list[str] = []
+    with db.writer(engine).begin() as conn:
+        known = set(conn.execute(sa.select(db.wards.c.id)).scalars())
+        used = set(conn.execute(sa.select(db.tokens.c.prefix)).scalars())
+        rows = []
+        for ward, agent in pairs:
+            if ward not in known:
+                raise TokenError(f"ward: {ward!r} is not a known ward (import the ward list first)")
+            token = _draw(used)
+            used.add(token[:PREFIX_LENGTH])
+            made.append(token)
+            rows.append(_row(token, ward, agent, "agent", f"{ward}/{agent or '*'}", now))
+        if rows:
+            conn.execute(sa.insert(db.tokens), rows)
+    return made
+
+
+def _draw(used: set[str]) -> str:
+    # Prefixes are unique so "token revoke PREFIX" always names one token; with 47 bits
+    # of prefix a second draw is already vanishingly rare.
+    for _ in range(100):
+        token = new_token()
+        if token[:PREFIX_LENGTH] not in used:
+            return token
+    raise TokenError("could not draw a token with an unused prefix")
+
+
+def _row(
+    token: str, ward: str | None, agent: str | None, role: Role, name: str, now: float
+) -> dict[str, Any]:
+    return {
+        "ward_id": ward,
+        "agent": agent,
+        "hash": hash_token(token),
+        "prefix": token[:PREFIX_LENGTH],
+        "created_at": now,
+        "role": role,
+        "name": name,
+    }
+
+
 def _insert(
     conn: sa.Connection, ward: str | None, agent: str | None, role: Role, name: str, now: float
 ) -> str:
     known = sa.select(db.wards.c.id).where(db.wards.c.id == ward)
     if ward is not None and conn.execute(known).first() is None:
         raise TokenError(f"ward: {ward!r} is not a known ward (import the ward list first)")
-    # Prefixes are unique so "token revoke PREFIX" always names one token; with 47 bits
-    # of prefix a second draw is already vanishingly rare.
-    used = set(conn.execute(sa.select(db.tokens.c.prefix)).scalars())
-    for _ in range(100):
-        token = new_token()
-        if token[:PREFIX_LENGTH] not in used:
-            break
-    else:
-        raise TokenError("could not draw a token with an unused prefix")
-    conn.execute(
-        sa.insert(db.tokens).values(
-            ward_id=ward,
-            agent=agent,
-            hash=hash_token(token),
-            prefix=token[:PREFIX_LENGTH],
-            created_at=now,
-            role=role,
-            name=name,
-        )
-    )
+    token = _draw(set(conn.execute(sa.select(db.tokens.c.prefix)).scalars()))
+    conn.execute(sa.insert(db.tokens).values(**_row(token, ward, agent, role, name, now)))
     return token
 
 
