@@ -267,6 +267,14 @@ class TokenCache:
         self._lock = threading.Lock()
         self._known: dict[str, tuple[Grant, float]] = {}
 
+    def peek(self, token: str) -> Grant | None:
+        """The grant when the cache holds it, without ever asking the database: safe to call
+        from the event loop."""
+        hit = self._known.get(hash_token(token))
+        if hit is not None and hit[1] > self._clock():
+            return hit[0]
+        return None
+
     def lookup(self, token: str) -> Grant | None:
         digest = hash_token(token)
         now = self._clock()
