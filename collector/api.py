@@ -16,7 +16,6 @@ token.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -37,14 +36,12 @@ from collector.auth import Principal, RateLimiter
 from collector.clock import ServerTime
 from collector.fleet_api import fleet_routes
 from collector.ingest import IngestError
+from collector.ingest_route import IngestHandler, IngestRoute
 from collector.service import Service
 from collector.summary import VerdictWord, WardDetail, WardSummary
 from shared.wire import MAX_BATCH_BYTES, Ack, Batch, Inventory
 
 log = logging.getLogger(__name__)
-
-# Ingest bodies up to this size are validated on the event loop (see the ingest route).
-INLINE_BODY_BYTES = 64 * 1024
 
 
 class Health(BaseModel):
@@ -217,9 +214,12 @@ def create_app(
     # gzip, and level 1 shrinks it ~30 times for a small fraction of the time to build it.
     app.add_middleware(GZipMiddleware, minimum_size=64 * 1024, compresslevel=1)
     app.add_middleware(ServerTime)
+    limiter = RateLimiter(ingest_rate, ingest_burst) if ingest_rate is not None else None
+    ingest_handler = IngestHandler(service, limiter)
+    # Outermost of our middlewares: every agent's push skips the others (collector.ingest_route).
+    app.add_middleware(IngestRoute, handler=ingest_handler)
     app.state.tokens = service.tokens
     registry = exposition.registry_for(service)
-    limiter = RateLimiter(ingest_rate, ingest_burst) if ingest_rate is not None else None
 
     def agent(authorization: str | None) -> tokenstore.Grant:
         return auth.agent_grant(service.authorize(authorization), limiter)
@@ -334,40 +334,10 @@ def create_app(
         },
     )
     async def ingest(request: Request) -> Response:
-        # Who is asking is settled before the body is read: an unauthenticated client does
-        # not get to upload 8 MiB. A token in the cache is checked here on the event loop;
-        # only one the cache does not hold costs a database lookup in the thread pool.
-        requests = service.metrics.requests
-        try:
-            authorization = request.headers.get("authorization")
-            known = service.known(authorization)
-            if known is None:
-                grant = await run_in_threadpool(agent, authorization)
-            else:
-                grant = auth.agent_grant(known, limiter)
-            try:
-                body = await _read_body(request, MAX_BATCH_BYTES)
-            except IngestError as exc:
-                service.metrics.refused(exc)
-                raise
-            # A push of a few results validates in well under a millisecond, less than a
-            # trip through the thread pool; a large replay must not hold up the event loop.
-            if len(body) <= INLINE_BODY_BYTES:
-                pending = service.submit(grant, body)
-            else:
-                pending = await run_in_threadpool(service.submit, grant, body)
-            ack = await asyncio.wrap_future(pending)
-        except IngestError as exc:
-            requests.labels(str(exc.status)).inc()
-            raise
-        except sa.exc.OperationalError:
-            requests.labels("503").inc()
-            raise
-        except Exception:
-            requests.labels("500").inc()
-            raise
-        requests.labels("200").inc()
-        return Response(ack.model_dump_json(), media_type="application/json")
+        # IngestRoute answers before routing; this route documents the endpoint, and answers
+        # the same way when the app runs without that middleware.
+        status, body, headers = await ingest_handler.answer(request.scope, request.receive)
+        return Response(body, status, headers or None, media_type="application/json")
 
     @app.post(
         "/api/v1/inventory",
