@@ -51,7 +51,7 @@ PROFILE = ROOT / "collector" / "profiles" / "default.yaml"
 LUA = ROOT / "bench" / "national.lua"
 AGENT = "pc-01"
 JUDGE = "wardready_collector_judge_duration_seconds"
-SAMPLE = re.compile(r'^[a-zA-Z_:][a-zA-Z0-9_:]*(\{[^}]*\})? ')
+SAMPLE = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*(\{[^}]*\})? ")
 WARD_LABEL = re.compile(r'ward="([^"]*)"')
 
 

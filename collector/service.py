@@ -332,8 +332,9 @@ class Service:
             if len(admitted) == 1:
                 admitted[0].future.set_exception(exc)
                 return
+            # The driver's own message, without the statement and every row's values.
             log.warning("storing %d batches together failed (%s); storing each alone",
-                        len(admitted), exc)  # fmt: skip
+                        len(admitted), getattr(exc, "orig", exc))  # fmt: skip
             self.plan_book.forget_reported([(j.item[0].ward, j.item[0].agent) for j in admitted])
             stored = []
             for job in admitted:

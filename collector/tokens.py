@@ -315,8 +315,9 @@ class TokenCache:
             t = db.tokens
             with self._engine.connect() as conn:
                 rows = conn.execute(
-                    sa.select(t.c.hash, t.c.ward_id, t.c.agent, t.c.role, t.c.name, t.c.prefix)
-                    .where(t.c.revoked_at.is_(None))
+                    sa.select(
+                        t.c.hash, t.c.ward_id, t.c.agent, t.c.role, t.c.name, t.c.prefix
+                    ).where(t.c.revoked_at.is_(None))
                 ).all()
             known = {
                 r.hash: Grant(r.ward_id, r.agent, _role(r.role), r.name, r.prefix) for r in rows
