@@ -15,21 +15,23 @@ from collections.abc import Iterator
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
-from collector import db, tokens
+from collector import db, tokens, wards
 from collector.api import create_app
 from collector.clock import HEADER
 from collector.commit import Closed, Committer, Job
+from collector.profile import load_profile
 from collector.service import Service
 from collector.tokens import Grant
 from shared.wire import Ack
 
-from .conftest import BROKEN, READY, auth, batch, body, result
+from .conftest import BROKEN, PROFILE, READY, UNITS, auth, batch, body, result
 
 WARDS = [READY, "commune-can-gio", BROKEN, "ward-binh-thoi"]
 
@@ -213,3 +215,38 @@ def test_a_commit_that_leaves_a_job_unanswered_or_raises_fails_its_jobs() -> Non
     with pytest.raises(RuntimeError, match="unanswered"):
         committer.submit(1, key=1).result(timeout=5)
     committer.close()
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_the_agent_row_follows_its_stream_on_each_database(
+    kind: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    # The agent upsert computes last_seq in SQL (no read first): check it on both databases.
+    url = request.getfixturevalue("pg_url" if kind == "postgresql" else "db_url")
+    engine = db.make_engine(url)
+    try:
+        db.upgrade(engine)
+        units = tmp_path / "units.csv"
+        units.write_text(UNITS, "utf-8")
+        wards.import_csv(engine, units)
+        profile = tmp_path / "profile.yaml"
+        profile.write_text(PROFILE, "utf-8")
+        service = Service(engine, load_profile(profile))
+        service.rebuild()
+
+        def push(stream: str, seqs: list[int]) -> int | None:
+            doc = batch(READY, results=[result(s) for s in seqs], stream=stream * 32)
+            service.accept(grant(READY), body(doc))
+            (agent,) = service.agents(READY)
+            return agent.last_seq
+
+        assert push("a", [1, 2, 3]) == 3
+        assert push("a", []) == 3  # a heartbeat keeps it
+        assert push("a", [1, 2]) == 3  # a replay of older results does not move it back
+        assert push("a", [4, 5]) == 5
+        assert push("b", [1]) == 1  # a new spool file starts over
+        assert push("c", []) is None  # ... even with nothing in it yet
+        assert stored(engine, READY) == 6
+        service.close()
+    finally:
+        engine.dispose()
