@@ -73,6 +73,9 @@ class Run:
     rss: int
     acked_results: int
     stored_results: int
+    # The machine's 1-minute load average before and after the load: above the number of
+    # cores, other programs took CPU from the collector and the figures are pessimistic.
+    load: tuple[float, float]
 
 
 def write_inputs(work: Path, jobs: list[tuple[str, str]], per_push: int) -> tuple[Path, Path]:
@@ -175,9 +178,8 @@ def count_samples(text: str, per_ward: dict[str, int]) -> int:
 
 def run_wrk(
     url: str, inputs: tuple[Path, Path], args: argparse.Namespace
-) -> tuple[dict[str, int], float, float]:
-    """wrk's NATIONAL line as numbers, its CPU seconds (from wait4: exact, for the child we
-    started), and the wall time it ran."""
+) -> tuple[dict[str, int], float]:
+    """wrk's NATIONAL line as numbers, and the wall time it ran."""
     argv = [
         "wrk", "-t", str(args.threads), "-c", str(args.connections),
         "-d", f"{round(args.duration)}s", "--timeout", "10s", "--latency",
@@ -191,7 +193,7 @@ def run_wrk(
     except subprocess.TimeoutExpired:
         proc.kill()
         raise
-    # communicate() reaped it; its rusage is in the children's totals of this process.
+    # communicate() reaped it: its CPU time is now in this process's children's totals.
     wall = time.monotonic() - t0
     if proc.returncode != 0:
         raise RuntimeError(f"wrk failed ({proc.returncode}): {out}{err}")
@@ -201,7 +203,7 @@ def run_wrk(
     if line is None:
         raise RuntimeError(f"wrk printed no NATIONAL line:\n{out}")
     fields = {k: int(v) for k, v in (p.split("=") for p in line.split()[1:])}
-    return fields, wall, 0.0
+    return fields, wall
 
 
 def children_cpu() -> float:
@@ -226,7 +228,9 @@ def measure(name: str, url: str, args: argparse.Namespace, work: Path) -> Run:
         me = psutil.Process(proc.pid)
         judged = judge_totals(base)
         cpu0, wrk0 = me.cpu_times(), children_cpu()
-        fields, wall, _ = run_wrk(base, inputs, args)
+        load0 = os.getloadavg()[0]
+        fields, wall = run_wrk(base, inputs, args)
+        load1 = os.getloadavg()[0]
         cpu1, wrk1 = me.cpu_times(), children_cpu()
         judged_after = judge_totals(base)
         took = fields["duration_us"] / 1e6
@@ -262,6 +266,7 @@ def measure(name: str, url: str, args: argparse.Namespace, work: Path) -> Run:
         rss=rss,
         acked_results=ok * args.per_push,
         stored_results=stored,
+        load=(load0, load1),
     )
 
 
@@ -270,9 +275,12 @@ def report(r: Run, args: argparse.Namespace) -> None:
         print(f"  {what:<26} {value:<34} {goal}")
 
     print(f"\n{r.db}: {args.wards} wards, pushes of {args.per_push} results, "
-          f"{args.connections} connections, {args.duration:g} s")  # fmt: skip
-    row("requests/s", f"{r.achieved:,.0f} achieved of {r.offered:,.0f} offered",
-        "goal: 664 held")  # fmt: skip
+          f"{args.connections} connections, {args.duration:g} s; load average "
+          f"{r.load[0]:.1f} -> {r.load[1]:.1f} on {os.cpu_count()} cores")  # fmt: skip
+    if r.db == "postgresql":
+        print("  (the throwaway PostgreSQL server runs with fsync off, as in the tests)")
+    offered = f"{r.offered:,.0f} offered" if r.offered else "flat out"
+    row("requests/s", f"{r.achieved:,.0f} achieved, {offered}", "goal: 664 held")
     row("ack time", f"p50 {r.p50 * 1000:.0f} ms, p99 {r.p99 * 1000:.0f} ms", "goal: p99 < 250 ms")
     row("errors", f"{r.errors} (connect, read, timeout, non-200)", "goal: 0")
     per = r.collector_cpu / r.achieved * 1000 if r.achieved else float("nan")
