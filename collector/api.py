@@ -36,7 +36,7 @@ from collector.auth import Principal, RateLimiter
 from collector.clock import ServerTime
 from collector.fleet_api import fleet_routes
 from collector.ingest import IngestError
-from collector.ingest_route import IngestHandler, IngestRoute
+from collector.ingest_route import IngestHandler, IngestRoute, read_body
 from collector.service import Service
 from collector.summary import VerdictWord, WardDetail, WardSummary
 from shared.wire import MAX_BATCH_BYTES, Ack, Batch, Inventory
@@ -126,17 +126,7 @@ def parse_time(text: str, name: str) -> float:
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise IngestError(413, f"body: larger than {limit} bytes")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise IngestError(413, f"body: larger than {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
+    return await read_body(request.scope, request.receive, limit)
 
 
 def _problem(exc: IngestError) -> JSONResponse:
