@@ -100,6 +100,13 @@ class PlanBook:
         with self._lock:
             self._reported[key] = value
 
+    def forget_reported(self, keys: list[tuple[str, str]]) -> None:
+        """Forget what these (ward, agent) reported: the transaction that noted it was rolled
+        back, so the next batch must write it again."""
+        with self._lock:
+            for key in keys:
+                self._reported.pop(key, None)
+
 
 def _matches(check: Mapping[str, Any], select: Select, ward: str) -> bool:
     if select.check is not None and check.get("type") != select.check:

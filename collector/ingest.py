@@ -223,120 +223,201 @@ _COLUMNS = (
 
 
 @dataclass(frozen=True)
-class _Insert:
-    """The results insert compiled for one dialect, run through the driver's executemany.
+class _Compiled:
+    """A Core statement compiled once for one dialect, run through the driver directly.
 
-    SQLAlchemy's own executemany processes every parameter of every row in Python, which
-    cost more than the database's work for a batch of hundreds of results. The columns
-    written are plain strings, numbers and a bool, which both drivers take as they are.
+    SQLAlchemy builds, caches and processes every statement and every parameter of every row
+    in Python; on the ingest path of hundreds of small batches a second that cost more than
+    the database's own work. The values passed are plain strings, numbers and bools, which
+    both drivers take as they are.
     """
 
     sql: str
-    # Where each of the statement's positional parameters is in a row built in _COLUMNS
-    # order; None when the driver takes named parameters (psycopg).
+    # The parameter names, in the order callers give each row's values.
+    keys: tuple[str, ...]
+    # Where each of the statement's positional parameters is in a row; None when the driver
+    # takes named parameters (psycopg).
     order: tuple[int, ...] | None
 
-    def run(self, conn: sa.Connection, rows: list[tuple[Any, ...]]) -> None:
+    def params(self, row: tuple[Any, ...]) -> tuple[Any, ...] | dict[str, Any]:
         order = self.order
-        params: list[tuple[Any, ...]] | list[dict[str, Any]]
         if order is None:
-            params = [dict(zip(_COLUMNS, row, strict=True)) for row in rows]
-        elif order == tuple(range(len(_COLUMNS))):
-            params = rows
+            return dict(zip(self.keys, row, strict=True))
+        if order == tuple(range(len(self.keys))):
+            return row
+        return tuple([row[i] for i in order])
+
+    def run(self, conn: sa.Connection, rows: list[tuple[Any, ...]]) -> None:
+        """Execute once per row (the driver's executemany)."""
+        order = self.order
+        if order is not None and order == tuple(range(len(self.keys))):
+            conn.exec_driver_sql(self.sql, rows)
         else:
-            params = [tuple([row[i] for i in order]) for row in rows]
-        conn.exec_driver_sql(self.sql, params)
+            conn.exec_driver_sql(self.sql, [self.params(row) for row in rows])
+
+    def query(self, conn: sa.Connection, row: tuple[Any, ...]) -> sa.CursorResult[Any]:
+        return conn.exec_driver_sql(self.sql, self.params(row))
 
 
-_inserts: dict[tuple[str, str], _Insert] = {}
+def _compile(dialect: sa.Dialect, stmt: Any, keys: tuple[str, ...], many: bool) -> _Compiled:
+    if many:
+        compiled = stmt.compile(dialect=dialect, column_keys=list(keys), for_executemany=True)
+    else:
+        compiled = stmt.compile(dialect=dialect)
+    order = None
+    if compiled.positional:
+        index = {name: i for i, name in enumerate(keys)}
+        order = tuple(index[name] for name in compiled.positiontup or ())
+    elif set(compiled.binds) != set(keys) or compiled.escaped_bind_names:
+        raise RuntimeError(f"{stmt.table if many else 'query'}: unexpected parameters for "
+                           f"{dialect.name}")  # fmt: skip
+    return _Compiled(compiled.string, keys, order)
 
 
-def _insert(conn: sa.Connection) -> _Insert:
+_AGENT_COLUMNS = (
+    "ward_id",
+    "agent",
+    "first_seen",
+    "last_seen",
+    "version",
+    "stream",
+    "last_seq",
+    "spool_depth",
+    "spool_dropped_total",
+    "resident_memory_bytes",
+    "clock_offset_seconds",
+)
+_HELD_KEYS = ("ward", "agent", "stream", "low", "high")
+
+
+@dataclass(frozen=True)
+class _Statements:
+    insert: _Compiled
+    held: _Compiled
+    agent: _Compiled
+
+
+_statements: dict[tuple[str, str], _Statements] = {}
+
+
+def _statements_for(conn: sa.Connection) -> _Statements:
     dialect = conn.dialect
     key = (dialect.name, dialect.paramstyle)
-    found = _inserts.get(key)
+    found = _statements.get(key)
     if found is None:
-        t = db.results
-        # The same Core statement as ever (ON CONFLICT per dialect), compiled once.
-        stmt = db.insert_for(conn, t).on_conflict_do_nothing(
+        t, a = db.results, db.agents
+        insert = db.insert_for(conn, t).on_conflict_do_nothing(
             index_elements=[t.c.ward_id, t.c.agent, t.c.stream, t.c.seq]
         )
-        compiled = stmt.compile(dialect=dialect, column_keys=list(_COLUMNS), for_executemany=True)
-        order = None
-        if compiled.positional:
-            index = {name: i for i, name in enumerate(_COLUMNS)}
-            order = tuple(index[name] for name in compiled.positiontup or ())
-        elif set(compiled.binds) != set(_COLUMNS) or compiled.escaped_bind_names:
-            raise RuntimeError(f"results insert: unexpected parameters for {dialect.name}")
-        found = _inserts[key] = _Insert(compiled.string, order)
+        held = sa.select(t.c.seq).where(
+            t.c.ward_id == sa.bindparam("ward"),
+            t.c.agent == sa.bindparam("agent"),
+            t.c.stream == sa.bindparam("stream"),
+            t.c.seq.between(sa.bindparam("low"), sa.bindparam("high")),
+        )
+        ex = db.insert_for(conn, a).excluded
+        # The last seq the agent's current stream reached: a new stream starts over, and a
+        # replay of older results never moves it back. Old values on the right of SET are
+        # the row before the update, on SQLite and PostgreSQL alike.
+        last_seq = sa.case(
+            (a.c.stream != ex.stream, ex.last_seq),
+            (ex.last_seq.is_(None), a.c.last_seq),
+            (a.c.last_seq.is_(None), ex.last_seq),
+            (a.c.last_seq > ex.last_seq, a.c.last_seq),
+            else_=ex.last_seq,
+        )
+        updated = {c: ex[c] for c in _AGENT_COLUMNS if c not in ("ward_id", "agent", "first_seen")}
+        upsert = db.insert_for(conn, a).on_conflict_do_update(
+            index_elements=[a.c.ward_id, a.c.agent], set_={**updated, "last_seq": last_seq}
+        )
+        found = _statements[key] = _Statements(
+            _compile(dialect, insert, _COLUMNS, many=True),
+            _compile(dialect, held, _HELD_KEYS, many=False),
+            _compile(dialect, upsert, _AGENT_COLUMNS, many=True),
+        )
     return found
+
+
+def _insert(conn: sa.Connection) -> _Compiled:
+    return _statements_for(conn).insert
+
+
+def _held(conn: sa.Connection, statements: _Statements, batch: Batch) -> set[int]:
+    seqs = [r.seq for r in batch.results]
+    found = statements.held.query(
+        conn, (batch.ward, batch.agent, batch.stream, min(seqs), max(seqs))
+    )
+    return {row[0] for row in found}
+
+
+def _rows(batch: Batch, inserted: list[ResultRecord], now: float) -> list[tuple[Any, ...]]:
+    ward, agent, stream = batch.ward, batch.agent, batch.stream
+    labels, dumps = _labels, _dumps
+    return [
+        (
+            ward,
+            agent,
+            stream,
+            r.seq,
+            r.check,
+            r.name,
+            r.target,
+            r.address,
+            labels(r.labels),
+            r.interval_seconds,
+            r.started,
+            r.duration_seconds,
+            r.success,
+            r.reason,
+            dumps(r.metrics),
+            dumps(r.info),
+            now,
+        )
+        for r in inserted
+    ]
 
 
 def store(conn: sa.Connection, batch: Batch, now: float) -> Stored:
     """Insert the batch's results and update its agent row, in the caller's transaction."""
-    ward, agent, stream = batch.ward, batch.agent, batch.stream
-    inserted: list[ResultRecord] = []
-    if batch.results:
-        t = db.results
-        seqs = [r.seq for r in batch.results]
-        held = set(
-            conn.execute(
-                sa.select(t.c.seq).where(
-                    t.c.ward_id == ward,
-                    t.c.agent == agent,
-                    t.c.stream == stream,
-                    t.c.seq.between(min(seqs), max(seqs)),
-                )
-            ).scalars()
-        )
-        # Callers serialise writes, so what was not held before this insert is what it adds;
-        # the conflict clause still keeps a concurrent writer from storing a result twice.
-        inserted = [r for r in batch.results if r.seq not in held] if held else batch.results
-        if inserted:
-            labels, dumps = _labels, _dumps
-            rows = [
-                (
-                    ward,
-                    agent,
-                    stream,
-                    r.seq,
-                    r.check,
-                    r.name,
-                    r.target,
-                    r.address,
-                    labels(r.labels),
-                    r.interval_seconds,
-                    r.started,
-                    r.duration_seconds,
-                    r.success,
-                    r.reason,
-                    dumps(r.metrics),
-                    dumps(r.info),
-                    now,
-                )
-                for r in inserted
-            ]
-            _insert(conn).run(conn, rows)
+    return store_many(conn, [(batch, now)])[0]
 
-    a = db.agents
-    prev = conn.execute(
-        sa.select(a.c.stream, a.c.last_seq).where(a.c.ward_id == ward, a.c.agent == agent)
-    ).first()
-    batch_last = max((r.seq for r in batch.results), default=None)
-    stream_last = prev.last_seq if prev is not None and prev.stream == stream else None
-    if batch_last is not None:
-        stream_last = batch_last if stream_last is None else max(stream_last, batch_last)
-    status = batch.status
-    values = {
-        "last_seen": now,
-        "version": status.version,
-        "stream": stream,
-        "last_seq": stream_last,
-        "spool_depth": status.spool_depth,
-        "spool_dropped_total": status.spool_dropped_total,
-        "resident_memory_bytes": status.resident_memory_bytes,
-        "clock_offset_seconds": status.clock_offset_seconds,
-    }
-    upsert = db.insert_for(conn, a).values(ward_id=ward, agent=agent, first_seen=now, **values)
-    conn.execute(upsert.on_conflict_do_update(index_elements=[a.c.ward_id, a.c.agent], set_=values))
-    return Stored(inserted, len(batch.results) - len(inserted), batch_last)
+
+def store_many(conn: sa.Connection, batches: list[tuple[Batch, float]]) -> list[Stored]:
+    """Store several batches (each with its arrival time) in the caller's transaction.
+
+    The caller serialises writes and gives at most one batch per agent: what was not held
+    before this insert is then what it adds; the conflict clause still keeps a concurrent
+    writer (another collector process) from storing a result twice.
+    """
+    statements = _statements_for(conn)
+    rows: list[tuple[Any, ...]] = []
+    agents: list[tuple[Any, ...]] = []
+    out = []
+    for batch, now in batches:
+        inserted: list[ResultRecord] = []
+        if batch.results:
+            held = _held(conn, statements, batch)
+            inserted = [r for r in batch.results if r.seq not in held] if held else batch.results
+            rows.extend(_rows(batch, inserted, now))
+        last = max((r.seq for r in batch.results), default=None)
+        status = batch.status
+        agents.append(
+            (
+                batch.ward,
+                batch.agent,
+                now,
+                now,
+                status.version,
+                batch.stream,
+                last,
+                status.spool_depth,
+                status.spool_dropped_total,
+                status.resident_memory_bytes,
+                status.clock_offset_seconds,
+            )
+        )
+        out.append(Stored(inserted, len(batch.results) - len(inserted), last))
+    if rows:
+        statements.insert.run(conn, rows)
+    statements.agent.run(conn, agents)
+    return out

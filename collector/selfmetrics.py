@@ -13,7 +13,8 @@ test's service counts from zero. Metrics:
 - ``wardready_collector_judge_duration_seconds``, ``..._judge_cpu_seconds_total``,
   ``..._judge_last_success_timestamp_seconds``, ``..._judge_errors_total``: judging every ward;
   the CPU counter over time is the judge's share of a core.
-- ``wardready_collector_db_commit_duration_seconds``: storing one batch, commit included.
+- ``wardready_collector_db_commit_duration_seconds``: storing one group of batches, commit
+  included; ``wardready_collector_db_commit_batches``: how many batches each commit held.
 - ``wardready_collector_result_age_seconds``: how old a result is when it arrives; an agent
   replaying its spool after an outage shows here.
 """
@@ -57,6 +58,7 @@ _BY_STATUS = {401: "auth", 403: "auth", 413: "too_large", 422: "schema", 429: "r
 
 _JUDGE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _COMMIT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+_GROUP_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 # From a result pushed at once (seconds) to a spool replayed after a week's outage.
 _AGE_BUCKETS = (1.0, 5.0, 15.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 14400.0, 86400.0, 604800.0)
 
@@ -155,8 +157,15 @@ class SelfMetrics:
         )
         self.commit_duration = Histogram(
             "wardready_collector_db_commit_duration_seconds",
-            "Time taken to store one ingest batch in the database, commit included.",
+            "Time taken to store one group of ingest batches in the database, commit included.",
             buckets=_COMMIT_BUCKETS,
+            registry=r,
+        )
+        self.commit_batches = Histogram(
+            "wardready_collector_db_commit_batches",
+            "Ingest batches made durable by one commit (group commit: every batch waiting "
+            "is stored in one transaction).",
+            buckets=_GROUP_BUCKETS,
             registry=r,
         )
         self.result_age = BatchHistogram(

@@ -25,6 +25,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from dataclasses import dataclass
 from itertools import groupby
 from pathlib import Path
@@ -35,13 +36,15 @@ from sqlalchemy.engine import Engine
 
 from collector import clocks, db, history, ingest
 from collector import wards as wardlist
+from collector.commit import Committer, Job
 from collector.expected import PlanBook, annotate
+from collector.ingest import Stored
 from collector.profile import Profile, default_profile_path, load_profile
 from collector.readiness import Verdict, evaluate_all
 from collector.selfmetrics import SelfMetrics
 from collector.state import DEFAULT_AGENT_SERIES, DEFAULT_WARD_SERIES, SeriesUsage, State
-from collector.tokens import CACHE_SECONDS, Grant, TokenCache
-from shared.wire import Ack, ResultRecord
+from collector.tokens import CACHE_SECONDS, Grant, TokenCache, bearer
+from shared.wire import Ack, Batch, ResultRecord
 
 log = logging.getLogger(__name__)
 
@@ -138,9 +141,9 @@ class Service:
         self.clock = clock
         self._verdict_seconds = verdict_seconds
         self._wards_seconds = wards_seconds
-        # SQLite has one writer anyway; taking turns here instead of in SQLite's busy loop
-        # keeps latency even, and keeps State updates in commit order.
-        self._write_lock = threading.Lock()
+        # Every batch is stored by one committer thread, many at a time (collector.commit):
+        # SQLite has one writer anyway, and State is updated in commit order.
+        self._committer: Committer[tuple[Batch, float], Ack] = Committer(self._commit)
         # Made once: deriving the engine's options for every batch costs as much as a query.
         self._writer = db.writer(engine)
         self._verdict_lock = threading.Lock()
@@ -182,6 +185,7 @@ class Service:
         return service
 
     def close(self) -> None:
+        self._committer.close()
         self.engine.dispose()
 
     def wards(self, refresh: bool = False) -> dict[str, wardlist.Ward]:
@@ -283,44 +287,100 @@ class Service:
             self.metrics.refused(exc)
             raise
 
+    def known(self, authorization: str | None) -> Grant | None:
+        """The grant of a token the cache holds, or None (then :meth:`authorize` decides)."""
+        token = bearer(authorization)
+        return None if token is None else self.tokens.peek(token)
+
     def accept(self, grant: Grant, body: bytes, now: float | None = None) -> Ack:
         """Validate, store and remember a batch sent with ``grant``'s token."""
-        metrics = self.metrics
+        return self.submit(grant, body, now).result()
+
+    def submit(self, grant: Grant, body: bytes, now: float | None = None) -> Future[Ack]:
+        """Validate a batch sent with ``grant``'s token (an IngestError at once when it is
+        bad) and hand it to the committer: the future's Ack comes after its commit."""
+        batch, now = self.validate(grant, body, now)
+        return self._committer.submit((batch, now), batch.ward, max(1, len(batch.results)))
+
+    def validate(self, grant: Grant, body: bytes, now: float | None = None) -> tuple[Batch, float]:
+        """The batch in ``body`` and its arrival time; IngestError when it is refused."""
         try:
             batch = ingest.parse(body)
         except ingest.IngestError as exc:
-            metrics.refused(exc)
+            self.metrics.refused(exc)
             raise
         now = self.clock() if now is None else now
         try:
             ingest.check(batch, grant, now, ingest.known_checks())
         except ingest.IngestError as exc:
-            metrics.refused(exc, max(1, len(batch.results)))
+            self.metrics.refused(exc, max(1, len(batch.results)))
             raise
-        with self._write_lock:
-            over = self.state.admit(batch.ward, batch.agent, batch.results)
-            if over:
-                self.state.refuse(batch.ward, len(batch.results))
-                refusal = _budget_error(over)
-                log.warning("ward %s agent %s: batch of %d results refused: %s", batch.ward,
-                            batch.agent, len(batch.results), refusal.detail)  # fmt: skip
-                metrics.refused(refusal, len(batch.results))
-                raise refusal
-            began = time.perf_counter()
-            with self._writer.begin() as conn:
-                stored = ingest.store(conn, batch, now)
-                self.plan_book.note(conn, batch, now)
-            metrics.commit_duration.observe(time.perf_counter() - began)
+        return batch, now
+
+    def _commit(self, jobs: list[Job[tuple[Batch, float], Ack]]) -> None:
+        """Store a group of batches (at most one per ward) in one transaction and answer each.
+
+        When that transaction fails, each batch is tried in a transaction of its own, so a
+        batch the database refuses fails alone."""
+        admitted = [job for job in jobs if self._admit(job)]
+        if not admitted:
+            return
+        metrics = self.metrics
+        try:
+            stored = self._store(admitted)
+        except Exception as exc:
+            if len(admitted) == 1:
+                admitted[0].future.set_exception(exc)
+                return
+            # The driver's own message, without the statement and every row's values.
+            log.warning("storing %d batches together failed (%s); storing each alone",
+                        len(admitted), getattr(exc, "orig", exc))  # fmt: skip
+            self.plan_book.forget_reported([(j.item[0].ward, j.item[0].agent) for j in admitted])
+            stored = []
+            for job in admitted:
+                try:
+                    stored += self._store([job])
+                except Exception as alone:
+                    job.future.set_exception(alone)
+        state = self.state
+        for job, done in stored:
+            batch, now = job.item
             # Only after the commit: State must never hold what the database may not.
-            if stored.inserted:
-                self.state.add(batch.ward, batch.agent, stored.inserted)
-            self.state.heard(batch.ward, batch.agent, now)
-        metrics.results.inc(len(stored.inserted))
-        metrics.duplicates.inc(stored.duplicates)
-        metrics.result_age.observe_many([max(0.0, now - r.started) for r in stored.inserted])
-        return Ack(
-            accepted=len(stored.inserted), duplicates=stored.duplicates, last_seq=stored.last_seq
-        )
+            if done.inserted:
+                state.add(batch.ward, batch.agent, done.inserted)
+            state.heard(batch.ward, batch.agent, now)
+            metrics.results.inc(len(done.inserted))
+            metrics.duplicates.inc(done.duplicates)
+            metrics.result_age.observe_many([max(0.0, now - r.started) for r in done.inserted])
+            job.future.set_result(
+                Ack(accepted=len(done.inserted), duplicates=done.duplicates, last_seq=done.last_seq)
+            )
+
+    def _admit(self, job: Job[tuple[Batch, float], Ack]) -> bool:
+        """Whether the batch fits its agent's and ward's series budgets; else it is refused."""
+        batch = job.item[0]
+        over = self.state.admit(batch.ward, batch.agent, batch.results)
+        if not over:
+            return True
+        self.state.refuse(batch.ward, len(batch.results))
+        refusal = _budget_error(over)
+        log.warning("ward %s agent %s: batch of %d results refused: %s", batch.ward,
+                    batch.agent, len(batch.results), refusal.detail)  # fmt: skip
+        self.metrics.refused(refusal, len(batch.results))
+        job.future.set_exception(refusal)
+        return False
+
+    def _store(
+        self, jobs: list[Job[tuple[Batch, float], Ack]]
+    ) -> list[tuple[Job[tuple[Batch, float], Ack], Stored]]:
+        began = time.perf_counter()
+        with self._writer.begin() as conn:
+            stored = ingest.store_many(conn, [job.item for job in jobs])
+            for job in jobs:
+                self.plan_book.note(conn, *job.item)
+        self.metrics.commit_duration.observe(time.perf_counter() - began)
+        self.metrics.commit_batches.observe(len(jobs))
+        return list(zip(jobs, stored, strict=True))
 
     def verdicts(self, now: float | None = None) -> dict[str, Verdict]:
         """Every known ward's verdict, recomputed at most every ``verdict_seconds``.

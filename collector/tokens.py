@@ -138,32 +138,62 @@ def create(
     return token
 
 
+def create_agents(
+    engine: Engine, pairs: list[tuple[str, str | None]], now: float | None = None
+) -> list[str]:
+    """Agent tokens for many (ward, agent) pairs at once, in one transaction: a national
+    fleet's worth (thousands) would otherwise cost one commit and one read of every prefix
+    each. Returns the tokens in the order of ``pairs``."""
+    now = time.time() if now is None else now
+    made: list[str] = []
+    with db.writer(engine).begin() as conn:
+        known = set(conn.execute(sa.select(db.wards.c.id)).scalars())
+        used = set(conn.execute(sa.select(db.tokens.c.prefix)).scalars())
+        rows = []
+        for ward, agent in pairs:
+            if ward not in known:
+                raise TokenError(f"ward: {ward!r} is not a known ward (import the ward list first)")
+            token = _draw(used)
+            used.add(token[:PREFIX_LENGTH])
+            made.append(token)
+            rows.append(_row(token, ward, agent, "agent", f"{ward}/{agent or '*'}", now))
+        if rows:
+            conn.execute(sa.insert(db.tokens), rows)
+    return made
+
+
+def _draw(used: set[str]) -> str:
+    # Prefixes are unique so "token revoke PREFIX" always names one token; with 47 bits
+    # of prefix a second draw is already vanishingly rare.
+    for _ in range(100):
+        token = new_token()
+        if token[:PREFIX_LENGTH] not in used:
+            return token
+    raise TokenError("could not draw a token with an unused prefix")
+
+
+def _row(
+    token: str, ward: str | None, agent: str | None, role: Role, name: str, now: float
+) -> dict[str, Any]:
+    return {
+        "ward_id": ward,
+        "agent": agent,
+        "hash": hash_token(token),
+        "prefix": token[:PREFIX_LENGTH],
+        "created_at": now,
+        "role": role,
+        "name": name,
+    }
+
+
 def _insert(
     conn: sa.Connection, ward: str | None, agent: str | None, role: Role, name: str, now: float
 ) -> str:
     known = sa.select(db.wards.c.id).where(db.wards.c.id == ward)
     if ward is not None and conn.execute(known).first() is None:
         raise TokenError(f"ward: {ward!r} is not a known ward (import the ward list first)")
-    # Prefixes are unique so "token revoke PREFIX" always names one token; with 47 bits
-    # of prefix a second draw is already vanishingly rare.
-    used = set(conn.execute(sa.select(db.tokens.c.prefix)).scalars())
-    for _ in range(100):
-        token = new_token()
-        if token[:PREFIX_LENGTH] not in used:
-            break
-    else:
-        raise TokenError("could not draw a token with an unused prefix")
-    conn.execute(
-        sa.insert(db.tokens).values(
-            ward_id=ward,
-            agent=agent,
-            hash=hash_token(token),
-            prefix=token[:PREFIX_LENGTH],
-            created_at=now,
-            role=role,
-            name=name,
-        )
-    )
+    token = _draw(set(conn.execute(sa.select(db.tokens.c.prefix)).scalars()))
+    conn.execute(sa.insert(db.tokens).values(**_row(token, ward, agent, role, name, now)))
     return token
 
 
@@ -219,10 +249,13 @@ def bearer(authorization: str | None) -> str | None:
 
 
 class TokenCache:
-    """Token hash -> Grant, remembered for a few seconds to keep the ingest path off the DB.
+    """Token hash -> Grant, to keep the ingest path off the database.
 
-    Only valid tokens are cached, so a token created a moment ago works at once; unknown
-    tokens cost one indexed lookup each.
+    Every ``seconds`` the whole cache is read again in one query of every valid token, not
+    token by token: a fleet of thousands of agents, each pushing every few seconds, would
+    otherwise send one lookup per token per period. A token created a moment ago is looked up
+    on its own the first time it is seen; unknown tokens cost one indexed lookup each and are
+    never cached.
     """
 
     def __init__(
@@ -235,15 +268,29 @@ class TokenCache:
         self._seconds = seconds
         self._clock = clock
         self._lock = threading.Lock()
-        self._known: dict[str, tuple[Grant, float]] = {}
+        self._reload_lock = threading.Lock()
+        self._known: dict[str, Grant] = {}
+        self._fresh_until = float("-inf")
+        # Bumped by clear(): a reload that read the table before a revocation in this
+        # process must not bring the revoked token back.
+        self._generation = 0
+
+    def peek(self, token: str) -> Grant | None:
+        """The grant when the cache holds it and is fresh, without ever asking the database:
+        safe to call from the event loop."""
+        if self._clock() >= self._fresh_until:
+            return None
+        return self._known.get(hash_token(token))
 
     def lookup(self, token: str) -> Grant | None:
         digest = hash_token(token)
-        now = self._clock()
+        if self._clock() >= self._fresh_until:
+            self._reload()
         with self._lock:
             hit = self._known.get(digest)
-        if hit is not None and hit[1] > now:
-            return hit[0]
+        if hit is not None:
+            return hit
+        generation = self._generation
         t = db.tokens
         with self._engine.connect() as conn:
             row = conn.execute(
@@ -251,13 +298,34 @@ class TokenCache:
                     t.c.hash == digest, t.c.revoked_at.is_(None)
                 )
             ).first()
+        if row is None:
+            return None
+        grant = Grant(row.ward_id, row.agent, _role(row.role), row.name, row.prefix)
         with self._lock:
-            if row is None:
-                self._known.pop(digest, None)
-                return None
-            grant = Grant(row.ward_id, row.agent, _role(row.role), row.name, row.prefix)
-            self._known[digest] = (grant, now + self._seconds)
-            return grant
+            if generation == self._generation:
+                self._known[digest] = grant
+        return grant
+
+    def _reload(self) -> None:
+        with self._reload_lock:
+            began = self._clock()
+            if began < self._fresh_until:
+                return  # another thread reloaded it meanwhile
+            generation = self._generation
+            t = db.tokens
+            with self._engine.connect() as conn:
+                rows = conn.execute(
+                    sa.select(
+                        t.c.hash, t.c.ward_id, t.c.agent, t.c.role, t.c.name, t.c.prefix
+                    ).where(t.c.revoked_at.is_(None))
+                ).all()
+            known = {
+                r.hash: Grant(r.ward_id, r.agent, _role(r.role), r.name, r.prefix) for r in rows
+            }
+            with self._lock:
+                if generation == self._generation:
+                    self._known = known
+                    self._fresh_until = began + self._seconds
 
     def revoke(self, prefix: str, now: float | None = None, by: str | None = None) -> TokenInfo:
         info = revoke(self._engine, prefix, now, by)
@@ -266,4 +334,6 @@ class TokenCache:
 
     def clear(self) -> None:
         with self._lock:
-            self._known.clear()
+            self._known = {}
+            self._fresh_until = float("-inf")
+            self._generation += 1
