@@ -201,9 +201,13 @@ def create_app(
     metrics_open: bool = False,
     ingest_rate: float | None = tokenstore.DEFAULT_INGEST_RATE,
     ingest_burst: float = tokenstore.DEFAULT_INGEST_BURST,
+    metrics_shards: int = 1,
 ) -> FastAPI:
     """The app. ``metrics_open`` serves /metrics without a token; ``ingest_rate`` (requests
-    a second per agent token, with bursts of ``ingest_burst``) of None sets no limit."""
+    a second per agent token, with bursts of ``ingest_burst``) of None sets no limit;
+    ``metrics_shards`` is how many shards ``/metrics?shard=K`` splits the wards into."""
+    if metrics_shards < 1:
+        raise ValueError(f"metrics_shards: must be at least 1, not {metrics_shards}")
     app = FastAPI(
         title="wardready collector",
         version="1",
@@ -214,7 +218,7 @@ def create_app(
     app.add_middleware(GZipMiddleware, minimum_size=64 * 1024, compresslevel=1)
     app.add_middleware(ServerTime)
     app.state.tokens = service.tokens
-    registry = exposition.registry_for(service)
+    readiness = exposition.ReadinessCollector(service)
     limiter = RateLimiter(ingest_rate, ingest_burst) if ingest_rate is not None else None
 
     def agent(authorization: str | None) -> tokenstore.Grant:
@@ -390,8 +394,32 @@ def create_app(
         },
         dependencies=[] if metrics_open else [Depends(auth.reader)],
     )
-    def metrics() -> Response:
-        body = exposition.render(registry) + service.metrics.render()
+    def metrics(
+        shard: Annotated[
+            str | None,
+            Query(
+                description="serve only the wards of this shard (0 to N-1, N from "
+                "`serve --metrics-shards`); fleet-level and the collector's own metrics "
+                "come on shard 0"
+            ),
+        ] = None,
+    ) -> Response:
+        k = 0
+        if shard is not None:
+            try:
+                k = int(shard)
+            except ValueError:
+                k = -1
+            if not 0 <= k < metrics_shards:
+                raise HTTPException(
+                    400,
+                    f"shard: must be an integer from 0 to {metrics_shards - 1} "
+                    f"(--metrics-shards {metrics_shards}), not {shard[:40]!r}",
+                )
+        shards = metrics_shards if shard is not None else 1
+        body = exposition.render_families(readiness.families(k, shards))
+        if k == 0:
+            body += service.metrics.render()
         return Response(body, media_type=exposition.CONTENT_TYPE)
 
     board.install(app, service)
