@@ -126,6 +126,11 @@ FIXED = {
         "(its own counter wardready_agent_spool_dropped_total).",
         ("ward", "agent"),
     ),
+    "wardready_agent_clock_offset_seconds": (
+        "The collector's clock minus the agent's PC's, as the agent last measured it "
+        "(negative: the PC's clock is fast); absent until the agent says.",
+        ("ward", "agent"),
+    ),
     "wardready_agent_info": (
         "The agent's reported version: one series per agent, value 1.",
         ("ward", "agent", "version"),
@@ -457,6 +462,9 @@ class _WardBuilder:
                 (fam["wardready_agent_spool_dropped_results"], agent, a.spool_dropped_total, text)
             )
             out.append((fam["wardready_agent_info"], {**agent, "version": a.version}, 1.0, None))
+            if a.clock_offset_seconds is not None:
+                offset = fam["wardready_agent_clock_offset_seconds"]
+                out.append((offset, agent, a.clock_offset_seconds, text))
         self._checks(ward_id, newest_of(ward_id), out)
         if len(out) > self.budget:
             self.cut_series += len(out) - self.budget
