@@ -68,7 +68,8 @@ def test_promtool_check_config(tmp_path: Path) -> None:
 
 def collector_job(config: dict[str, Any]) -> dict[str, Any]:
     (job,) = [j for j in config["scrape_configs"] if j["job_name"] == "wardready-collector"]
-    return job
+    found: dict[str, Any] = job
+    return found
 
 
 def shard_targets(job: dict[str, Any]) -> list[int]:
