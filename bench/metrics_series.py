@@ -61,7 +61,9 @@ def main() -> None:
     now = time.time()
     for ward, token in jobs:
         service.ingest(f"Bearer {token}", make_batch(ward, now, rng))
+    t0 = time.perf_counter()
     text = exposition.render(exposition.registry_for(service)).decode("utf-8")
+    whole = time.perf_counter() - t0
     counts, other = per_ward(text)
     series = list(counts.values())
     print(f"/metrics with {args.wards} communes, {len(plan(ids[0]))} checks each")
@@ -69,16 +71,21 @@ def main() -> None:
         f"  series per ward     min {min(series)}  median {statistics.median(series):.0f}  "
         f"max {max(series)}   (+{other} without a ward label)"
     )
-    print(f"  unsharded scrape    {len(text.encode()) / 1024:.0f} KiB of text")
+    print(
+        f"  unsharded scrape    {len(text.encode()) / 1024:.0f} KiB of text, "
+        f"{sum(series) + other} samples, built in {whole:.3f} s"
+    )
     collector = exposition.ReadinessCollector(service)
     if hasattr(collector, "families"):
         for k in range(args.shards):
+            t0 = time.perf_counter()
             shard = exposition.render_families(collector.families(k, args.shards)).decode()
+            took = time.perf_counter() - t0
             counts, other = per_ward(shard)
             print(
                 f"  shard {k}/{args.shards}           {len(counts)} wards, "
                 f"{sum(counts.values()) + other} samples ({other} fleet-level), "
-                f"{len(shard.encode()) / 1024:.0f} KiB"
+                f"{len(shard.encode()) / 1024:.0f} KiB, built in {took:.3f} s"
             )
         print(f"  budget              {collector.budget} series per ward")
     service.close()

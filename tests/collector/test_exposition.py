@@ -69,6 +69,13 @@ def line_client(engine: Any, viewer: str, tmp_path: Path) -> Iterator[TestClient
         yield c
 
 
+def _dms_failing(seq: int, **over: Any) -> dict[str, Any]:
+    """A run of the shared Document Management System's check that failed."""
+    fields: dict[str, Any] = {"check": "http", "name": "dms", "target": "dms"}
+    fields.update(labels={"role": "shared_system"}, success=False, reason="tls_expired")
+    return result(seq, **{**fields, **over})
+
+
 def _key(**labels: str) -> tuple[tuple[str, str], ...]:
     return tuple(sorted(labels.items()))
 
@@ -387,15 +394,7 @@ def test_failure_reason_only_for_failing_checks(client: TestClient, service: Ser
         metrics={},
     )
     # A failing shared system: its reason is in the criteria and on the ward page.
-    http = result(
-        3,
-        check="http",
-        name="dms",
-        target="dms",
-        labels={"role": "shared_system"},
-        success=False,
-        reason="tls_expired",
-    )
+    http = _dms_failing(3)
     doc = batch(READY, results=[result(1), failing, http])
     assert client.post("/api/v1/ingest", content=body(doc), headers=auth(token)).status_code == 200
     (sample,) = scrape(client)["wardready_check_failure_reason"].samples
@@ -692,16 +691,7 @@ def test_shared_systems_are_counted_once_for_the_fleet(
 ) -> None:
     feed(client, service)
     tok = tokens.create(service.engine, "commune-can-gio")
-    soon = result(
-        1,
-        check="http",
-        name="dms",
-        target="dms",
-        labels={"role": "shared_system"},
-        success=False,
-        reason="tls_expired",
-        metrics={"cert_expiry_seconds": 86400.0},
-    )
+    soon = _dms_failing(1, metrics={"cert_expiry_seconds": 86400.0})
     later = {**soon, "seq": 2, "name": "mail", "target": "mail:587", "check": "tcp"}
     later.update(labels={"role": "mail"}, success=True, reason="ok")
     later["metrics"] = {"cert_expiry_seconds": 90 * 86400.0}
