@@ -1,4 +1,4 @@
-"""Prometheus /metrics: verdicts, criteria, agents and the newest check results, per ward.
+"""Prometheus /metrics: verdicts, criteria, agents, line quality and devices, per ward.
 
 Built at scrape time by a custom collector on a private registry, from the service's cached
 verdicts and in-memory state, so a scrape never waits for an evaluation of its own and never
@@ -6,20 +6,33 @@ reads results from the database.
 
 Choices:
 
+- A **series budget per ward** (``WARD_SERIES_BUDGET``): Prometheus holds every series of a
+  national fleet in memory, and re-exporting every metric of every check made ~165 series a
+  ward (a 22-check plan), 80 MB a scrape. A ward exports, in this order: its readiness
+  (info, ready, verdict, reasons, criteria), its agents, line quality (``LINE_METRICS`` of
+  the series a criterion of the profile selects) and device state (success and failure
+  reason of ``printer_*`` and ``scanner_*`` checks). Past the budget the rest is cut, so a
+  ward with too many lines or devices loses those, never its verdict; the cut is counted in
+  ``wardready_collector_metrics_series_cut_total``. Everything else stays on the ward's
+  page and on the agent's own /metrics.
+- The shared systems (roles in ``SHARED_ROLES``) are the same for every ward: they are
+  exported once for the fleet, as the number of wards whose newest run succeeded or failed
+  and the soonest certificate expiry any ward sees.
+- **Shards**: ``families(k, n)`` serves the wards whose ``zlib.crc32(ward) % n == k``, so
+  Prometheus scrapes n smaller targets in parallel and a failed scrape blanks 1/n of the
+  wards; fleet-level and the collector's own metrics come on shard 0 only.
 - ``wardready_ward_criterion_ok`` is 1 for ok and 0 for failed (a stale check counts as
   failed, as in the verdict). A criterion whose state is unknown (too few samples) is not
   exported: 0 would raise alerts for wards that simply started, and -1 would break ``sum``
   and ``avg`` over the gauge. ``wardready_ward_verdict`` tells unknown apart.
-- Check metrics carry the labels ``ward, agent, name, target, role, line`` and no others: a
+- Line metrics carry the labels ``ward, agent, name, target, role, line`` and no others: a
   fixed, bounded set whatever labels agents invent. ``agent`` is there because two PCs in one
   ward running the same check would otherwise export the same series twice, which makes
   Prometheus reject the whole scrape; for the same reason, of two series that still collide
   (same name and target, labels differing only outside role/line), the newest result wins.
-  A metric ``<base>__<item>`` (one of several mounts, interfaces, supplies or trays) adds
-  ``item``, as the agent's endpoint does: ``wardready_host_disk_free_ratio{item="var_lib"}``.
-- A check metric has the help text and the type (gauge or counter) its check type declares
-  (:mod:`shared.families`). A result of a check type this collector does not know is shown
-  all the same, each metric with a plain help text; it only counts if the profile says so.
+  A metric ``<base>__<item>`` would add ``item``, as the agent's endpoint does.
+- A line metric has the help text and the type its check type declares
+  (:mod:`shared.families`).
 - The ward's name and working group are not repeated on every check series: at national
   scale that adds about 40% to each scrape (18 MB at 3,321 wards). ``wardready_ward_info``
   (value 1) carries them once per ward, and a query joins them where it needs them, the
@@ -33,9 +46,9 @@ Choices:
   ``blocker`` when every agent of the ward went silent, ``warning`` when only some did).
   The free-text evidence stays in the API: it would make a new series every time a figure
   moved.
-- ``wardready_check_failure_reason`` (value 1) names the reason of each check whose newest
-  run failed (a word from the check's bounded ``REASONS``): the device or system behind it
-  is then diagnosed from the dashboard. Passing checks export nothing here, so it stays
+- ``wardready_check_failure_reason`` (value 1) names the reason of each device check whose
+  newest run failed (a word from the check's bounded ``REASONS``): the device is then
+  diagnosed from the dashboard. Passing checks export nothing here, so it stays
   small; the reason is not a label of ``wardready_check_success``, which would start a new
   series at every change of reason.
 - ``wardready_agent_info`` (value 1) carries each agent's reported version.
