@@ -2,7 +2,8 @@
 
 Builds the state of ``--wards`` communes in process (each agent pushing 15 minutes of its
 22 checks, as in collector_scale.py), then counts the samples of one unsharded scrape per
-ward, and the size of each of ``--shards`` shards.
+ward, and the size of each of ``--shards`` shards. With ``--silent`` the wards are judged
+10 minutes later, every agent silent: the worst case, where the budget cuts.
 
     python bench/metrics_series.py [--wards 300] [--shards 4]
 """
@@ -45,6 +46,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--wards", type=int, default=300)
     parser.add_argument("--shards", type=int, default=4)
+    parser.add_argument("--silent", action="store_true", help="judge 10 minutes later")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="wardready-series-"))
     units = work / "units.csv"
@@ -61,6 +63,11 @@ def main() -> None:
     now = time.time()
     for ward, token in jobs:
         service.ingest(f"Bearer {token}", make_batch(ward, now, rng))
+    # Judged as of the end of ingest, as collector_scale.py does: in-process ingest of a
+    # national fleet takes minutes, after which every ward would read as silent (and then
+    # fills its budget with a reason and a failed criterion for each criterion).
+    judged_at = now + (600 if args.silent else 0)
+    service.clock = lambda: judged_at
     t0 = time.perf_counter()
     text = exposition.render(exposition.registry_for(service)).decode("utf-8")
     whole = time.perf_counter() - t0

@@ -405,9 +405,10 @@ class ReadinessCollector(Collector):
 class _WardBuilder:
     """One scrape's per-ward series, each ward held to the budget.
 
-    A ward's series are gathered in the order of what matters most (readiness, its agents,
-    line quality, devices) and only the first ``budget`` are exported: a ward that reports
-    more lines or devices than planned loses its least important series, never its verdict.
+    A ward's series are gathered in the order of what matters most (readiness and when its
+    agents were last heard, the rest of its agents' state, line quality, devices) and only
+    the first ``budget`` are exported: a ward that reports more lines or devices than planned
+    loses its least important series, never its verdict.
     """
 
     def __init__(
@@ -446,6 +447,16 @@ class _WardBuilder:
             out.append(
                 (fam["wardready_ward_verdict"], {"ward": ward_id, "verdict": v.verdict}, 1.0, None)
             )
+        # When each agent was last heard comes before the reasons and criteria: a silent
+        # ward has a reason and a failed criterion for each criterion, and WardSilent reads
+        # this to say for how long.
+        agent_rows = [(a, {"ward": a.ward, "agent": a.agent}) for a in agents]
+        texts = [_label_text(agent) for _, agent in agent_rows]
+        for (a, agent), text in zip(agent_rows, texts, strict=True):
+            out.append(
+                (fam["wardready_agent_last_seen_timestamp_seconds"], agent, a.last_seen, text)
+            )
+        if v is not None:
             out.extend((fam["wardready_ward_reason"], r, 1.0, None) for r in _reasons(v))
             ward_text = f'{{ward="{_label_value(ward_id)}"'
             for c in v.criteria:
@@ -464,12 +475,7 @@ class _WardBuilder:
                             ward_text + tail,
                         )
                     )
-        for a in agents:
-            agent = {"ward": a.ward, "agent": a.agent}
-            text = _label_text(agent)
-            out.append(
-                (fam["wardready_agent_last_seen_timestamp_seconds"], agent, a.last_seen, text)
-            )
+        for (a, agent), text in zip(agent_rows, texts, strict=True):
             out.append((fam["wardready_agent_spool_depth"], agent, a.spool_depth, text))
             out.append(
                 (fam["wardready_agent_spool_dropped_results"], agent, a.spool_dropped_total, text)

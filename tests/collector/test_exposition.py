@@ -623,6 +623,22 @@ def test_ward_past_its_budget_keeps_readiness_first_and_the_cut_is_counted(
     assert "wardready_collector_metrics_series_cut_total 120.0\n" in again
     # The default budget (64) cuts 8 of its 72.
     assert "wardready_collector_metrics_series_cut_total 8.0\n" in client.get("/metrics").text
+    # The tightest budget keeps the verdict and when the agent was last heard (WardSilent
+    # reads it) ahead of the reasons and criteria.
+    tight = exposition.ReadinessCollector(service, budget=4)
+    text = exposition.render_families(tight.families(0, 1)).decode("utf-8")
+    mine = {
+        s.name
+        for f in text_string_to_metric_families(text)
+        for s in f.samples
+        if s.labels.get("ward") == READY
+    }
+    assert mine == {
+        "wardready_ward_info",
+        "wardready_ward_ready",
+        "wardready_ward_verdict",
+        "wardready_agent_last_seen_timestamp_seconds",
+    }
     with pytest.raises(ValueError, match="budget"):
         exposition.ReadinessCollector(service, budget=0)
 
