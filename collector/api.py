@@ -390,6 +390,7 @@ def create_app(
         response_class=Response,
         responses={
             200: {"content": {exposition.CONTENT_TYPE: {}}, "description": "metrics"},
+            400: {"model": Problem, "description": "no such shard"},
             **({} if metrics_open else _DENIED),
         },
         dependencies=[] if metrics_open else [Depends(auth.reader)],
