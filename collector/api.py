@@ -192,9 +192,13 @@ def create_app(
     metrics_open: bool = False,
     ingest_rate: float | None = tokenstore.DEFAULT_INGEST_RATE,
     ingest_burst: float = tokenstore.DEFAULT_INGEST_BURST,
+    metrics_shards: int = 1,
 ) -> FastAPI:
     """The app. ``metrics_open`` serves /metrics without a token; ``ingest_rate`` (requests
-    a second per agent token, with bursts of ``ingest_burst``) of None sets no limit."""
+    a second per agent token, with bursts of ``ingest_burst``) of None sets no limit;
+    ``metrics_shards`` is how many shards ``/metrics?shard=K`` splits the wards into."""
+    if metrics_shards < 1:
+        raise ValueError(f"metrics_shards: must be at least 1, not {metrics_shards}")
     app = FastAPI(
         title="wardready collector",
         version="1",
@@ -209,7 +213,7 @@ def create_app(
     # Outermost of our middlewares: every agent's push skips the others (collector.ingest_route).
     app.add_middleware(IngestRoute, handler=ingest_handler)
     app.state.tokens = service.tokens
-    registry = exposition.registry_for(service)
+    readiness = exposition.ReadinessCollector(service)
 
     def agent(authorization: str | None) -> tokenstore.Grant:
         return auth.agent_grant(service.authorize(authorization), limiter)
@@ -362,12 +366,37 @@ def create_app(
         response_class=Response,
         responses={
             200: {"content": {exposition.CONTENT_TYPE: {}}, "description": "metrics"},
+            400: {"model": Problem, "description": "no such shard"},
             **({} if metrics_open else _DENIED),
         },
         dependencies=[] if metrics_open else [Depends(auth.reader)],
     )
-    def metrics() -> Response:
-        body = exposition.render(registry) + service.metrics.render()
+    def metrics(
+        shard: Annotated[
+            str | None,
+            Query(
+                description="serve only the wards of this shard (0 to N-1, N from "
+                "`serve --metrics-shards`); fleet-level and the collector's own metrics "
+                "come on shard 0"
+            ),
+        ] = None,
+    ) -> Response:
+        k = 0
+        if shard is not None:
+            try:
+                k = int(shard)
+            except ValueError:
+                k = -1
+            if not 0 <= k < metrics_shards:
+                raise HTTPException(
+                    400,
+                    f"shard: must be an integer from 0 to {metrics_shards - 1} "
+                    f"(--metrics-shards {metrics_shards}), not {shard[:40]!r}",
+                )
+        shards = metrics_shards if shard is not None else 1
+        body = exposition.render_families(readiness.families(k, shards))
+        if k == 0:
+            body += service.metrics.render()
         return Response(body, media_type=exposition.CONTENT_TYPE)
 
     board.install(app, service)

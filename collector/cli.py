@@ -457,6 +457,13 @@ def _tune_interpreter() -> None:
     gc.set_threshold(*GC_THRESHOLDS)
 
 
+def _shard_count(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -472,6 +479,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise UsageError("--tls-cert and --tls-key: give both, or neither")
     if args.tls_client_ca is not None and args.tls_cert is None:
         raise UsageError("--tls-client-ca: needs --tls-cert and --tls-key")
+    if args.metrics_shards < 1:
+        raise UsageError("--metrics-shards (or WARDREADY_METRICS_SHARDS): must be at least 1")
     if args.ingest_rate < 0 or args.ingest_burst < 1:
         raise UsageError("--ingest-rate: must be >= 0 (0: no limit); --ingest-burst: >= 1")
     tls = None
@@ -508,6 +517,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         metrics_open=args.metrics_open,
         ingest_rate=args.ingest_rate or None,
         ingest_burst=args.ingest_burst,
+        metrics_shards=args.metrics_shards,
     )
     config = uvicorn.Config(
         app,
@@ -648,6 +658,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=tokenstore.DEFAULT_INGEST_BURST,
         help="requests each agent token may make at once (default %(default)g)",
+    )
+    s.add_argument(
+        "--metrics-shards",
+        type=_shard_count,
+        default=os.environ.get("WARDREADY_METRICS_SHARDS", "1"),
+        help="split /metrics?shard=K into this many shards by ward, for Prometheus to scrape "
+        "in parallel (default $WARDREADY_METRICS_SHARDS or 1)",
     )
     s.add_argument("--tls-cert", type=Path, help="serve HTTPS with this certificate chain (PEM)")
     s.add_argument("--tls-key", type=Path, help="the certificate's private key (PEM)")

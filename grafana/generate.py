@@ -29,7 +29,6 @@ from typing import Any
 from grafana_foundation_sdk.builders import (
     bargauge,
     common,
-    heatmap,
     prometheus,
     stat,
     statetimeline,
@@ -40,7 +39,6 @@ from grafana_foundation_sdk.builders import dashboard as dash
 from grafana_foundation_sdk.cog.encoder import JSONEncoder
 from grafana_foundation_sdk.models import common as common_m
 from grafana_foundation_sdk.models import dashboard as dash_m
-from grafana_foundation_sdk.models import heatmap as heatmap_m
 from grafana_foundation_sdk.models import prometheus as prometheus_m
 
 HERE = Path(__file__).resolve().parent
@@ -120,13 +118,6 @@ def link_ward_column(panel: Any, column: str = "ward") -> Any:
         value=[{"title": "Ward detail", "url": WARD_LINK}],
     )
     return panel.override_by_name(column, [link])
-
-
-def printers(metric: str, selector: str) -> str:
-    """A supply metric of both printer checks, which report the same quantities."""
-    return " or ".join(
-        f"wardready_{check}_{metric}{{{selector}}}" for check in ("printer_snmp", "printer_ipp")
-    )
 
 
 def stat_panel(title: str, expr: str, *, unit: str = "short", legend: str = "") -> Any:
@@ -379,27 +370,14 @@ def ward_detail() -> Any:
     agents_joined = "* on (ward, agent) group_left (version) wardready_agent_info{" + ward + "}"
     rtt = (
         series_panel(
-            "Round trip on $line: min, avg, max (SmokePing-like band)",
-            query(f"min by (line) (wardready_icmp_rtt_min_seconds{{{wan}}})", "min"),
+            "Round trip on $line",
             query(f"avg by (line) (wardready_icmp_rtt_avg_seconds{{{wan}}})", "avg"),
-            query(f"max by (line) (wardready_icmp_rtt_max_seconds{{{wan}}})", "max"),
             unit="s",
         )
         .min(0)
-        .fill_opacity(0)
-        .line_width(2)
-        .override_by_name(
-            "max",
-            [
-                dash_m.DynamicConfigValue(id_val="custom.fillBelowTo", value="min"),
-                dash_m.DynamicConfigValue(id_val="custom.fillOpacity", value=25),
-                dash_m.DynamicConfigValue(id_val="custom.lineWidth", value=0),
-            ],
-        )
-        .override_by_name("min", [dash_m.DynamicConfigValue(id_val="custom.lineWidth", value=0)])
         .description(
-            "Each run's fastest and slowest reply shade the band, the average is the line: a "
-            "wide band is jitter, a rising floor is a longer path or a saturated line."
+            "Each run's average round trip: a rising floor is a longer path or a saturated "
+            "line. The runs' fastest and slowest replies are on the agent's own /metrics."
         )
     )
     loss = (
@@ -422,8 +400,9 @@ def ward_detail() -> Any:
         base(
             WARD_DETAIL_UID,
             "wardready · Ward detail",
-            "One ward: its verdict and criteria, WAN lines, call quality, bandwidth, shared "
-            "systems, printers and scanners, PC and agents.",
+            "One ward: its verdict and criteria, WAN lines, call quality, bandwidth, "
+            "printers and scanners, and agents. Every check's own figures are on the ward's "
+            "page in the collector.",
         )
         .with_variable(group_variable())
         .with_variable(
@@ -547,22 +526,6 @@ def ward_detail() -> Any:
             .draw_style(common_m.GraphDrawStyle.LINE)
             .line_interpolation(common_m.LineInterpolation.STEP_AFTER)
         )
-        .with_row(dash.Row("Shared systems from this ward"))
-        .with_panel(
-            timeline_panel(
-                "Shared systems reachable",
-                f"wardready_check_success{{{ward}, {SHARED}}}",
-                "{{name}}",
-                UP_DOWN,
-            )
-        )
-        .with_panel(
-            series_panel(
-                "Shared systems response time",
-                query(f"wardready_check_duration_seconds{{{ward}, {SHARED}}}", "{{name}}"),
-                unit="s",
-            ).min(0)
-        )
         .with_row(dash.Row("Printers and scanners"))
         .with_panel(
             timeline_panel(
@@ -572,34 +535,7 @@ def ward_detail() -> Any:
                 UP_DOWN,
             )
         )
-        .with_panel(
-            level_gauge(
-                "Supplies and paper",
-                query(printers("toner_min_ratio", ward), "{{name}}: lowest toner", instant=True),
-                query(
-                    printers("supply_level_ratio", ward), "{{name}}: supply {{item}}", instant=True
-                ),
-                query(printers("input_level_ratio", ward), "{{name}}: tray {{item}}", instant=True),
-            ).description(
-                "From the printer_snmp (Printer MIB) and printer_ipp checks; a supply or tray "
-                "whose level the printer does not report is not shown."
-            )
-        )
         .with_row(dash.Row("Ward PC and agents"))
-        .with_panel(
-            series_panel(
-                "PC: CPU, memory, free disk",
-                query(f"wardready_host_cpu_ratio{{{ward}}}", "CPU {{agent}}"),
-                query(f"wardready_host_memory_used_ratio{{{ward}}}", "memory used {{agent}}"),
-                query(
-                    f"wardready_host_disk_free_ratio_min{{{ward}}}",
-                    "disk free (lowest) {{agent}}",
-                ),
-                unit="percentunit",
-            )
-            .min(0)
-            .max(1)
-        )
         .with_panel(
             table_panel(
                 "Agents",
@@ -631,22 +567,29 @@ def ward_detail() -> Any:
 
 
 def shared_systems() -> Any:
+    # The collector counts the wards behind each system once for the fleet
+    # (wardready_shared_check_wards): one series per system, not one per system and ward.
     system = f'{SHARED}, name=~"$system"'
-    one = f'{SHARED}, name="$system"'
+    wards_by = "sum by (name) (wardready_shared_check_wards{" + system + "})"
+    ok_by = "sum by (name) (wardready_shared_check_wards{" + system + ', state="ok"})'
+    failing = (
+        'wardready_ward_reason{criterion=~"shared_systems|official_mail|dns"} '
+        "* on (ward) group_left (ward_name, working_group) wardready_ward_info{" + WG + "}"
+    )
     return (
         base(
             "wardready-shared-systems",
             "wardready · Shared systems",
-            "Reachability and response time of the shared systems (Document Management "
-            "System, 1022, TTHC, civil status, VBDLIS, the public service portal, official "
-            "mail) as every ward sees them.",
+            "Reachability of the shared systems (Document Management System, 1022, TTHC, "
+            "civil status, VBDLIS, the public service portal, official mail) as the whole "
+            "fleet of wards sees them, and the wards that cannot reach them.",
         )
         .with_variable(group_variable())
         .with_variable(
             dash.QueryVariable("system")
             .label("System")
             .datasource(DS)
-            .query(f"label_values(wardready_check_success{{{SHARED}}}, name)")
+            .query(f"label_values(wardready_shared_check_wards{{{SHARED}}}, name)")
             .refresh(dash_m.VariableRefresh.ON_TIME_RANGE_CHANGED)
             .sort(dash_m.VariableSort.ALPHABETICAL_ASC)
             .multi(True)
@@ -656,53 +599,31 @@ def shared_systems() -> Any:
         .with_panel(
             level_gauge(
                 "Share of wards reaching each system now",
-                query(
-                    f"avg by (name) (wardready_check_success{{{system}}} {IN_WG})",
-                    "{{name}}",
-                    instant=True,
-                ),
+                query(f"{ok_by} / {wards_by}", "{{name}}", instant=True),
             ).thresholds(steps((None, "red"), (0.9, "orange"), (0.99, "green")))
         )
         .with_panel(
             level_gauge(
                 "Availability over the time range",
                 query(
-                    "avg by (name) (avg_over_time(wardready_check_success"
-                    f"{{{system}}}[$__range]) {IN_WG})",
-                    "{{name}}",
-                    instant=True,
+                    f"avg_over_time(({ok_by} / {wards_by})[$__range:])", "{{name}}", instant=True
                 ),
             ).thresholds(steps((None, "red"), (0.95, "orange"), (0.995, "green")))
         )
         .with_panel(
             series_panel(
-                "Response time, median over wards",
+                "Wards that cannot reach each system",
                 query(
-                    "quantile by (name) (0.5, wardready_check_duration_seconds"
-                    f"{{{system}}} {IN_WG})",
+                    "sum by (name) (wardready_shared_check_wards{" + system + ', state="failed"})',
                     "{{name}}",
                 ),
-                unit="s",
-            ).min(0)
-        )
-        .with_panel(
-            series_panel(
-                "Response time, 95th percentile over wards",
-                query(
-                    "quantile by (name) (0.95, wardready_check_duration_seconds"
-                    f"{{{system}}} {IN_WG})",
-                    "{{name}}",
-                ),
-                unit="s",
             ).min(0)
         )
         .with_panel(
             level_gauge(
                 "TLS certificate days left",
                 query(
-                    'min by (name) (wardready_http_cert_expiry_seconds{role="shared_system", '
-                    'name=~"$system"} or wardready_tcp_cert_expiry_seconds{role="mail", '
-                    'name=~"$system"}) / 86400',
+                    f"min by (name) (wardready_shared_cert_expiry_seconds{{{system}}}) / 86400",
                     "{{name}}",
                     instant=True,
                 ),
@@ -711,47 +632,35 @@ def shared_systems() -> Any:
             .unit("d")
             .max(90)
             .thresholds(steps((None, "red"), (14, "orange"), (30, "green")))
-            .span(24)
-            .height(6)
         )
-        .with_row(dash.Row("$system from every ward").repeat("system"))
+        .with_row(dash.Row("Wards"))
         .with_panel(
-            timeline_panel(
-                "$system reachable, by ward",
-                "max by (ward, ward_name) (wardready_check_success"
-                f"{{{one}}} * on (ward) group_left (ward_name) wardready_ward_info{{{WG}}})",
-                "{{ward_name}}",
-                UP_DOWN,
-            ).height(16)
-        )
-        .with_panel(
-            heatmap.Panel()
-            .title("$system response time, by ward")
-            .datasource(DS)
-            .with_target(
-                query(
-                    "max by (ward, ward_name) (wardready_check_duration_seconds"
-                    f"{{{one}}} * on (ward) group_left (ward_name) wardready_ward_info{{{WG}}})",
-                    "{{ward_name}}",
+            link_ward_column(
+                table_panel(
+                    "Wards failing shared systems, mail or DNS",
+                    query(failing, table_=True),
+                    transformations=[
+                        organize(
+                            [*HIDDEN_COLUMNS, "Value"],
+                            {
+                                "working_group": "Group",
+                                "ward_name": "Ward",
+                                "ward": "Id",
+                                "criterion": "Criterion",
+                                "severity": "Severity",
+                                "status": "Status",
+                            },
+                            ["working_group", "ward_name", "ward", "criterion", "status"],
+                        )
+                    ],
                 )
             )
-            .calculate(False)
-            .rows_frame(heatmap.RowsHeatmapOptions().layout(common_m.HeatmapCellLayout.AUTO))
-            .color(
-                heatmap.HeatmapColorOptions()
-                .mode(heatmap_m.HeatmapColorMode.SCHEME)
-                .scheme("RdYlGn")
-                .reverse(True)
-                .scale(heatmap_m.HeatmapColorScale.EXPONENTIAL)
-                .exponent(0.5)
-                .steps(64)
+            .description(
+                "Which system a ward cannot reach is on its page in the collector "
+                "(the Ward detail dashboard links there through the criteria)."
             )
-            .y_axis(heatmap.YAxisConfig().axis_placement(common_m.AxisPlacement.LEFT))
-            .cell_gap(1)
-            .unit("s")
-            .description("Each row is a ward, each cell the newest response time then.")
-            .height(16)
-            .span(12)
+            .height(12)
+            .span(24)
         )
     )
 
@@ -851,7 +760,6 @@ def fleet_health() -> Any:
                 "Agents",
                 query(f"{age} {joined}", table_=True),
                 query(f"wardready_agent_spool_depth {joined}", table_=True),
-                query(f"wardready_agent_resident_memory_bytes {joined}", table_=True),
                 transformations=[
                     MERGE,
                     organize(
@@ -864,7 +772,6 @@ def fleet_health() -> Any:
                             "version": "Version",
                             "Value #A": "Last heard (s ago)",
                             "Value #B": "Spool depth",
-                            "Value #C": "Memory",
                         },
                         [
                             "working_group",
@@ -874,23 +781,27 @@ def fleet_health() -> Any:
                             "version",
                             "Value #A",
                             "Value #B",
-                            "Value #C",
                         ],
                     ),
                 ],
             )
-            .override_by_name("Value #C", [dash_m.DynamicConfigValue(id_val="unit", value="bytes")])
             .height(12)
             .span(24)
         )
         .with_row(dash.Row("Collector"))
         .with_panel(
             series_panel(
-                "Agent memory",
-                query("quantile(0.5, wardready_agent_resident_memory_bytes)", "median"),
-                query("max(wardready_agent_resident_memory_bytes)", "max"),
-                unit="bytes",
-            ).min(0)
+                "Series left out of /metrics by the ward budget",
+                query(
+                    "sum(increase(wardready_collector_metrics_series_cut_total[$__rate_interval]))",
+                    "series cut",
+                ),
+            )
+            .min(0)
+            .description(
+                "A ward reporting more lines or devices than its budget (collector/exposition.py) "
+                "loses its least important series; its verdict and criteria are kept."
+            )
         )
         .with_panel(
             series_panel(

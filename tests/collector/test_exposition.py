@@ -1,8 +1,12 @@
-"""GET /metrics: parses, every family has help, Unicode ward names, bounded labels."""
+"""GET /metrics: parses, every family has help, Unicode ward names, bounded labels, each ward
+held to its series budget, and shards."""
 
 from __future__ import annotations
 
 import math
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,15 +16,68 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from checks.registry import REGISTRY
 from collector import exposition, tokens, wards
+from collector.api import create_app
+from collector.auth import COOKIE
+from collector.profile import load_profile
 from collector.service import Service
-from tests.promlint import (
-    assert_clean_and_declared,
-    declared_metrics,
-    promtool_complaints,
-    stand_ins,
+from tests.promlint import declared_metrics, promtool_complaints
+
+from .conftest import (
+    BROKEN,
+    PROFILE,
+    READY,
+    auth,
+    batch,
+    body,
+    broken_results,
+    healthy_results,
+    result,
 )
 
-from .conftest import BROKEN, READY, auth, batch, body, broken_results, healthy_results, result
+# The stream and bandwidth checks judged too (as warnings, so READY stays ready): only
+# series a criterion selects export their line quality.
+LINE_PROFILE = (
+    PROFILE
+    + """\
+  - id: vc_mos
+    title: Calls sound good
+    severity: warning
+    select: {check: stream, labels: {role: wan}}
+    condition: {metric: mos, agg: avg, window: 15m, op: ">=", threshold: 4}
+  - id: bw_up
+    title: Upload fast enough
+    severity: warning
+    select: {check: bandwidth, labels: {role: wan}}
+    condition: {metric: upload_bytes_per_second, agg: last, last: 1, op: ">=", threshold: 1}
+"""
+)
+# Check types whose series /metrics exports: line quality and devices.
+EXPORTED = sorted(
+    w for w in REGISTRY if w in exposition.LINE_METRICS or w.startswith(exposition.DEVICE_PREFIXES)
+)
+
+
+@pytest.fixture
+def line_client(engine: Any, viewer: str, tmp_path: Path) -> Iterator[TestClient]:
+    """A viewer's client of a service whose profile judges stream and bandwidth too."""
+    path = tmp_path / "line.yaml"
+    path.write_text(LINE_PROFILE, encoding="utf-8")
+    svc = Service(engine, load_profile(path), verdict_seconds=0.0)
+    svc.rebuild()
+    with TestClient(create_app(svc), base_url="http://127.0.0.1") as c:
+        c.cookies.set(COOKIE, viewer)
+        yield c
+
+
+def _dms_failing(seq: int, **over: Any) -> dict[str, Any]:
+    """A run of the shared Document Management System's check that failed."""
+    fields: dict[str, Any] = {"check": "http", "name": "dms", "target": "dms"}
+    fields.update(labels={"role": "shared_system"}, success=False, reason="tls_expired")
+    return result(seq, **{**fields, **over})
+
+
+def _key(**labels: str) -> tuple[tuple[str, str], ...]:
+    return tuple(sorted(labels.items()))
 
 
 def scrape(client: TestClient) -> dict[str, Any]:
@@ -59,19 +116,27 @@ def test_metrics_parse_and_every_family_has_help(client: TestClient, service: Se
         "wardready_wards",
         "wardready_agent_last_seen_timestamp_seconds",
         "wardready_agent_spool_depth",
-        "wardready_check_success",
-        "wardready_check_duration_seconds",
         "wardready_icmp_loss_ratio",
         "wardready_icmp_rtt_avg_seconds",
-        "wardready_host_disk_free_ratio_min",
-        "wardready_http_status_code",
+        "wardready_shared_check_wards",
+        "wardready_metrics_ward_series_budget",
     }
     assert expected <= set(families)
+    # What the budget leaves to the ward page and the agent's own /metrics.
+    left_out = {
+        "wardready_check_duration_seconds",
+        "wardready_check_started_timestamp_seconds",
+        "wardready_host_disk_free_ratio_min",
+        "wardready_http_status_code",
+        "wardready_http_duration_seconds",
+        "wardready_agent_resident_memory_bytes",
+    }
+    assert not left_out & set(families)
     for f in families.values():
         assert f.documentation.strip(), f"{f.name} has no help text"
         # The collector's metrics about itself have counters and histograms; readiness is
         # all gauges.
-        if not f.name.startswith(("wardready_collector_", "process_")):
+        if not f.name.startswith(("wardready_collector_", "process_", "python_")):
             assert f.type == "gauge", f.name
 
 
@@ -134,9 +199,16 @@ def test_agent_and_check_series(client: TestClient, service: Service) -> None:
         ("ward", BROKEN),
     )
     assert loss[key] == 0.5
-    success = families["wardready_check_success"].samples
-    assert {s.labels["check"] for s in success} == {"icmp", "http", "host"}
-    assert all(s.value == 1.0 for s in success)
+    # Success of the http and host checks shows in the criteria, not per check.
+    assert "wardready_check_success" not in families
+    shared = values(families["wardready_shared_check_wards"])
+    assert (
+        shared[_key(check="http", name="dms", role="shared_system", target="dms", state="ok")] == 2
+    )
+    assert (
+        shared[_key(check="http", name="dms", role="shared_system", target="dms", state="failed")]
+        == 0
+    )
 
 
 def test_only_the_fixed_label_set_is_exported(client: TestClient, service: Service) -> None:
@@ -148,7 +220,10 @@ def test_only_the_fixed_label_set_is_exported(client: TestClient, service: Servi
     (sample,) = families["wardready_icmp_loss_ratio"].samples
     assert set(sample.labels) == set(exposition.SERIES_LABELS)
     assert sample.labels["line"] == "backup"
-    (success,) = families["wardready_check_success"].samples
+    printer = result(2, check="printer_ipp", name="p1", target="ipp://p1/", labels=labels)
+    doc = batch(READY, results=[printer])
+    assert client.post("/api/v1/ingest", content=body(doc), headers=auth(token)).status_code == 200
+    (success,) = scrape(client)["wardready_check_success"].samples
     assert set(success.labels) == set(exposition.CHECK_LABELS)
 
 
@@ -290,7 +365,7 @@ def test_ward_reason_tells_silent_wards_and_silent_agents(
     assert ("agent_silent", "warning", "failed") not in reasons[READY]
 
 
-def test_agent_info_version_memory_and_dropped(client: TestClient, service: Service) -> None:
+def test_agent_info_version_and_dropped(client: TestClient, service: Service) -> None:
     token = tokens.create(service.engine, READY)
     doc = batch(READY, results=[result(1)])
     doc["status"].update(
@@ -301,8 +376,7 @@ def test_agent_info_version_memory_and_dropped(client: TestClient, service: Serv
     (info,) = families["wardready_agent_info"].samples
     assert info.labels == {"ward": READY, "agent": "pc-01", "version": "1.2.3+vn"}
     assert info.value == 1.0
-    (memory,) = families["wardready_agent_resident_memory_bytes"].samples
-    assert memory.value == 51_000_000
+    assert "wardready_agent_resident_memory_bytes" not in families  # the agent's own /metrics
     (dropped,) = families["wardready_agent_spool_dropped_results"].samples
     assert dropped.value == 42
 
@@ -311,32 +385,33 @@ def test_failure_reason_only_for_failing_checks(client: TestClient, service: Ser
     token = tokens.create(service.engine, READY)
     failing = result(
         2,
-        check="http",
-        name="dms",
-        target="dms",
-        address="http://127.0.0.1/",
-        labels={"role": "shared_system"},
+        check="printer_ipp",
+        name="counter-1",
+        target="ipp://p1/ipp/print",
+        labels={"role": "counter_device"},
         success=False,
-        reason="tls_expired",
+        reason="toner_empty",
         metrics={},
     )
-    doc = batch(READY, results=[result(1), failing])
+    # A failing shared system: its reason is in the criteria and on the ward page.
+    http = _dms_failing(3)
+    doc = batch(READY, results=[result(1), failing, http])
     assert client.post("/api/v1/ingest", content=body(doc), headers=auth(token)).status_code == 200
     (sample,) = scrape(client)["wardready_check_failure_reason"].samples
     assert sample.value == 1.0
     assert sample.labels == {
         "ward": READY,
         "agent": "pc-01",
-        "check": "http",
-        "name": "dms",
-        "target": "dms",
-        "role": "shared_system",
+        "check": "printer_ipp",
+        "name": "counter-1",
+        "target": "ipp://p1/ipp/print",
+        "role": "counter_device",
         "line": "",
-        "reason": "tls_expired",
+        "reason": "toner_empty",
     }
 
     # The next run passes: the reason is gone, not left behind at 0.
-    passing = {**failing, "seq": 3, "started": failing["started"] + 1, "success": True}
+    passing = {**failing, "seq": 4, "started": failing["started"] + 1, "success": True}
     passing["reason"] = "ok"
     doc = batch(READY, results=[passing])
     assert client.post("/api/v1/ingest", content=body(doc), headers=auth(token)).status_code == 200
@@ -346,7 +421,7 @@ def test_failure_reason_only_for_failing_checks(client: TestClient, service: Ser
     )
 
 
-def test_item_metrics_become_one_family_with_an_item_label(
+def test_only_line_quality_the_profile_judges_and_devices_are_exported(
     client: TestClient, service: Service
 ) -> None:
     token = tokens.create(service.engine, READY)
@@ -355,22 +430,22 @@ def test_item_metrics_become_one_family_with_an_item_label(
         check="host",
         name="host",
         target="localhost",
-        address="localhost",
         labels={},
-        metrics={"disk_free_ratio__": 0.4, "disk_free_ratio__var_lib": 0.2, "cpu_ratio": 0.1},
+        metrics={"disk_free_ratio__": 0.4, "cpu_ratio": 0.1},
     )
-    doc = batch(READY, results=[host])
+    # An icmp check to the local router: no criterion selects it.
+    lan = result(2, name="router", labels={"role": "lan"}, metrics={"loss_ratio": 0.3})
+    wan = result(3, metrics={"loss_ratio": 0.0, "rtt_avg_seconds": 0.01, "packets_sent": 5.0})
+    scanner = result(4, check="scanner_escl", name="s1", target="http://s1", labels={})
+    doc = batch(READY, results=[host, lan, wan, scanner])
     assert client.post("/api/v1/ingest", content=body(doc), headers=auth(token)).status_code == 200
     families = scrape(client)
-    disk = {s.labels["item"]: s.value for s in families["wardready_host_disk_free_ratio"].samples}
-    assert disk == {"/": 0.4, "var_lib": 0.2}
-    assert not any("__" in name for name in families)
-    (cpu,) = families["wardready_host_cpu_ratio"].samples
-    assert "item" not in cpu.labels and cpu.value == 0.1
-    (sample,) = [
-        s for s in families["wardready_host_disk_free_ratio"].samples if s.labels["item"] == "/"
-    ]
-    assert set(sample.labels) == {*exposition.SERIES_LABELS, "item"}
+    assert not any(name.startswith("wardready_host_") for name in families)
+    assert "wardready_icmp_packets_sent" not in families
+    (loss,) = families["wardready_icmp_loss_ratio"].samples
+    assert loss.labels["name"] == "wan-city"
+    (success,) = families["wardready_check_success"].samples
+    assert success.labels["check"] == "scanner_escl" and success.value == 1.0
 
 
 def test_check_series_with_odd_labels_render_as_generate_latest(
@@ -383,20 +458,18 @@ def test_check_series_with_odd_labels_render_as_generate_latest(
         1,
         name="dms",
         target="dms.city:443",
-        labels={"role": 'Máy "chủ" \\ số 1', "line": "cáp quang"},
+        labels={"role": "wan", "line": 'cáp "quang" \\ số 1'},
+    )
+    printer = result(
+        2,
+        check="printer_snmp",
+        name="may-in-1",
+        target="udp://10.0.0.9",
+        labels={"role": 'Máy "chủ" \\ số 1', "line": ""},
         success=False,
         reason="timeout",
     )
-    host = result(
-        2,
-        check="host",
-        name="host",
-        target="localhost",
-        address="localhost",
-        labels={},
-        metrics={"disk_free_ratio__": 0.4, "disk_free_ratio__var_lib": 0.2, "cpu_ratio": 0.1},
-    )
-    doc = batch(READY, results=[odd, host])
+    doc = batch(READY, results=[odd, printer])
     assert client.post("/api/v1/ingest", content=body(doc), headers=auth(token)).status_code == 200
     registry = exposition.registry_for(service)
     ours = exposition.render(registry).decode("utf-8")
@@ -406,7 +479,7 @@ def test_check_series_with_odd_labels_render_as_generate_latest(
         return {
             (s.name, tuple(sorted(s.labels.items())), s.value)
             for f in text_string_to_metric_families(text)
-            if f.name.startswith(("wardready_check_", "wardready_icmp_", "wardready_host_"))
+            if f.name.startswith(("wardready_check_", "wardready_icmp_"))
             for s in f.samples
         }
 
@@ -417,17 +490,23 @@ def test_check_series_with_odd_labels_render_as_generate_latest(
         "agent": "pc-01",
         "name": "dms",
         "target": "dms.city:443",
-        "role": 'Máy "chủ" \\ số 1',
-        "line": "cáp quang",
+        "role": "wan",
+        "line": 'cáp "quang" \\ số 1',
     }
-    with_check = {**series, "check": "icmp"}
-    assert ("wardready_check_success", tuple(sorted(with_check.items())), 0.0) in got
-    reason = {**with_check, "reason": "timeout"}
-    assert ("wardready_check_failure_reason", tuple(sorted(reason.items())), 1.0) in got
     rtt = [s for s in got if s[0] == "wardready_icmp_loss_ratio" and ("name", "dms") in s[1]]
     assert [dict(s[1]) for s in rtt] == [series]
-    items = {dict(s[1])["item"] for s in got if s[0] == "wardready_host_disk_free_ratio"}
-    assert items == {"/", "var_lib"}
+    device = {
+        "ward": READY,
+        "agent": "pc-01",
+        "check": "printer_snmp",
+        "name": "may-in-1",
+        "target": "udp://10.0.0.9",
+        "role": 'Máy "chủ" \\ số 1',
+        "line": "",
+    }
+    assert ("wardready_check_success", tuple(sorted(device.items())), 0.0) in got
+    reason = {**device, "reason": "timeout"}
+    assert ("wardready_check_failure_reason", tuple(sorted(reason.items())), 1.0) in got
 
 
 def test_family_samples_follow_what_was_added() -> None:
@@ -480,54 +559,167 @@ def _scraped(client: TestClient, service: Service, results: list[dict[str, Any]]
     return text
 
 
-@pytest.mark.sqlite_only("the text each check type renders is under test (all at once: on both)")
-@pytest.mark.parametrize("word", sorted(REGISTRY))
-def test_promtool_finds_nothing_wrong_with_any_check_type(
-    word: str, client: TestClient, service: Service
-) -> None:
-    kind = REGISTRY[word]
-    text = _scraped(client, service, _results(word, stand_ins(kind)))
-    assert_clean_and_declared(text, word, kind)
-
-
 def test_promtool_finds_nothing_wrong_with_every_check_type_at_once(
-    client: TestClient, service: Service
+    line_client: TestClient, service: Service
 ) -> None:
     results = []
     for word, kind in sorted(REGISTRY.items()):
         results += _results(word, declared_metrics(kind), len(results) + 1)
-    unknown = {"aura_ratio": 0.5, "visions_total": 3.0, "glow__left": 1.0, "glow__": 2.0}
+    unknown = {"aura_ratio": 0.5, "visions_total": 3.0}
     results += _results("telepathy", unknown, len(results) + 1)
-    text = _scraped(client, service, results)
+    text = _scraped(line_client, service, results)
     assert promtool_complaints(text) == ""
     families = {f.name: f for f in text_string_to_metric_families(text)}
-    # A check type this collector does not know: shown, as gauges and counters by name.
-    aura = families["wardready_telepathy_aura_ratio"]
-    assert aura.type == "gauge" and "not declared" in aura.documentation
-    visions = families["wardready_telepathy_visions"]
-    assert visions.type == "counter"
-    assert {s.name for s in visions.samples} == {"wardready_telepathy_visions_total"}
-    glow = families["wardready_telepathy_glow"]
-    assert sorted(s.labels["item"] for s in glow.samples) == ["/", "/", "left", "left"]
-    assert "_total gauge" not in text
+    exported = {n for n in families if n.startswith("wardready_") and "_" in n[10:]}
+    for word in EXPORTED:
+        kind = REGISTRY[word]
+        if word in exposition.LINE_METRICS:
+            for metric in exposition.LINE_METRICS[word]:
+                declared = kind.metrics[metric]
+                family = families[f"wardready_{word}_{metric}"]
+                assert family.type == declared.kind, metric
+                assert family.documentation.startswith(declared.help.strip()), metric
+                # Both runs (one failing), on the two targets.
+                ours = [s for s in family.samples if s.labels["name"].startswith(f"{word}-")]
+                assert len(ours) == 2, metric
+        else:
+            ours = [
+                s for s in families["wardready_check_success"].samples if s.labels["check"] == word
+            ]
+            assert sorted(s.value for s in ours) == [0.0, 1.0], word
+    others = {w for w in REGISTRY if w not in EXPORTED} | {"telepathy"}
+    assert not {n for n in exported if n.split("_")[1] in others}
 
 
-def test_fast_renderer_matches_generate_latest_for_counters(
+def test_ward_past_its_budget_keeps_readiness_first_and_the_cut_is_counted(
     client: TestClient, service: Service
 ) -> None:
-    text = _scraped(client, service, _results("telepathy", {"visions_total": 3.0, "a_ratio": 1.0}))
-    assert "# TYPE wardready_telepathy_visions_total counter\n" in text
-    registry = exposition.registry_for(service)
-    theirs = generate_latest(registry).decode("utf-8")
-    assert "# TYPE wardready_telepathy_visions_total counter\n" in theirs
+    token = tokens.create(service.engine, READY)
+    now = __import__("time").time()
+    lines = [
+        result(i, name=f"wan-{i:02d}", target=f"gw{i}", started=now - 30 + i * 0.01)
+        for i in range(1, 31)
+    ]
+    doc = batch(READY, results=lines + healthy_results(31))
+    assert client.post("/api/v1/ingest", content=body(doc), headers=auth(token)).status_code == 200
+    collector = exposition.ReadinessCollector(service, budget=12)
+    text = exposition.render_families(collector.families(0, 1)).decode("utf-8")
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    mine = [s for f in families.values() for s in f.samples if s.labels.get("ward") == READY]
+    assert len(mine) == 12
+    names = {s.name for s in mine}
+    assert {"wardready_ward_ready", "wardready_ward_verdict", "wardready_ward_info"} <= names
+    assert len([s for s in mine if s.name == "wardready_ward_criterion_ok"]) == 3
+    # Info, ready, verdict, 3 criteria, 4 agent series: 2 line series are left.
+    assert len([s for s in mine if s.name.startswith("wardready_icmp_")]) == 2
+    # 31 lines (and the healthy wan-city) with loss and round trip, less the 2 kept; each
+    # scrape counts its cut.
+    cut = families["wardready_collector_metrics_series_cut"]
+    assert cut.type == "counter"
+    assert cut.samples[0].value == 60.0
+    assert families["wardready_collector_metrics_wards_cut"].samples[0].value == 1.0
+    assert families["wardready_metrics_ward_series_budget"].samples[0].value == 12.0
+    again = exposition.render_families(collector.families(0, 1)).decode("utf-8")
+    assert "wardready_collector_metrics_series_cut_total 120.0\n" in again
+    # The default budget (64) cuts 8 of its 72.
+    assert "wardready_collector_metrics_series_cut_total 8.0\n" in client.get("/metrics").text
+    # The tightest budget keeps the verdict and when the agent was last heard (WardSilent
+    # reads it) ahead of the reasons and criteria.
+    tight = exposition.ReadinessCollector(service, budget=4)
+    text = exposition.render_families(tight.families(0, 1)).decode("utf-8")
+    mine = {
+        s.name
+        for f in text_string_to_metric_families(text)
+        for s in f.samples
+        if s.labels.get("ward") == READY
+    }
+    assert mine == {
+        "wardready_ward_info",
+        "wardready_ward_ready",
+        "wardready_ward_verdict",
+        "wardready_agent_last_seen_timestamp_seconds",
+    }
+    with pytest.raises(ValueError, match="budget"):
+        exposition.ReadinessCollector(service, budget=0)
 
-    def visions(text: str) -> list[tuple[str, tuple[tuple[str, str], ...], float]]:
-        return sorted(
-            (s.name, tuple(sorted(s.labels.items())), s.value)
-            for f in text_string_to_metric_families(text)
-            if f.name == "wardready_telepathy_visions"
-            for s in f.samples
-        )
 
-    assert visions(text) == visions(theirs)
-    assert len(visions(text)) == 2
+def _ward_samples(text: str) -> tuple[set[tuple[str, tuple[tuple[str, str], ...]]], set[str]]:
+    """(name, labels) of the samples with a ward label, and the names of those without."""
+    per_ward, fleet = set(), set()
+    for f in text_string_to_metric_families(text):
+        for s in f.samples:
+            if "ward" in s.labels:
+                per_ward.add((s.name, tuple(sorted(s.labels.items()))))
+            else:
+                fleet.add(s.name)
+    return per_ward, fleet
+
+
+def test_shards_split_the_wards_by_crc32_and_fleet_metrics_come_on_shard_0(
+    service: Service, viewer: str, tmp_path: Path
+) -> None:
+    path = tmp_path / "many.csv"
+    rows = [f"ward-{i:03d},Phường Thứ {i},ward,,{i % 5}" for i in range(60)]
+    path.write_text("id,name,kind,former_district,working_group\n" + "\n".join(rows) + "\n")
+    wards.import_csv(service.engine, path)
+    service.wards(refresh=True)
+    with TestClient(create_app(service, metrics_shards=3), base_url="http://127.0.0.1") as c:
+        c.cookies.set(COOKIE, viewer)
+        feed(c, service)
+        whole, fleet = _ward_samples(c.get("/metrics").text)
+        union: set[tuple[str, tuple[tuple[str, str], ...]]] = set()
+        for k in range(3):
+            r = c.get("/metrics", params={"shard": str(k)})
+            assert r.status_code == 200
+            mine, others = _ward_samples(r.text)
+            ids = {dict(labels)["ward"] for _, labels in mine}
+            assert ids and all(zlib.crc32(w.encode()) % 3 == k for w in ids)
+            assert not union & mine
+            union |= mine
+            if k == 0:
+                assert others == fleet
+            else:
+                assert others == set()
+                assert "wardready_collector_" not in r.text and "process_" not in r.text
+        assert union == whole
+        assert "wardready_wards" in fleet and "wardready_shared_check_wards" in fleet
+        assert any(n.startswith("wardready_collector_") for n in fleet)
+        for bad in ("3", "-1", "x", "", "1.0"):
+            r = c.get("/metrics", params={"shard": bad})
+            assert r.status_code == 400, bad
+            assert r.json()["detail"].startswith("shard: must be an integer from 0 to 2"), bad
+
+
+def test_one_shard_serves_everything_and_shards_keep_the_token(
+    client: TestClient, anon: TestClient, service: Service
+) -> None:
+    feed(client, service)
+    assert _ward_samples(client.get("/metrics?shard=0").text) == _ward_samples(
+        client.get("/metrics").text
+    )
+    r = client.get("/metrics?shard=1")
+    assert r.status_code == 400 and "shard" in r.json()["detail"]
+    assert anon.get("/metrics?shard=0").status_code == 401
+
+
+def test_shared_systems_are_counted_once_for_the_fleet(
+    client: TestClient, service: Service
+) -> None:
+    feed(client, service)
+    tok = tokens.create(service.engine, "commune-can-gio")
+    soon = _dms_failing(1, metrics={"cert_expiry_seconds": 86400.0})
+    later = {**soon, "seq": 2, "name": "mail", "target": "mail:587", "check": "tcp"}
+    later.update(labels={"role": "mail"}, success=True, reason="ok")
+    later["metrics"] = {"cert_expiry_seconds": 90 * 86400.0}
+    doc = batch("commune-can-gio", results=[soon, later])
+    assert client.post("/api/v1/ingest", content=body(doc), headers=auth(tok)).status_code == 200
+    families = scrape(client)
+    wards_by = values(families["wardready_shared_check_wards"])
+    dms = {"check": "http", "name": "dms", "role": "shared_system", "target": "dms"}
+    assert wards_by[_key(**dms, state="ok")] == 2.0
+    assert wards_by[_key(**dms, state="failed")] == 1.0
+    expiry = values(families["wardready_shared_cert_expiry_seconds"])
+    # The soonest any ward sees: the other wards' dms checks report no certificate.
+    assert expiry[_key(**dms)] == 86400.0
+    mail = _key(check="tcp", name="mail", role="mail", target="mail:587")
+    assert expiry[mail] == 90 * 86400.0

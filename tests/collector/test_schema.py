@@ -110,7 +110,7 @@ def test_vietnamese_text_passes_and_parses_back(client: TestClient, token: str) 
     text = client.get("/metrics").text
     # prometheus_client's own parser reads every line (it fails on a raw CR or U+2028).
     families = {f.name: f for f in text_string_to_metric_families(text)}
-    lines = {s.labels.get("line") for s in families["wardready_check_success"].samples}
+    lines = {s.labels.get("line") for s in families["wardready_icmp_loss_ratio"].samples}
     assert labels["line"] in lines
 
 

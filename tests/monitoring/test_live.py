@@ -4,10 +4,13 @@ A collector process gets four wards over its HTTP API, as agents would send them
 (every check type the dashboards show), one not ready (a lossy, slow line, a failing shared
 system, a poor call, an empty printer), one that goes silent, one that never reports.
 Prometheus scrapes it every second with the shipped scrape config and rules (only the
-addresses and intervals changed). Then every expression of every dashboard panel, template
-variable and rule is asked of Prometheus: it must parse and run, and return data unless it
-cannot yet (an ``offset 15m`` needs 15 minutes of history; a check type not registered in
-checks/registry.py cannot be ingested, and is reported as a skip).
+addresses and intervals changed): one target per /metrics shard, the collector serving as
+many shards as the shipped config scrapes. It remote-writes the readiness series to a second
+Prometheus (the long-term store of prometheus/remote-write.yml and long-term.yml). Then
+every expression of every dashboard panel, template variable and rule is asked of
+Prometheus: it must parse and run, and return data unless it cannot yet (an ``offset 15m``
+needs 15 minutes of history; a check type not registered in checks/registry.py cannot be
+ingested, and is reported as a skip).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import sys
 import threading
 import time
 import uuid
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,6 +101,18 @@ criteria:
     severity: warning
     select: {{check: host}}
     condition: {{metric: success, agg: min, last: 3, op: ">=", threshold: 1}}
+  - id: vc_mos
+    title: Calls sound good
+    severity: warning
+    select: {{check: stream, labels: {{role: vc}}}}
+    require: any
+    condition: {{metric: mos, agg: avg, window: 15m, op: ">=", threshold: 4}}
+  - id: wan_bandwidth_up
+    title: Upload fast enough for video
+    severity: warning
+    select: {{check: bandwidth, labels: {{role: wan}}}}
+    require: any
+    condition: {{metric: upload_bytes_per_second, agg: last, last: 1, op: ">=", threshold: 375000}}
 """
 
 SYSTEMS = ("dms", "portal-1022", "tthc", "dichvucong", "hotich", "vbdlis")
@@ -122,6 +138,7 @@ NO_DATA_YET = {
     "CollectorDown": "the collector is up",
     "WardreadyJudgeStale": "the judge is fresh",
     "WardreadyIngestRejectionsSpike": "no results are refused",
+    "WardreadyMetricsBudgetCut": "no ward is past its series budget",
 }
 
 
@@ -165,7 +182,7 @@ def series_of(ward: str) -> list[tuple[str, str, str, dict[str, str], bool, str,
           "disk_free_ratio__": 0.5, "disk_free_ratio__var_lib": 0.4}),
         ("stream", "vc-fibre", "reflector-city", {"role": "vc", "line": "fibre"}, True, "ok",
          {"mos": 3.5 if bad else 4.3, "loss_ratio": 0.0, "jitter_seconds": 0.003}),
-        ("bandwidth", "bw-fibre", "iperf-city", {"line": "fibre"}, True, "ok",
+        ("bandwidth", "bw-fibre", "iperf-city", {"role": "wan", "line": "fibre"}, True, "ok",
          {"upload_bytes_per_second": 5e6, "download_bytes_per_second": 11.875e6}),
         ("printer_snmp", "printer-desk-1", "printer-1", {"role": "device"}, not bad,
          "toner_empty" if bad else "ok",
@@ -239,15 +256,18 @@ class Stack:
     prometheus: str
     collector: str
     http: httpx.Client
+    store: str  # the long-term Prometheus that receives remote_write
+    shards: int
+    viewer: str
 
-    def query(self, expr: str) -> dict[str, Any]:
-        r = self.http.post(f"{self.prometheus}/api/v1/query", data={"query": expr})
+    def query(self, expr: str, prometheus: str | None = None) -> dict[str, Any]:
+        r = self.http.post(f"{prometheus or self.prometheus}/api/v1/query", data={"query": expr})
         body: dict[str, Any] = r.json()
         assert r.status_code == 200 and body["status"] == "success", f"{expr}\n{body}"
         return body
 
-    def results(self, expr: str) -> list[dict[str, Any]]:
-        data = self.query(expr)["data"]
+    def results(self, expr: str, prometheus: str | None = None) -> list[dict[str, Any]]:
+        data = self.query(expr, prometheus)["data"]
         if data["resultType"] in ("scalar", "string"):
             return [{"metric": {}, "value": data["result"]}]
         out: list[dict[str, Any]] = data["result"]
@@ -279,21 +299,44 @@ def start_collector(argv: list[str], log: Path) -> tuple[subprocess.Popen[bytes]
     return proc, found.group(1).decode()
 
 
-def prometheus_config(tmp: Path, collector: str, token: str) -> Path:
-    """The shipped prometheus.yml, pointed at this collector, scraping every second with a
-    viewer token in the file the shipped config names."""
+def shipped_shards() -> int:
+    """How many /metrics shards the shipped prometheus.yml scrapes."""
+    config = yaml.safe_load((PROMETHEUS_DIR / "prometheus.yml").read_text(encoding="utf-8"))
+    (job,) = [j for j in config["scrape_configs"] if j["job_name"] == "wardready-collector"]
+    return len(job["static_configs"])
+
+
+def prometheus_config(tmp: Path, collector: str, token: str, store: str) -> Path:
+    """The shipped prometheus.yml, pointed at this collector's shards, scraping every second
+    with a viewer token in the file the shipped config names, and remote-writing readiness
+    to ``store`` as prometheus/remote-write.yml says."""
     config = yaml.safe_load((PROMETHEUS_DIR / "prometheus.yml").read_text(encoding="utf-8"))
     config["global"].update(scrape_interval="1s", evaluation_interval="1s")
     config.pop("alerting", None)  # no Alertmanager here; test_alertmanager.py has one
     config["rule_files"] = [str(PROMETHEUS_DIR / "rules" / "*.yml")]
     (job,) = [j for j in config["scrape_configs"] if j["job_name"] == "wardready-collector"]
     job["scrape_timeout"] = "1s"
-    job["static_configs"] = [{"targets": [collector.removeprefix("http://")]}]
+    for static in job["static_configs"]:
+        static["targets"] = [collector.removeprefix("http://")]
     config["scrape_configs"] = [job]
     token_file = tmp / job["authorization"]["credentials_file"]
     token_file.write_text(token + "\n", encoding="utf-8")
     token_file.chmod(0o600)
+    remote = yaml.safe_load((PROMETHEUS_DIR / "remote-write.yml").read_text(encoding="utf-8"))
+    (writer,) = remote["remote_write"]
+    writer["url"] = f"{store}/api/v1/write"
+    writer["queue_config"] = {"batch_send_deadline": "1s"}
+    config["remote_write"] = [writer]
     path = tmp / "prometheus.yml"
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    return path
+
+
+def store_config(tmp: Path, port: int) -> Path:
+    """The shipped long-term.yml, scraping itself on ``port``."""
+    config = yaml.safe_load((PROMETHEUS_DIR / "long-term.yml").read_text(encoding="utf-8"))
+    config["scrape_configs"][0]["static_configs"] = [{"targets": [f"127.0.0.1:{port}"]}]
+    path = tmp / "long-term.yml"
     path.write_text(yaml.safe_dump(config), encoding="utf-8")
     return path
 
@@ -320,9 +363,11 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     assert done.returncode == 0, done.stderr
     viewer = done.stdout.strip().splitlines()[-1]
 
+    shards = shipped_shards()
     serve = collector_cmd(
-        db, profile, "serve", "--listen", "127.0.0.1:0", "--verdict-seconds", "0.5"
-    )
+        db, profile, "serve", "--listen", "127.0.0.1:0", "--verdict-seconds", "0.5",
+        "--metrics-shards", str(shards),
+    )  # fmt: skip
     collector, collector_url = start_collector(serve, tmp / "collector.log")
     stopping = threading.Event()
     http = httpx.Client(timeout=10)
@@ -354,7 +399,17 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             ingest(ward, history(ward))
         beating.start()
 
-        config = prometheus_config(tmp, collector_url, viewer)
+        store_port = free_port()
+        store_url = f"http://127.0.0.1:{store_port}"
+        store_argv = [
+            prometheus_bin,
+            f"--config.file={store_config(tmp, store_port)}",
+            f"--storage.tsdb.path={tmp / 'store-tsdb'}",
+            f"--web.listen-address=127.0.0.1:{store_port}",
+            "--web.enable-remote-write-receiver",
+            "--log.level=warn",
+        ]
+        config = prometheus_config(tmp, collector_url, viewer, store_url)
         check = run([promtool, "check", "config", str(config)])
         assert check.returncode == 0, check.stdout + check.stderr
         port = free_port()
@@ -366,12 +421,18 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             f"--web.listen-address=127.0.0.1:{port}",
             "--log.level=warn",
         ]
-        with process(argv, tmp / "prometheus.log"):
-            s = Stack(url, collector_url, http)
-            wait_for(lambda: http.get(f"{url}/-/ready").status_code == 200, 30, "prometheus")
-            # Scraped, rules evaluated, the silent ward judged silent, a minute's rate possible.
+        with (
+            process(store_argv, tmp / "store.log"),
+            process(argv, tmp / "prometheus.log"),
+        ):
+            s = Stack(url, collector_url, http, store_url, shards, viewer)
+            for where in (store_url, url):
+                ready = f"{where}/-/ready"
+                wait_for(lambda r=ready: http.get(r).status_code == 200, 30, ready)  # type: ignore[misc]
+            # Every shard scraped, rules evaluated, the silent ward judged silent, a minute's
+            # rate possible.
             for expr in (
-                'up{job="wardready-collector"} == 1',
+                f'count(up{{job="wardready-collector"}} == 1) == {shards}',
                 "wardready:wards_ready:ratio",
                 f'wardready_ward_reason{{ward="{SILENT}", criterion="agent_silent"}}',
                 'count_over_time(up{job="wardready-collector"}[1m]) >= 3',
@@ -577,3 +638,53 @@ def test_check_types_the_dashboards_show_are_registered() -> None:
     missing = sorted(t for t in DASHBOARD_TYPES if t not in REGISTRY)
     if missing:
         pytest.skip(f"not in checks.registry yet, their panels were tested without data: {missing}")
+
+
+def test_every_shard_is_a_target_and_serves_its_own_wards(stack: Stack) -> None:
+    up = {
+        r["metric"]["shard"]: r["value"][1] for r in stack.results('up{job="wardready-collector"}')
+    }
+    assert up == {str(k): "1" for k in range(stack.shards)}
+    # Each ward's series come from the shard crc32 names, and only from it.
+    for r in stack.results("wardready_ward_info"):
+        ward = r["metric"]["ward"]
+        assert r["metric"]["shard"] == str(zlib.crc32(ward.encode()) % stack.shards), ward
+    # Fleet-level and the collector's own metrics: from shard 0 alone.
+    for expr in ("wardready_wards", "wardready_collector_judge_last_success_timestamp_seconds"):
+        assert {r["metric"]["shard"] for r in stack.results(expr)} == {"0"}, expr
+    # A shard with none of the four wards still answers, with nothing to say.
+    samples = stack.results('scrape_samples_scraped{job="wardready-collector"}')
+    assert len(samples) == stack.shards
+
+
+def test_the_long_term_store_gets_the_ready_ratio_the_collector_judges(stack: Stack) -> None:
+    judged = stack.http.get(
+        f"{stack.collector}/api/v1/wards", headers={"Authorization": f"Bearer {stack.viewer}"}
+    )
+    assert judged.status_code == 200, judged.text
+    verdicts = [w["verdict"] for w in judged.json()]
+    collector_ratio = verdicts.count("ready") / len(verdicts)
+    assert collector_ratio == 0.25  # READY alone of the four
+
+    # The store receives what Prometheus scraped after the collector answered above, once
+    # remote_write has caught up (its samples lag the scrape by a second or more).
+    since = time.time()
+    fresh = f"count(timestamp(wardready_ward_ready) > {since}) == 4"
+    wait_for(lambda: stack.results(fresh, stack.store) or None, 60, "fresh readiness in the store")
+    (got,) = stack.results("sum(wardready_ward_ready) / count(wardready_ward_ready)", stack.store)
+    assert float(got["value"][1]) == collector_ratio
+    recorded = (
+        f"wardready:wards_ready:ratio and on () (timestamp(wardready:wards_ready:ratio) > {since})"
+    )
+    (got,) = wait_for(
+        lambda: stack.results(recorded, stack.store) or None, 60, "the recorded ratio in the store"
+    )
+    assert float(got["value"][1]) == collector_ratio
+    # Only readiness travels, without the scrape's shard label.
+    names = stack.http.get(f"{stack.store}/api/v1/label/__name__/values").json()["data"]
+    wardready = {n for n in names if n.startswith("wardready")}
+    assert "wardready_ward_reason" in wardready
+    assert all(
+        n.startswith(("wardready_ward_", "wardready:")) or n == "wardready_wards" for n in wardready
+    ), wardready
+    assert not stack.results('{__name__=~"wardready.*", shard!=""}', stack.store)

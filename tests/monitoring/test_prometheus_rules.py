@@ -3,15 +3,23 @@ show it firing and not firing, with labels on-call can route on and annotations 
 
 from __future__ import annotations
 
+import json
+import math
+import re
 import shutil
 from pathlib import Path
 from typing import Any
 
+import jinja2
 import pytest
 import yaml
 
-from tests.helpers import need_program
+from collector.exposition import WARD_SERIES_BUDGET
+from tests.helpers import ROOT, need_program
 from tests.monitoring import PROMETHEUS_DIR, RULE_TESTS, RULES, run
+
+NATIONAL_WARDS = 3321
+ROLE = ROOT / "ansible" / "roles" / "wardready_monitoring"
 
 # Alerts about one ward route on working_group and are inhibited per ward; fleet alerts go to
 # the Digital Transformation Center.
@@ -58,6 +66,109 @@ def test_promtool_check_config(tmp_path: Path) -> None:
     assert "WARNING" not in done.stdout + done.stderr
 
 
+def collector_job(config: dict[str, Any]) -> dict[str, Any]:
+    (job,) = [j for j in config["scrape_configs"] if j["job_name"] == "wardready-collector"]
+    found: dict[str, Any] = job
+    return found
+
+
+def shard_targets(job: dict[str, Any]) -> list[int]:
+    """The shard of each target, checking each is one collector address with ?shard=K."""
+    shards = []
+    for static in job["static_configs"]:
+        assert len(static["targets"]) == 1, static
+        shards.append(int(static["labels"]["shard"]))
+    assert {"source_labels": ["shard"], "target_label": "__param_shard"} in job["relabel_configs"]
+    return shards
+
+
+def test_shipped_config_scrapes_every_shard_within_the_series_budget() -> None:
+    job = collector_job(load(PROMETHEUS_DIR / "prometheus.yml"))
+    shards = shard_targets(job)
+    assert shards == list(range(len(shards))) and len(shards) > 1
+    # A national fleet's shard, with room for an uneven hash, fits under sample_limit.
+    per_shard = math.ceil(NATIONAL_WARDS / len(shards) * 1.2)
+    assert job["sample_limit"] >= per_shard * WARD_SERIES_BUDGET
+    assert job["label_limit"] >= 11 and job["label_value_length_limit"] >= 3 * 128
+
+
+def remote_write_fragment() -> list[dict[str, Any]]:
+    block: list[dict[str, Any]] = load(PROMETHEUS_DIR / "remote-write.yml")["remote_write"]
+    return block
+
+
+def test_remote_write_fragment_keeps_only_readiness_and_passes_promtool(tmp_path: Path) -> None:
+    promtool = need_program("promtool")
+    shutil.copytree(PROMETHEUS_DIR, tmp_path / "prometheus")
+    config = tmp_path / "prometheus" / "prometheus.yml"
+    (tmp_path / "prometheus" / "prometheus.token").write_text("a-viewer-token\n")
+    fragment = (PROMETHEUS_DIR / "remote-write.yml").read_text(encoding="utf-8")
+    config.write_text(config.read_text(encoding="utf-8") + "\n" + fragment, encoding="utf-8")
+    done = run([promtool, "check", "config", str(config)])
+    assert done.returncode == 0, done.stdout + done.stderr
+    relabel = remote_write_fragment()[0]["write_relabel_configs"]
+    (keep,) = [r for r in relabel if r.get("action") == "keep"]
+    pattern = re.compile(f"^(?:{keep['regex']})$")
+    for name in ("wardready_ward_ready", "wardready_ward_reason", "wardready:wards_ready:ratio"):
+        assert pattern.match(name), name
+    for name in ("wardready_icmp_loss_ratio", "wardready_check_success", "up"):
+        assert not pattern.match(name), name
+    done = run([promtool, "check", "config", str(PROMETHEUS_DIR / "long-term.yml")])
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def render_role_config(tmp_path: Path, **overrides: Any) -> dict[str, Any]:
+    """The role's prometheus.yml.j2 with its defaults, checked by promtool."""
+    env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+    env.filters["to_json"] = json.dumps
+    defaults = load(ROLE / "defaults" / "main.yml")
+    values = {k: v for k, v in defaults.items() if not str(v).startswith("{{")}
+    values.update(ansible_managed="managed", **overrides)
+    text = env.from_string((ROLE / "templates" / "prometheus.yml.j2").read_text("utf-8")).render(
+        values
+    )
+    shutil.copytree(PROMETHEUS_DIR / "rules", tmp_path / "rules", dirs_exist_ok=True)
+    token = tmp_path / "wardready.token"
+    token.write_text("a-viewer-token\n")
+    text = text.replace("/etc/prometheus/rules/", f"{tmp_path}/rules/")
+    text = text.replace("/etc/prometheus/wardready.token", str(token))
+    path = tmp_path / "prometheus.yml"
+    path.write_text(text, encoding="utf-8")
+    done = run([need_program("promtool"), "check", "config", str(path)])
+    assert done.returncode == 0, done.stdout + done.stderr
+    config: dict[str, Any] = yaml.safe_load(text)
+    return config
+
+
+def test_role_config_scrapes_its_shards_and_sends_readiness_when_asked(tmp_path: Path) -> None:
+    one = render_role_config(tmp_path)
+    job = collector_job(one)
+    assert shard_targets(job) == [0] and "remote_write" not in one
+    assert job["sample_limit"] >= math.ceil(NATIONAL_WARDS * 1.2) * WARD_SERIES_BUDGET
+    four = render_role_config(
+        tmp_path,
+        wardready_monitoring_metrics_shards=4,
+        wardready_monitoring_remote_write_url="http://store.city:9091/api/v1/write",
+    )
+    job = collector_job(four)
+    assert shard_targets(job) == [0, 1, 2, 3]
+    assert job["sample_limit"] >= math.ceil(NATIONAL_WARDS / 4 * 1.2) * WARD_SERIES_BUDGET
+    (sent,) = four["remote_write"]
+    assert sent["url"] == "http://store.city:9091/api/v1/write"
+    # The same series as the fragment the static config documents.
+    assert sent["write_relabel_configs"] == remote_write_fragment()[0]["write_relabel_configs"]
+    specs = load(ROLE / "meta" / "argument_specs.yml")["argument_specs"]["main"]["options"]
+    defaults = load(ROLE / "defaults" / "main.yml")
+    for name in (
+        "wardready_monitoring_metrics_shards",
+        "wardready_monitoring_wards",
+        "wardready_monitoring_ward_series_budget",
+        "wardready_monitoring_remote_write_url",
+    ):
+        assert specs[name]["default"] == defaults[name], name
+    assert defaults["wardready_monitoring_ward_series_budget"] == WARD_SERIES_BUDGET
+
+
 def test_promtool_check_rules() -> None:
     promtool = need_program("promtool")
     assert RULES, "no rule files in prometheus/rules"
@@ -102,6 +213,7 @@ def test_every_alert_is_tested_firing_and_silent() -> None:
         "CollectorDown",
         "WardreadyJudgeStale",
         "WardreadyIngestRejectionsSpike",
+        "WardreadyMetricsBudgetCut",
     }
     fires: dict[str, list[dict[str, Any]]] = {}
     silent: set[str] = set()
