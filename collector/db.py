@@ -299,6 +299,7 @@ def current_revision(engine: Engine) -> str | None:
 def head_revision() -> str | None:
     return ScriptDirectory.from_config(alembic_config()).get_current_head()
 
+
 # Audits of a time window (collector.audits): written once, never updated. ``content`` is the
 # canonical JSON the ``sha256`` column was computed over; the other columns repeat fields of
 # it for listing, and ``audit verify`` checks that they still agree with it.
@@ -313,4 +314,26 @@ audits = sa.Table(
     sa.Column("signed_off_by", sa.UnicodeText, nullable=False),
     sa.Column("content", sa.UnicodeText, nullable=False),
     sa.Column("sha256", sa.String(64), nullable=False),
+)
+
+# Which collector process judges (collector.lease): one row, name "judge". A process holds the
+# lease while ``expires_at`` (epoch seconds, the database's clock on PostgreSQL) is ahead.
+leases = sa.Table(
+    "leases",
+    metadata,
+    sa.Column("name", sa.String(32), primary_key=True),
+    sa.Column("holder", sa.UnicodeText, nullable=False, server_default=""),
+    sa.Column("acquired_at", sa.Double, nullable=False, server_default="0"),
+    sa.Column("expires_at", sa.Double, nullable=False, server_default="0"),
+)
+
+# The lease holder's latest judgement of every ward (one row, id 1): zlib-compressed JSON of
+# the verdicts, so a process without the lease serves the same verdicts (collector.lease).
+verdict_snapshot = sa.Table(
+    "verdict_snapshot",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("holder", sa.UnicodeText, nullable=False),
+    sa.Column("judged_at", sa.Double, nullable=False),
+    sa.Column("body", sa.LargeBinary, nullable=False),
 )
