@@ -15,7 +15,6 @@ import sqlalchemy as sa
 
 from collector import db, tokens, wards
 from collector.follow import Follower, holes
-from collector.profile import load_profile
 from collector.service import Service
 from collector.state import State
 from shared.wire import ResultRecord
