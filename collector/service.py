@@ -488,30 +488,22 @@ class Service:
         since = self._judge_since
         if since is None:
             return None
-        if self.lease is not None and not self.lease.held:
-            return self._snapshot_health(since)
-        limit = max(
-            STALE_PERIODS * (self._verdict_seconds + self._judge_took), self.min_stale_seconds
-        )
-        last = self._last_judged
+        # A process without the lease is healthy while the holder's snapshot keeps changing:
+        # someone judges, and this process sees it.
+        standby = self.lease is not None and not self.lease.held
+        took = 0.0 if standby else self._judge_took
+        limit = max(STALE_PERIODS * (self._verdict_seconds + took), self.min_stale_seconds)
+        last = self._snapshot_changed if standby else self._last_judged
         age = time.monotonic() - (since if last is None else last)
         if age <= limit:
             return None
+        if standby:
+            if last is None:
+                return f"verdict snapshot stale: none from a judge in the {age:.0f} s since start"
+            return f"verdict snapshot stale: unchanged for {age:.0f} s (limit {limit:.0f} s)"
         if last is None:
             return f"judge stale: no full judgement in the {age:.0f} s since judging started"
         return f"judge stale: last full judgement {age:.0f} s ago (limit {limit:.0f} s)"
-
-    def _snapshot_health(self, since: float) -> str | None:
-        """A process without the lease is healthy while the holder's snapshot keeps
-        changing: someone judges, and this process sees it."""
-        limit = max(STALE_PERIODS * self._verdict_seconds, self.min_stale_seconds)
-        changed = self._snapshot_changed
-        age = time.monotonic() - (since if changed is None else changed)
-        if age <= limit:
-            return None
-        if changed is None:
-            return f"verdict snapshot stale: none from a judge in the {age:.0f} s since start"
-        return f"verdict snapshot stale: unchanged for {age:.0f} s (limit {limit:.0f} s)"
 
     def series_usage(self, ward: str) -> SeriesUsage:
         return self.state.usage(ward)

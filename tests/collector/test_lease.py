@@ -4,8 +4,10 @@ renewing, the other takes over; a holder that lost the lease stores nothing."""
 
 from __future__ import annotations
 
+import json
 import math
 import time
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,15 +18,10 @@ from collector import db, lease, tokens, wards
 from collector.readiness import CriterionResult, Evidence, Verdict
 from collector.service import Service
 
+from . import test_follow
 from .conftest import PROFILE, READY, UNITS, batch, body, healthy_results
 
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def shared_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'shared.db'}"
-    url: str = request.getfixturevalue("pg_url")
-    return url
+shared_url = test_follow.shared_url  # the fixture: SQLite, then PostgreSQL
 
 
 @pytest.fixture
@@ -181,3 +178,20 @@ def test_snapshot_round_trip_keeps_every_field() -> None:
         evaluated_at=1234.5,
     )  # fmt: skip
     assert lease.decode(lease.encode({v.ward: v})) == {v.ward: v}
+
+
+def test_a_snapshot_from_another_version_is_read_by_field_name() -> None:
+    """Fields named in another order (a replica of another version mid-upgrade) still land
+    where they belong."""
+    ev = Evidence("pc-01/wan", 0.5, 0.01, "<", "avg", "15m", 3, 12.5, "failed", "loss 50%")
+    v = Verdict("ward-a", "not_ready", ["WAN"], [CriterionResult("w", "W", "blocker", "failed",
+                [ev])], 99.0)  # fmt: skip
+    doc = json.loads(zlib.decompress(lease.encode({"ward-a": v})))
+    doc["evidence"] = doc["evidence"][::-1]
+    doc["verdict"] = doc["verdict"][::-1]
+    for row in doc["rows"]:
+        *fields, criteria = row
+        row[:] = [*fields[::-1], criteria]
+        for c in criteria:
+            c[-1] = [e[::-1] for e in c[-1]]
+    assert lease.decode(zlib.compress(json.dumps(doc).encode())) == {"ward-a": v}
