@@ -24,6 +24,8 @@ from sqlalchemy.engine import Engine
 
 DEFAULT_URL = "sqlite:///wardready.db"
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+# PostgreSQL advisory lock key held while migrating ("ward" in ASCII).
+MIGRATION_LOCK = 0x77617264
 
 # Seconds a SQLite connection waits for another writer (the CLI, a second thread) before
 # giving up with "database is locked".
@@ -287,6 +289,10 @@ def upgrade(engine: Engine) -> None:
     """Bring the schema to the newest revision; a no-op when it is already there."""
     cfg = alembic_config()
     with writer(engine).begin() as conn:
+        if conn.dialect.name == "postgresql":
+            # Replicas started together would each create the same tables: one at a time,
+            # the later ones then find the schema at head. (SQLite: BEGIN IMMEDIATE does it.)
+            conn.execute(sa.select(sa.func.pg_advisory_xact_lock(MIGRATION_LOCK)))
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "head")
 

@@ -74,6 +74,8 @@ class Lease:
         self.name = name
         self.clock = clock
         self.held = False
+        # Once released (shutting down), never taken again by this process.
+        self.released = False
 
     def _claim(self, conn: sa.Connection, seconds: float) -> bool:
         t = db.leases
@@ -92,6 +94,8 @@ class Lease:
 
     def claim(self, seconds: float) -> bool:
         """Take or renew the lease for ``seconds``; True when this process now holds it."""
+        if self.released:
+            return False
         with db.writer(self.engine).begin() as conn:
             self.held = self._claim(conn, seconds)
         return self.held
@@ -99,6 +103,8 @@ class Lease:
     def publish(self, verdicts: Mapping[str, Verdict], judged_at: float, seconds: float) -> bool:
         """Renew the lease and, in the same transaction, store ``verdicts`` as the snapshot.
         False (nothing stored) when the lease is no longer ours."""
+        if self.released:
+            return False
         body = encode(verdicts)
         s = db.verdict_snapshot
         with db.writer(self.engine).begin() as conn:
@@ -112,6 +118,7 @@ class Lease:
 
     def release(self) -> None:
         """Let the lease go at once (a clean shutdown), so a standby need not wait it out."""
+        self.released = True
         t = db.leases
         with db.writer(self.engine).begin() as conn:
             conn.execute(

@@ -178,7 +178,7 @@ class Service:
         return service
 
     def close(self) -> None:
-        if self.lease is not None and self.lease.held:
+        if self.lease is not None:
             try:
                 self.lease.release()
             except sa.exc.SQLAlchemyError:
@@ -383,11 +383,16 @@ class Service:
         if self._judge_since is None:
             self._judge_since = time.monotonic()
         self._judging.set()
+        expired = float("-inf")
         try:
             while not stop.is_set():
                 wait = self._verdict_seconds
                 try:
-                    self.state.expire(self.clock())
+                    mono = time.monotonic()
+                    # Once a period: a standby's loop turns more often than that.
+                    if mono - expired >= self._verdict_seconds:
+                        self.state.expire(self.clock())
+                        expired = mono
                     if self.lease is None:
                         with self._verdict_lock:
                             self._judge(time.monotonic())

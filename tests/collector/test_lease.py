@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import json
 import math
+import threading
 import time
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 from prometheus_client.parser import text_string_to_metric_families
 
 from collector import db, lease, tokens, wards
@@ -195,3 +197,42 @@ def test_a_snapshot_from_another_version_is_read_by_field_name() -> None:
         for c in criteria:
             c[-1] = [e[::-1] for e in c[-1]]
     assert lease.decode(zlib.compress(json.dumps(doc).encode())) == {"ward-a": v}
+
+
+def test_a_released_lease_is_never_taken_again_by_its_process(
+    two: tuple[Service, Service],
+) -> None:
+    """Shutting down: a judgement finishing after close() must not take the lease back."""
+    a, b = two
+    a._judge_if_leader()
+    assert a.lease is not None and a.lease.held
+    a.lease.release()
+    assert not a.lease.publish({}, time.time(), 5.0)
+    assert not a.lease.claim(5.0)
+    b._judge_if_leader()
+    assert b.lease is not None and b.lease.held
+
+
+def test_replicas_starting_together_migrate_once(pg_url: str) -> None:
+    engines = [db.make_engine(pg_url) for _ in range(3)]
+    errors: list[BaseException] = []
+
+    def upgrade(engine: sa.Engine) -> None:
+        try:
+            db.upgrade(engine)
+        except BaseException as exc:  # reported below, with the assertion
+            errors.append(exc)
+
+    threads = [threading.Thread(target=upgrade, args=(e,)) for e in engines]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == []
+    assert db.current_revision(engines[0]) == db.head_revision()
+    found = lease.holder(engines[0])
+    assert found is None  # the lease row exists once, held by nobody
+    with engines[0].connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(db.leases)).scalar() == 1
+    for e in engines:
+        e.dispose()
