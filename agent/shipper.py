@@ -215,16 +215,19 @@ class Shipper:
         """POST ``body`` to each collector in turn, from the current one, until one answers
         with less than 500; the last failure when none does."""
         failed = PushOutcome(False, problem="no collector tried", transient=True)
+        # An explicit timeout (the final drain) bounds all the tries together.
+        deadline = None if timeout is None else time.monotonic() + timeout
         for _ in range(len(self.endpoints)):
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                break
             endpoint = self.endpoint
             t0 = time.time()
             try:
                 response = self._client.post(
                     endpoint,
                     content=body,
-                    timeout=httpx.Timeout(timeout)
-                    if timeout is not None
-                    else httpx.USE_CLIENT_DEFAULT,
+                    timeout=httpx.Timeout(left) if left is not None else httpx.USE_CLIENT_DEFAULT,
                 )
             except httpx.HTTPError as exc:
                 problem = f"collector {endpoint} unreachable: {type(exc).__name__}: {exc}"

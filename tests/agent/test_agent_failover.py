@@ -149,3 +149,24 @@ def test_bad_urls_are_named_with_file_line_and_field(
     with pytest.raises(ConfigError) as caught:
         load_config("agent.yaml")
     assert caught.value.messages == [message]
+
+
+def test_a_push_with_a_timeout_spends_it_on_all_tries_together(
+    tmp_path: Path, collector_factory: Callable[..., FakeCollector]
+) -> None:
+    """The final drain's deadline holds: a collector that never answers uses it up, and the
+    next one is not tried past it (the results stay for the next start)."""
+    well = collector_factory()
+    with socket.socket() as silent:  # accepts connections (the backlog), never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        spool = Spool(tmp_path / "spool.db", 1000)
+        fill(spool, 2)
+        shipper = shipper_for(spool, [f"http://127.0.0.1:{silent.getsockname()[1]}", well.url])
+        try:
+            outcome = shipper.push_once(timeout=0.5)
+        finally:
+            shipper.close()
+    assert not outcome.ok and "Timeout" in outcome.problem
+    assert well.codes == []
+    assert spool.depth() == 2
