@@ -189,6 +189,9 @@ def test_two_replicas_behind_haproxy_survive_kill_9_of_each(
             assert via_lb.status_code == 200 and via_lb.json()["evaluated_at"] > killed
             assert b.healthy()
             more(200, "delivery with replica-a dead")
+            # The agent that pushes to replica-a directly moved on to replica-b by itself.
+            log = agents[2].workdir / f"{agents[2].ward}.pc-01.log"
+            assert f"trying {b.url}/api/v1/ingest" in log.read_text()
             for agent in agents:
                 assert agent.stop() == 0  # a clean stop drains the spool
         finally:
