@@ -16,7 +16,7 @@ import pytest
 import sqlalchemy as sa
 from prometheus_client.parser import text_string_to_metric_families
 
-from collector import db, lease, tokens, wards
+from collector import cli, db, lease, tokens, wards
 from collector.readiness import CriterionResult, Evidence, Verdict
 from collector.service import Service
 
@@ -236,3 +236,18 @@ def test_replicas_starting_together_migrate_once(pg_url: str) -> None:
         assert conn.execute(sa.select(sa.func.count()).select_from(db.leases)).scalar() == 1
     for e in engines:
         e.dispose()
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        (["--follow-seconds", "-1"], "--follow-seconds: must be >= 0"),
+        (["--name", " "], "--name: must not be empty"),
+    ],
+)
+def test_serve_refuses_bad_cluster_options(
+    tmp_path: Path, option: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    assert cli.main(["--db", url, "serve", "--listen", "127.0.0.1:0", *option]) == 2
+    assert message in capsys.readouterr().err

@@ -100,11 +100,19 @@ def kill9(replica: Replica) -> None:
     replica.proc.popen.wait(10)
 
 
-def ingested(replica: Replica) -> float:
+def metric(replica: Replica, name: str) -> float:
     for line in str(replica.get("/metrics")).splitlines():
-        if line.startswith("wardready_collector_ingest_results_total "):
+        if line.startswith(f"{name} "):
             return float(line.split()[1])
-    return 0.0
+    raise AssertionError(f"{replica.name}: no {name} in /metrics")
+
+
+def ingested(replica: Replica) -> float:
+    return metric(replica, "wardready_collector_ingest_results_total")
+
+
+def holds(replica: Replica) -> float:
+    return metric(replica, "wardready_collector_judge_lease_held")
 
 
 def test_two_replicas_behind_haproxy_survive_kill_9_of_each(
@@ -165,6 +173,7 @@ def test_two_replicas_behind_haproxy_survive_kill_9_of_each(
             b.start()
             more(100, "delivery with replica-b back")
             assert holder() == "replica-a"
+            assert (holds(a), holds(b)) == (1.0, 0.0)
 
             snap = lease.snapshot_judged_at(engine)
             assert snap is not None and snap[0] == "replica-a"
@@ -188,6 +197,7 @@ def test_two_replicas_behind_haproxy_survive_kill_9_of_each(
                                headers={"Authorization": f"Bearer {token}"})  # fmt: skip
             assert via_lb.status_code == 200 and via_lb.json()["evaluated_at"] > killed
             assert b.healthy()
+            assert holds(b) == 1.0
             more(200, "delivery with replica-a dead")
             # The agent that pushes to replica-a directly moved on to replica-b by itself.
             log = agents[2].workdir / f"{agents[2].ward}.pc-01.log"
