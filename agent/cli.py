@@ -70,7 +70,7 @@ class Agent:
         c = config.collector
         self.shipper = Shipper(
             self.spool,
-            url=c.url,
+            url=c.urls or c.url,
             token=c.token,
             ward=config.ward,
             agent=config.agent,

@@ -6,6 +6,9 @@ Layout (all keys; unknown keys are errors everywhere)::
     agent: pc-01                   # optional, default: the host name, sanitized
     collector:
       url: http://127.0.0.1:8080   # http:// or https://
+      urls:                        # instead of url: several collectors, tried in turn (the
+        - https://lb.example.gov.vn    # first that answers is kept until it fails)
+        - https://collector-2.example.gov.vn
       token_file: /etc/wardready/token   # or `token:` inline; exactly one of the two
       ca_file: /etc/wardready/ca.pem     # https only: trust this CA (default: the system's)
       client_cert: /etc/wardready/agent.pem   # https only, with client_key: mTLS
@@ -54,6 +57,7 @@ from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -131,8 +135,23 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _http_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"must be an http:// or https:// URL with a host, got {value!r}")
+    if parts.query or parts.fragment:
+        raise ValueError("must not carry a query or fragment")
+    return value.rstrip("/")
+
+
+HttpUrl = Annotated[str, AfterValidator(_http_url)]
+# More would only lengthen the time a push takes to find a working one.
+MAX_COLLECTOR_URLS = 8
+
+
 class CollectorSection(_Section):
-    url: str
+    url: HttpUrl | None = None
+    urls: list[HttpUrl] | None = Field(None, min_length=1, max_length=MAX_COLLECTOR_URLS)
     token_file: str | None = None
     token: SecretStr | None = None
     ca_file: str | None = None
@@ -144,24 +163,28 @@ class CollectorSection(_Section):
     plan: bool = False
     plan_interval: Duration = 30.0
 
-    @field_validator("url")
+    @field_validator("urls")
     @classmethod
-    def _http_url(cls, value: str) -> str:
-        parts = urlsplit(value)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"must be an http:// or https:// URL with a host, got {value!r}")
-        if parts.query or parts.fragment:
-            raise ValueError("must not carry a query or fragment")
-        return value.rstrip("/")
+    def _distinct(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and len(set(value)) != len(value):
+            twice = next(u for u in value if value.count(u) > 1)
+            raise ValueError(f"{twice!r} is listed twice")
+        return value
+
+    @property
+    def all_urls(self) -> tuple[str, ...]:
+        return tuple(self.urls) if self.urls else (self.url,) if self.url else ()
 
     @model_validator(mode="after")
     def _one_token(self) -> CollectorSection:
+        if (self.url is None) == (self.urls is None):
+            raise ValueError("set exactly one of url (one collector) or urls (several)")
         if (self.token_file is None) == (self.token is None):
             raise ValueError("set exactly one of token_file (preferred) or token")
         if (self.client_cert is None) != (self.client_key is None):
             raise ValueError("set both client_cert and client_key, or neither")
         tls = self.ca_file is not None or self.client_cert is not None
-        if tls and not self.url.startswith("https://"):
+        if tls and not all(u.startswith("https://") for u in self.all_urls):
             raise ValueError("ca_file, client_cert and client_key need an https:// url")
         return self
 
@@ -226,7 +249,7 @@ class PlanFile(_Section):
 
 @dataclass(frozen=True)
 class CollectorSettings:
-    url: str
+    url: str  # the first of urls: plan and inventory requests go here
     token: str = field(repr=False)
     push_interval: float = 5.0
     timeout: float = 5.0
@@ -236,6 +259,8 @@ class CollectorSettings:
     client_key: Path | None = None
     plan: bool = False
     plan_interval: float = 30.0
+    # Every collector the shipper may push to, in the order they are tried.
+    urls: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -543,7 +568,8 @@ def _build(
         ward=model.ward,
         agent=model.agent or default_agent_name(),
         collector=CollectorSettings(
-            url=c.url,
+            url=c.all_urls[0],
+            urls=c.all_urls,
             token=token,
             push_interval=c.push_interval,
             timeout=c.timeout,

@@ -13,6 +13,13 @@ keep the data: the fix is elsewhere, and the results are still good once it is m
 collector's message; all of them when it names none) are set aside in the spool, counted by
 reason and logged once a minute at most, and the rest keeps flowing.
 
+Several collectors (``urls``: replicas, or a load balancer and a replica behind it) are tried
+in turn: when one cannot be reached, times out or answers 5xx, the same batch goes at once to
+the next, and the one that answered is kept for the following pushes. A batch whose answer
+was lost (a replica killed after its commit) may so be stored by one collector and sent again
+to another: the collectors share one database, which stores each (ward, agent, stream, seq)
+once and counts the rest as duplicates, so nothing is lost or stored twice.
+
 The ward PC's clock is often wrong (no NTP, a flat CMOS battery). Every collector answer says
 the collector's time (``X-Wardready-Time``, else the HTTP ``Date``), so the shipper knows the
 offset between the two clocks; past ``CLOCK_TOLERANCE_SECONDS`` it corrects each result's
@@ -30,6 +37,7 @@ import re
 import ssl
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -86,7 +94,7 @@ class Shipper:
         self,
         spool: Spool,
         *,
-        url: str,
+        url: str | Sequence[str],
         token: str,
         ward: str,
         agent: str,
@@ -103,7 +111,12 @@ class Shipper:
         client_key: Path | None = None,
     ) -> None:
         self.spool = spool
-        self.endpoint = url.rstrip("/") + INGEST_PATH
+        urls = [url] if isinstance(url, str) else list(url)
+        if not urls:
+            raise ValueError("url: at least one collector URL is needed")
+        self.endpoints = [u.rstrip("/") + INGEST_PATH for u in urls]
+        # The collector pushes go to first: the last one that answered.
+        self._current = 0
         self.ward = ward
         self.agent = agent
         self.push_interval = push_interval
@@ -193,20 +206,55 @@ class Shipper:
             self.push_failures_total += 1
         return outcome
 
+    @property
+    def endpoint(self) -> str:
+        """The ingest URL the next push goes to first."""
+        return self.endpoints[self._current]
+
+    def _post(self, body: bytes, timeout: float | None) -> httpx.Response | PushOutcome:
+        """POST ``body`` to each collector in turn, from the current one, until one answers
+        with less than 500; the last failure when none does."""
+        failed = PushOutcome(False, problem="no collector tried", transient=True)
+        # An explicit timeout (the final drain) bounds all the tries together.
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for _ in range(len(self.endpoints)):
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                break
+            endpoint = self.endpoint
+            t0 = time.time()
+            try:
+                response = self._client.post(
+                    endpoint,
+                    content=body,
+                    timeout=httpx.Timeout(left) if left is not None else httpx.USE_CLIENT_DEFAULT,
+                )
+            except httpx.HTTPError as exc:
+                problem = f"collector {endpoint} unreachable: {type(exc).__name__}: {exc}"
+                failed = PushOutcome(False, problem=problem, transient=True)
+            else:
+                self._learn_clock(response, t0, time.time())
+                if response.status_code < 500:
+                    return response
+                message = self._redact(_collector_message(response))
+                problem = (
+                    f"collector {endpoint} answered {response.status_code} "
+                    f"{response.reason_phrase}: {message}"
+                )
+                failed = PushOutcome(
+                    False, problem=problem, transient=True, retry_after=_retry_after(response)
+                )
+            if len(self.endpoints) > 1:
+                self._current = (self._current + 1) % len(self.endpoints)
+                log.warning("%s; trying %s", failed.problem, self.endpoint)
+        return failed
+
     def _push(self, timeout: float | None) -> PushOutcome:
         body, records = self._batch_body()
         shift = self.correction()
-        t0 = time.time()
-        try:
-            response = self._client.post(
-                self.endpoint,
-                content=body,
-                timeout=httpx.Timeout(timeout) if timeout is not None else httpx.USE_CLIENT_DEFAULT,
-            )
-        except httpx.HTTPError as exc:
-            problem = f"collector unreachable: {type(exc).__name__}: {exc}"
-            return PushOutcome(False, problem=problem, transient=True)
-        self._learn_clock(response, t0, time.time())
+        response = self._post(body, timeout)
+        if isinstance(response, PushOutcome):
+            return response
         code = response.status_code
         if code == 200:
             try:

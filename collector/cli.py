@@ -40,6 +40,8 @@ log = logging.getLogger("collector")
 
 DEFAULT_LISTEN = "127.0.0.1:8080"
 DEFAULT_PRUNE_EVERY = 3600.0
+# Seconds between reads of what other collector processes stored (PostgreSQL).
+DEFAULT_FOLLOW = 1.0
 HTTP_TIMEOUT = 10.0
 NAME_COLUMN = 32
 VERDICT_ORDER = {"not_ready": 0, "unknown": 1, "ready": 2}
@@ -483,6 +485,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise UsageError("--metrics-shards (or WARDREADY_METRICS_SHARDS): must be at least 1")
     if args.ingest_rate < 0 or args.ingest_burst < 1:
         raise UsageError("--ingest-rate: must be >= 0 (0: no limit); --ingest-burst: >= 1")
+    if args.follow_seconds is not None and args.follow_seconds < 0:
+        raise UsageError("--follow-seconds: must be >= 0 (0: a single collector process)")
+    if args.name is not None and not args.name.strip():
+        raise UsageError("--name: must not be empty")
     tls = None
     if args.tls_cert is not None:
         try:
@@ -503,12 +509,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(
             f"{args.wards}: {len(found)} wards ({added} added, {updated} updated)", file=sys.stderr
         )
+    follow = args.follow_seconds
+    if follow is None:
+        # Several processes share a PostgreSQL database; SQLite serves one.
+        follow = 0.0 if db.database_url(args.db).startswith("sqlite") else DEFAULT_FOLLOW
     service = Service.open(
         args.db,
         args.profile,
         verdict_seconds=args.verdict_seconds,
         agent_series_budget=args.agent_series_budget,
         ward_series_budget=args.ward_series_budget,
+        name=args.name,
+        follow_seconds=follow,
     )
     _tune_interpreter()
     sock = _bind(host, port)
@@ -538,6 +550,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     threading.Thread(
         target=service.supervise_judge, args=(stop,), name="judge-supervisor", daemon=True
     ).start()
+    if follow > 0:
+        threading.Thread(
+            target=service.follow_forever, args=(stop,), name="follow", daemon=True
+        ).start()
     if args.retention_days > 0:
         threading.Thread(
             target=_pruner,
@@ -665,6 +681,19 @@ def build_parser() -> argparse.ArgumentParser:
         default=os.environ.get("WARDREADY_METRICS_SHARDS", "1"),
         help="split /metrics?shard=K into this many shards by ward, for Prometheus to scrape "
         "in parallel (default $WARDREADY_METRICS_SHARDS or 1)",
+    )
+    s.add_argument(
+        "--name",
+        default=os.environ.get("WARDREADY_NAME"),
+        help="this collector process's name among several on one database, shown as the "
+        "judge lease's holder (default: $WARDREADY_NAME, else HOST:PID)",
+    )
+    s.add_argument(
+        "--follow-seconds",
+        type=float,
+        help="read what other collector processes stored this often, and judge only while "
+        f"holding the judge lease (default: {DEFAULT_FOLLOW:g} on PostgreSQL; 0, a single "
+        "process, on SQLite)",
     )
     s.add_argument("--tls-cert", type=Path, help="serve HTTPS with this certificate chain (PEM)")
     s.add_argument("--tls-key", type=Path, help="the certificate's private key (PEM)")

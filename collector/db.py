@@ -24,6 +24,8 @@ from sqlalchemy.engine import Engine
 
 DEFAULT_URL = "sqlite:///wardready.db"
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+# PostgreSQL advisory lock key held while migrating ("ward" in ASCII).
+MIGRATION_LOCK = 0x77617264
 
 # Seconds a SQLite connection waits for another writer (the CLI, a second thread) before
 # giving up with "database is locked".
@@ -287,6 +289,10 @@ def upgrade(engine: Engine) -> None:
     """Bring the schema to the newest revision; a no-op when it is already there."""
     cfg = alembic_config()
     with writer(engine).begin() as conn:
+        if conn.dialect.name == "postgresql":
+            # Replicas started together would each create the same tables: one at a time,
+            # the later ones then find the schema at head. (SQLite: BEGIN IMMEDIATE does it.)
+            conn.execute(sa.select(sa.func.pg_advisory_xact_lock(MIGRATION_LOCK)))
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "head")
 
@@ -298,6 +304,7 @@ def current_revision(engine: Engine) -> str | None:
 
 def head_revision() -> str | None:
     return ScriptDirectory.from_config(alembic_config()).get_current_head()
+
 
 # Audits of a time window (collector.audits): written once, never updated. ``content`` is the
 # canonical JSON the ``sha256`` column was computed over; the other columns repeat fields of
@@ -313,4 +320,26 @@ audits = sa.Table(
     sa.Column("signed_off_by", sa.UnicodeText, nullable=False),
     sa.Column("content", sa.UnicodeText, nullable=False),
     sa.Column("sha256", sa.String(64), nullable=False),
+)
+
+# Which collector process judges (collector.lease): one row, name "judge". A process holds the
+# lease while ``expires_at`` (epoch seconds, the database's clock on PostgreSQL) is ahead.
+leases = sa.Table(
+    "leases",
+    metadata,
+    sa.Column("name", sa.String(32), primary_key=True),
+    sa.Column("holder", sa.UnicodeText, nullable=False, server_default=""),
+    sa.Column("acquired_at", sa.Double, nullable=False, server_default="0"),
+    sa.Column("expires_at", sa.Double, nullable=False, server_default="0"),
+)
+
+# The lease holder's latest judgement of every ward (one row, id 1): zlib-compressed JSON of
+# the verdicts, so a process without the lease serves the same verdicts (collector.lease).
+verdict_snapshot = sa.Table(
+    "verdict_snapshot",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("holder", sa.UnicodeText, nullable=False),
+    sa.Column("judged_at", sa.Double, nullable=False),
+    sa.Column("body", sa.LargeBinary, nullable=False),
 )

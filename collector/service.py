@@ -19,9 +19,9 @@ create series past it is refused with a 422 naming the budget, before anything i
 
 from __future__ import annotations
 
-import json
 import logging
 import os
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -29,24 +29,30 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from itertools import groupby
 from pathlib import Path
-from typing import Any
 
 import sqlalchemy as sa
+from prometheus_client import Counter, Gauge
 from sqlalchemy.engine import Engine
 
 from collector import clocks, db, history, ingest
+from collector import lease as leases
 from collector import wards as wardlist
 from collector.commit import Committer, Job
 from collector.expected import PlanBook, annotate
+from collector.follow import STATE_COLUMNS, Follower, record
 from collector.ingest import Stored
 from collector.profile import Profile, default_profile_path, load_profile
 from collector.readiness import Verdict, evaluate_all
 from collector.selfmetrics import SelfMetrics
 from collector.state import DEFAULT_AGENT_SERIES, DEFAULT_WARD_SERIES, SeriesUsage, State
 from collector.tokens import CACHE_SECONDS, Grant, TokenCache, bearer
-from shared.wire import Ack, Batch, ResultRecord
+from shared.wire import Ack, Batch
 
 log = logging.getLogger(__name__)
+
+# Read by collector.audit_replay too.
+_STATE_COLUMNS = STATE_COLUMNS
+_record = record
 
 DEFAULT_VERDICT_SECONDS = 2.0
 # A ward list imported by the CLI while the server runs shows up within this long.
@@ -78,46 +84,6 @@ def profile_path(explicit: str | Path | None = None) -> Path:
     return Path(given) if given else default_profile_path()
 
 
-_STATE_COLUMNS = tuple(
-    db.results.c[name]
-    for name in (
-        "agent",
-        "seq",
-        "check",
-        "name",
-        "target",
-        "address",
-        "labels",
-        "interval_seconds",
-        "started",
-        "duration_seconds",
-        "success",
-        "reason",
-        "metrics",
-    )
-)
-
-
-def _record(row: sa.Row[Any]) -> ResultRecord:
-    # Rows were validated on the way in; constructing without validation keeps a restart
-    # with millions of rows quick.
-    return ResultRecord.model_construct(
-        seq=row.seq,
-        check=row.check,
-        name=row.name,
-        target=row.target,
-        address=row.address,
-        labels=json.loads(row.labels),
-        interval_seconds=row.interval_seconds,
-        started=row.started,
-        duration_seconds=row.duration_seconds,
-        success=bool(row.success),
-        reason=row.reason,
-        metrics=json.loads(row.metrics),
-        info={},
-    )
-
-
 class Service:
     def __init__(
         self,
@@ -130,6 +96,8 @@ class Service:
         clock: Callable[[], float] = time.time,
         agent_series_budget: int = DEFAULT_AGENT_SERIES,
         ward_series_budget: int = DEFAULT_WARD_SERIES,
+        name: str | None = None,
+        follow_seconds: float = 0.0,
     ) -> None:
         self.engine = engine
         self.profile = profile
@@ -158,6 +126,30 @@ class Service:
         self._last_judged: float | None = None
         self._judge_took = 0.0
         self.min_stale_seconds = MIN_STALE_SECONDS
+        # Several processes on one database (follow_seconds > 0): follow the results table,
+        # and judge only while holding the judge lease (collector.follow, collector.lease).
+        self.name = name or default_name()
+        self.follow_seconds = follow_seconds
+        self.follower = Follower(engine) if follow_seconds > 0 else None
+        self.lease = leases.Lease(engine, self.name, clock) if follow_seconds > 0 else None
+        # The holder's latest snapshot, and (monotonic) when it was last seen to change.
+        self._snapshot: leases.Snapshot | None = None
+        self._snapshot_changed: float | None = None
+        # Verdicts judged here while no snapshot exists yet: (monotonic, verdicts).
+        self._interim: tuple[float, dict[str, Verdict]] | None = None
+        self.lease_held = Gauge(
+            "wardready_collector_judge_lease_held",
+            "1 while this collector process holds the judge lease (it judges every ward and "
+            "writes the verdict snapshot), 0 while it serves the holder's snapshot.",
+            registry=self.metrics.registry,
+        )
+        self.lease_held.set(0 if self.lease is not None else 1)
+        self.followed = Counter(
+            "wardready_collector_followed_results",
+            "Result rows read back from the database to follow what other collector "
+            "processes stored (re-reads of id gaps included).",
+            registry=self.metrics.registry,
+        )
 
     @classmethod
     def open(
@@ -169,6 +161,8 @@ class Service:
         synchronous: str = "FULL",
         agent_series_budget: int = DEFAULT_AGENT_SERIES,
         ward_series_budget: int = DEFAULT_WARD_SERIES,
+        name: str | None = None,
+        follow_seconds: float = 0.0,
     ) -> Service:
         """Engine + migrations + profile + state rebuilt from the database, ready to serve."""
         loaded = load_profile(profile_path(profile))
@@ -180,12 +174,19 @@ class Service:
             verdict_seconds=verdict_seconds,
             agent_series_budget=agent_series_budget,
             ward_series_budget=ward_series_budget,
+            name=name,
+            follow_seconds=follow_seconds,
         )
         service.rebuild()
         return service
 
     def close(self) -> None:
         self._committer.close()
+        if self.lease is not None:
+            try:
+                self.lease.release()
+            except sa.exc.SQLAlchemyError:
+                log.exception("releasing the judge lease failed; it expires by itself")
         self.engine.dispose()
 
     def wards(self, refresh: bool = False) -> dict[str, wardlist.Ward]:
@@ -204,6 +205,9 @@ class Service:
         before a budget was lowered) are skipped, and series too old to matter are dropped,
         so memory after a restart is bounded as it is while running."""
         now = self.clock() if now is None else now
+        if self.follower is not None:
+            # Before reading: what commits while the rebuild reads is then followed.
+            self.follower.start()
         self.state = State.for_profile(self.profile, **self._budgets)
         since = now - self.profile.retention_seconds()
         keep_last = self.state.keep_last
@@ -395,6 +399,8 @@ class Service:
             annotate(result, self.profile, self.plan_book, now)
             clocks.annotate(result, self.agents())
             return result
+        if self.lease is not None and not self.lease.held:
+            return self._served()
         mono = time.monotonic()
         # While judge_forever runs, a cached result may be up to two periods old: a request
         # then never waits for an evaluation of every ward (~0.5 s at 3,321 wards).
@@ -437,19 +443,94 @@ class Service:
         if self._judge_since is None:
             self._judge_since = time.monotonic()
         self._judging.set()
+        expired = float("-inf")
         try:
             while not stop.is_set():
+                wait = self._verdict_seconds
                 try:
-                    self.state.expire(self.clock())
-                    with self._verdict_lock:
-                        self._judge(time.monotonic())
+                    mono = time.monotonic()
+                    # Once a period: a standby's loop turns more often than that.
+                    if mono - expired >= self._verdict_seconds:
+                        self.state.expire(self.clock())
+                        expired = mono
+                    if self.lease is None:
+                        with self._verdict_lock:
+                            self._judge(time.monotonic())
+                    else:
+                        wait = self._judge_if_leader()
                 except Exception:
                     log.exception("judging every ward failed; trying again in %g s",
                                   self._verdict_seconds)  # fmt: skip
                     self.metrics.judge_errors.inc()
-                stop.wait(self._verdict_seconds)
+                stop.wait(wait)
         finally:
             self._judging.clear()
+
+    def _judge_if_leader(self) -> float:
+        """One period with several processes: judge and publish while holding the lease,
+        else keep the holder's snapshot current. Returns how long to wait for the next."""
+        lease = self.lease
+        assert lease is not None
+        period = self._verdict_seconds
+        seconds = leases.LEASE_PERIODS * period + 2 * self._judge_took
+        was = lease.held
+        if not lease.claim(seconds):
+            if was:
+                log.warning("%s: lost the judge lease; serving the holder's verdicts", self.name)
+            self.lease_held.set(0)
+            self._refresh_snapshot()
+            # A standby looks often, so it takes over soon after the lease expires: well
+            # within two periods of the holder's death.
+            return period / 4
+        with self._verdict_lock:
+            if not was:
+                log.warning("%s: took the judge lease", self.name)
+                # History another holder wrote since: read its last states afresh.
+                self.history = history.Recorder(self.engine)
+                self._judge_since, self._last_judged = time.monotonic(), None
+            self.lease_held.set(1)
+            result = self._judge(time.monotonic())
+        if not lease.publish(result, self.clock(), seconds):
+            log.warning("%s: lost the judge lease while judging; snapshot not stored", self.name)
+            self.lease_held.set(0)
+        return period
+
+    def _refresh_snapshot(self) -> None:
+        """Load the holder's snapshot when it changed (a cheap look at judged_at first)."""
+        seen = leases.snapshot_judged_at(self.engine)
+        held = self._snapshot
+        if seen is None or (held is not None and (held.holder, held.judged_at) == seen):
+            return
+        snapshot = leases.load_snapshot(self.engine)
+        if snapshot is not None:
+            self._snapshot = snapshot
+            self._snapshot_changed = time.monotonic()
+
+    def _served(self) -> dict[str, Verdict]:
+        """Verdicts for a process without the lease: the holder's snapshot; before any
+        exists (a new database), a judgement of our own, cached for a period, never recorded."""
+        if self._snapshot is None and not self._judging.is_set():
+            self._refresh_snapshot()
+        if self._snapshot is not None:
+            return self._snapshot.verdicts
+        mono = time.monotonic()
+        with self._verdict_lock:
+            interim = self._interim
+            if interim is None or mono - interim[0] > self._verdict_seconds:
+                interim = self._interim = (mono, self.verdicts(self.clock()))
+            return interim[1]
+
+    def follow_forever(self, stop: threading.Event) -> None:
+        """Every ``follow_seconds``, add to State what other processes stored."""
+        follower = self.follower
+        if follower is None:
+            return
+        while not stop.wait(self.follow_seconds):
+            try:
+                self.followed.inc(follower.poll(self.state))
+            except Exception:
+                log.exception("following the results table failed; trying again in %g s",
+                              self.follow_seconds)  # fmt: skip
 
     def supervise_judge(self, stop: threading.Event) -> None:
         """Run :meth:`judge_forever` in a thread of its own, and start it again if it dies,
@@ -472,13 +553,19 @@ class Service:
         since = self._judge_since
         if since is None:
             return None
-        limit = max(
-            STALE_PERIODS * (self._verdict_seconds + self._judge_took), self.min_stale_seconds
-        )
-        last = self._last_judged
+        # A process without the lease is healthy while the holder's snapshot keeps changing:
+        # someone judges, and this process sees it.
+        standby = self.lease is not None and not self.lease.held
+        took = 0.0 if standby else self._judge_took
+        limit = max(STALE_PERIODS * (self._verdict_seconds + took), self.min_stale_seconds)
+        last = self._snapshot_changed if standby else self._last_judged
         age = time.monotonic() - (since if last is None else last)
         if age <= limit:
             return None
+        if standby:
+            if last is None:
+                return f"verdict snapshot stale: none from a judge in the {age:.0f} s since start"
+            return f"verdict snapshot stale: unchanged for {age:.0f} s (limit {limit:.0f} s)"
         if last is None:
             return f"judge stale: no full judgement in the {age:.0f} s since judging started"
         return f"judge stale: last full judgement {age:.0f} s ago (limit {limit:.0f} s)"
@@ -489,6 +576,11 @@ class Service:
     def prune(self, days: float = DEFAULT_RETENTION_DAYS, now: float | None = None) -> int:
         """Delete results that started more than ``days`` ago; returns how many."""
         return prune(self.engine, days, self.clock() if now is None else now)
+
+
+def default_name() -> str:
+    """A name no other collector process has: host name and process id."""
+    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 def _budget_error(over: list[tuple[int, str]]) -> ingest.IngestError:
