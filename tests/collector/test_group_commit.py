@@ -75,6 +75,11 @@ def write_lock_held(db_url: str) -> Iterator[None]:
 def poison(engine: sa.Engine) -> None:
     """Make the database itself refuse any result named 'poison' (a real failed insert)."""
     with engine.begin() as conn:
+        if engine.dialect.name == "postgresql":
+            conn.exec_driver_sql(
+                "ALTER TABLE results ADD CONSTRAINT poisoned_result CHECK (name <> 'poison')"
+            )
+            return
         conn.exec_driver_sql(
             "CREATE TRIGGER poison BEFORE INSERT ON results WHEN NEW.name = 'poison' "
             "BEGIN SELECT RAISE(ABORT, 'poisoned result'); END"
@@ -85,6 +90,7 @@ def pending(futures: list[Future[Ack]]) -> bool:
     return not any(f.done() for f in futures)
 
 
+@pytest.mark.sqlite_only("batches wait behind SQLite's write lock held by another connection")
 def test_concurrent_batches_share_commits_and_each_gets_its_own_ack(
     service: Service, db_url: str
 ) -> None:
@@ -118,6 +124,7 @@ def test_concurrent_batches_share_commits_and_each_gets_its_own_ack(
     assert agent.last_seq == 32 and agent.stream == "a" * 32
 
 
+@pytest.mark.sqlite_only("batches wait behind SQLite's write lock held by another connection")
 def test_a_batch_the_database_refuses_fails_alone(
     service: Service, db_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
