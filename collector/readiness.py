@@ -31,12 +31,10 @@ import math
 import operator
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from itertools import islice
-from operator import attrgetter
+from dataclasses import dataclass, replace
 
 from collector.profile import DURATION, SUCCESS, Criterion, Profile, format_duration
-from collector.state import Sample, Series, State, WardState
+from collector.state import History, Series, State, WardState
 
 log = logging.getLogger(__name__)
 
@@ -64,9 +62,6 @@ _COMPARE: Mapping[str, Callable[[float, float], bool]] = {
 _HOLDS = {"<": "<", "<=": "≤", ">": ">", ">=": "≥", "==": "=", "!=": "≠"}
 _FAILS = {"<": "≥", "<=": ">", ">": "≤", ">=": "<", "==": "≠", "!=": "="}
 _RANK = {"p50": 0.50, "p95": 0.95, "p99": 0.99}
-
-
-_started: Callable[[Sample], float] = attrgetter("started")
 
 
 @dataclass
@@ -147,33 +142,35 @@ def mean(values: Sequence[float]) -> float:
 
 
 def _values(
-    series: Series, metric: str, window: float | None, last: int | None, now: float
-) -> tuple[list[float], float | None]:
-    """The metric's values in the window (or the last N results), oldest first, and the start
-    time of the newest result that gave one."""
-    samples = series.samples
-    n = len(samples)
-    if window is not None:
-        first = bisect_left(samples, now - window, key=_started)
-    else:
-        first = max(0, n - (last or 0))
+    history: History, metric: str, window: float | None, last: int | None, now: float
+) -> tuple[list[float], float | None, int]:
+    """The metric's values in the window (or the last N results), oldest first, the start
+    time of the newest result that gave one, and the index of the first result looked at."""
+    started = history.started
+    n = len(started)
+    first = bisect_left(started, now - window) if window is not None else max(0, n - (last or 0))
     if first >= n:
-        return [], None
-    # Runs once per sample of every series of every ward: one comprehension per kind, which
-    # CPython runs faster than map/filter chains or a loop with appends.
-    picked = samples if first == 0 else islice(samples, first, None)
+        return [], None, first
+    newest = started[-1]
     if metric == SUCCESS:
-        return [1.0 if s.success else 0.0 for s in picked], samples[-1].started
+        return [1.0 if ok else 0.0 for ok in history.success[first:]], newest, first
     if metric == DURATION:
-        return [s.duration_seconds for s in picked], samples[-1].started
-    values = [v for s in picked if (v := s.metrics.get(metric)) is not None]
+        return history.durations[first:].tolist(), newest, first
+    column = history.column(metric)
+    if column is None:
+        return [], None, first
+    values = column[first:].tolist()
+    # MISSING is NaN, the one value unequal to itself; a sum is NaN when any term is (or
+    # when infinities cancel, which the slow path below handles as well).
+    total = sum(values)
+    if total == total:
+        return values, newest, first
     at = None
-    if values:
-        for i in range(n - 1, first - 1, -1):
-            if metric in samples[i].metrics:
-                at = samples[i].started
-                break
-    return values, at
+    for i in range(n - 1, first - 1, -1):
+        if column[i] == column[i]:
+            at = started[i]
+            break
+    return [v for v in values if v == v], at, first
 
 
 def _figure(value: float, small: str) -> str:
@@ -188,43 +185,60 @@ def _plural(n: int, word: str) -> str:
     return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
-def _judge(c: Criterion, series: Series, now: float) -> Evidence:
+# Verdicts are reused until a moment this much before the one they could change at, so
+# float rounding of "now - window" never keeps a verdict past its true end.
+_SLACK = 1e-3
+
+
+def _judge(c: Criterion, series: Series, now: float) -> tuple[Evidence, float]:
+    """The evidence of one series, and until when it holds if no result arrives (-inf: it
+    tells an age, so it changes with every judgement)."""
     cond = c.condition
     span, sid, thr, op, agg = cond.span, series.id, cond.threshold, cond.op, cond.agg
-    samples = series.samples
-    if not samples:
-        return Evidence(sid, None, thr, op, agg, span, 0, None, UNKNOWN, "no results yet")
-    newest = samples[-1].started
+    history = series.history
+    started = history.started
+    if not started:
+        ev = Evidence(sid, None, thr, op, agg, span, 0, None, UNKNOWN, "no results yet")
+        return ev, math.inf
+    newest = started[-1]
     age = now - newest
-    if age > c.max_age_intervals * series.interval_seconds:
+    limit = c.max_age_intervals * series.interval_seconds
+    if age > limit:
         detail = (
             f"stale: newest result {format_age(age)} old, over {c.max_age_intervals:g} × "
             f"{format_duration(series.interval_seconds)} interval"
         )
-        return Evidence(sid, None, thr, op, agg, span, 0, newest, STALE, detail)
-    values, at = _values(series, cond.metric, cond.window, cond.last, now)
+        return Evidence(sid, None, thr, op, agg, span, 0, newest, STALE, detail), -math.inf
+    window = cond.window
+    values, at, first = _values(history, cond.metric, window, cond.last, now)
+    until = newest + limit
+    if window is not None and first < len(started):
+        # The oldest result in the window leaves it then.
+        until = min(until, started[first] + window)
+    until -= _SLACK
     n = len(values)
     if n < cond.min_samples:
         detail = (
             f"not enough data: {_plural(n, cond.metric + ' sample')} over {span}, "
             f"need {cond.min_samples}"
         )
-        return Evidence(sid, None, thr, op, agg, span, n, at, UNKNOWN, detail)
+        return Evidence(sid, None, thr, op, agg, span, n, at, UNKNOWN, detail), until
     observed = aggregate(agg, values)
     if not math.isfinite(observed):
         # Not from the wire (it refuses inf and nan), but a database edited by hand could
         # hold one; a verdict cannot rest on it, and JSON cannot carry it.
         detail = f"{cond.metric} {agg} over {span} is not a finite number"
-        return Evidence(sid, None, thr, op, agg, span, n, at, UNKNOWN, detail)
+        return Evidence(sid, None, thr, op, agg, span, n, at, UNKNOWN, detail), until
     ok = _COMPARE[op](observed, thr)
     detail = (
         f"{cond.metric} {agg} {_figure(observed, '.4g')} over {span} ({_plural(n, 'sample')}) "
         f"{_HOLDS[op] if ok else _FAILS[op]} {_figure(thr, 'g')}"
     )
-    if not ok and not samples[-1].success:
+    if not ok and not history.success[-1]:
         # What the agent saw is what the officer on site acts on: refused, no_reply, ...
-        detail += f"; latest run: {samples[-1].reason}"
-    return Evidence(sid, observed, thr, op, agg, span, n, at, OK if ok else FAILED, detail)
+        detail += f"; latest run: {history.reasons[-1]}"
+    status = OK if ok else FAILED
+    return Evidence(sid, observed, thr, op, agg, span, n, at, status, detail), until
 
 
 def _combine(require: str, evidence: list[Evidence]) -> str:
@@ -263,15 +277,23 @@ def _matching(key: _SelectKey, series: Sequence[Series]) -> list[Series]:
     return out
 
 
-def _criterion(c: Criterion, matched: list[Series], now: float) -> CriterionResult:
+def _criterion(c: Criterion, matched: list[Series], now: float) -> tuple[CriterionResult, float]:
     if not matched:
         cond = c.condition
         detail = f"no check matches {c.select.describe()}"
-        ev = Evidence("", None, cond.threshold, cond.op, cond.agg, cond.span, 0, None, FAILED,
-                      detail)  # fmt: skip
-        return CriterionResult(c.id, c.title, c.severity, FAILED, [ev])
-    evidence = [_judge(c, s, now) for s in matched]
-    return CriterionResult(c.id, c.title, c.severity, _combine(c.require, evidence), evidence)
+        ev = Evidence(
+            "", None, cond.threshold, cond.op, cond.agg, cond.span, 0, None, FAILED, detail
+        )
+        return CriterionResult(c.id, c.title, c.severity, FAILED, [ev]), math.inf
+    evidence = []
+    until = math.inf
+    for s in matched:
+        ev, holds = _judge(c, s, now)
+        evidence.append(ev)
+        if holds < until:
+            until = holds
+    result = CriterionResult(c.id, c.title, c.severity, _combine(c.require, evidence), evidence)
+    return result, until
 
 
 def _reason(r: CriterionResult) -> str:
@@ -290,29 +312,40 @@ def _last_seen(ward: WardState) -> dict[str, float]:
     """When each agent was last heard from: a heartbeat, or the end of its newest result."""
     seen = dict(ward.agents_last_seen)
     for s in ward.series:
-        if s.samples:
-            newest = s.samples[-1]
-            end = newest.started + newest.duration_seconds
+        h = s.history
+        if h.started:
+            end = h.started[-1] + h.durations[-1]
             if end > seen.get(s.agent, -math.inf):
                 seen[s.agent] = end
     return seen
 
 
-def _evaluate(profile: Profile, keys: list[_SelectKey], ward: WardState, now: float) -> Verdict:
+def _evaluate(
+    profile: Profile, keys: list[_SelectKey], ward: WardState, now: float
+) -> tuple[Verdict, float]:
+    """The verdict, and until when it holds if nothing about the ward changes (-inf: its
+    words tell an age, so it is new at every judgement)."""
     matches: dict[_SelectKey, list[Series]] = {}
     results = []
+    until = math.inf
     for c, key in zip(profile.criteria, keys, strict=True):
         matched = matches.get(key)
         if matched is None:
             matched = matches[key] = _matching(key, ward.series)
-        results.append(_criterion(c, matched, now))
+        result, holds = _criterion(c, matched, now)
+        results.append(result)
+        if holds < until:
+            until = holds
 
     seen = _last_seen(ward)
     if not seen:
-        return Verdict(ward.ward, NOT_READY, [f"{NO_DATA}: no agent has reported"], results, now)
+        reasons = [f"{NO_DATA}: no agent has reported"]
+        return Verdict(ward.ward, NOT_READY, reasons, results, now), until
 
     limit = profile.silence_seconds
     silent = sorted((a, now - t) for a, t in seen.items() if now - t > limit)
+    # An agent falls silent a silence limit after it was last heard from.
+    until = -math.inf if silent else min(until, min(seen.values()) + limit - _SLACK)
     heard = ", ".join(f"{a} last heard {format_age(age)} ago" for a, age in silent)
     first: list[str] = []
     notes: list[str] = []
@@ -335,12 +368,12 @@ def _evaluate(profile: Profile, keys: list[_SelectKey], ward: WardState, now: fl
         verdict = UNKNOWN
     else:
         verdict = READY
-    return Verdict(ward.ward, verdict, reasons, results, now)
+    return Verdict(ward.ward, verdict, reasons, results, now), until
 
 
 def evaluate(profile: Profile, ward: WardState, now: float) -> Verdict:
     """Judge one ward at time ``now`` (epoch seconds)."""
-    return _evaluate(profile, [_select_key(c) for c in profile.criteria], ward, now)
+    return _evaluate(profile, [_select_key(c) for c in profile.criteria], ward, now)[0]
 
 
 def judge_error(ward: str, exc: BaseException, now: float) -> Verdict:
@@ -365,11 +398,116 @@ def evaluate_all(
     keys = [_select_key(c) for c in profile.criteria]
     out = {}
     for w in ward_ids:
-        try:
-            out[w] = _evaluate(profile, keys, state.ward(w), now)
-        except Exception as exc:
-            log.exception("judging ward %s failed; it is unknown until judged again", w)
-            out[w] = judge_error(w, exc, now)
-            if on_error is not None:
-                on_error(w, exc)
+        judged = _judge_ward(profile, keys, state, w, now, on_error)
+        out[w] = judged if isinstance(judged, Verdict) else judged[0]
     return out
+
+
+def _judge_ward(
+    profile: Profile,
+    keys: list[_SelectKey],
+    state: State,
+    ward: str,
+    now: float,
+    on_error: Callable[[str, Exception], None] | None,
+) -> Verdict | tuple[Verdict, float, int]:
+    """(verdict, until when it holds, the ward's version judged), or the judge_error
+    verdict of a ward whose judging raised."""
+    try:
+        snapshot = state.ward(ward)
+        verdict, until = _evaluate(profile, keys, snapshot, now)
+    except Exception as exc:
+        log.exception("judging ward %s failed; it is unknown until judged again", ward)
+        if on_error is not None:
+            on_error(ward, exc)
+        return judge_error(ward, exc, now)
+    return verdict, until, snapshot.version
+
+
+@dataclass(slots=True)
+class _Held:
+    """A ward's last verdict, the ward's version it was judged from, and until when it
+    holds."""
+
+    verdict: Verdict
+    version: int
+    until: float
+
+
+def _handed(v: Verdict, now: float) -> Verdict:
+    """``v`` as judged at ``now``, for a caller that may annotate it: its reasons and criteria
+    lists, and the evidence without a series ("no check matches"), which callers reword, are
+    its own; the rest is shared with the verdict held here and must not be changed."""
+    criteria = [
+        c
+        if all(e.series for e in c.evidence)
+        else CriterionResult(
+            c.id, c.title, c.severity, c.status, [e if e.series else replace(e) for e in c.evidence]
+        )
+        for c in v.criteria
+    ]
+    return Verdict(v.ward, v.verdict, list(v.reasons), criteria, now)
+
+
+class Judge:
+    """Judges wards again only when their verdict may have changed.
+
+    A ward is judged again when its version in the state grew (a result, a contact, a
+    forgotten series), when the time its last verdict holds until has passed (a result leaves
+    a window, a series or an agent falls silent), or when its verdict tells an age (stale
+    evidence, a silent agent), which changes with every judgement. Every other ward keeps its
+    verdict, handed out afresh as of ``now``: the same verdict a full judgement would give.
+    A full judgement (``full=True``, or a new state or profile) judges every ward.
+    """
+
+    def __init__(self, profile: Profile) -> None:
+        self.profile = profile
+        self._keys = [_select_key(c) for c in profile.criteria]
+        self._held: dict[str, _Held] = {}
+        self._state: State | None = None
+        # How many wards the last judgement judged (the rest kept their verdict).
+        self.judged = 0
+
+    def judge(
+        self,
+        state: State,
+        ward_ids: Iterable[str],
+        now: float,
+        on_error: Callable[[str, Exception], None] | None = None,
+        *,
+        full: bool = False,
+    ) -> dict[str, Verdict]:
+        """The verdict of every ward in ``ward_ids`` at ``now``, each a new object the caller
+        may change. A ward whose judging raises is ``unknown`` with a ``judge_error`` reason,
+        logged and passed to ``on_error``, and judged again the next time."""
+        if state is not self._state:
+            self._state, self._held, full = state, {}, True
+        held = self._held
+        versions = {} if full else state.versions()
+        out: dict[str, Verdict] = {}
+        judged = 0
+        fresh: dict[str, _Held] = {}
+        for w in ward_ids:
+            h = held.get(w)
+            if (
+                h is not None
+                and not full
+                and now <= h.until
+                and now >= h.verdict.evaluated_at
+                and versions.get(w, 0) == h.version
+            ):
+                fresh[w] = h
+                out[w] = _handed(h.verdict, now)
+                continue
+            judged += 1
+            got = _judge_ward(self.profile, self._keys, state, w, now, on_error)
+            if isinstance(got, Verdict):
+                out[w] = got
+                continue
+            verdict, until, version = got
+            fresh[w] = _Held(verdict, version, until)
+            out[w] = _handed(verdict, now)
+        # Wards no longer asked for are forgotten.
+        self._held = fresh
+        self.judged = judged
+        return out
