@@ -37,7 +37,7 @@ from collector import clocks, db, history, ingest
 from collector import wards as wardlist
 from collector.expected import PlanBook, annotate
 from collector.profile import Profile, default_profile_path, load_profile
-from collector.readiness import Verdict, evaluate_all
+from collector.readiness import Judge, Verdict, evaluate_all
 from collector.selfmetrics import SelfMetrics
 from collector.state import DEFAULT_AGENT_SERIES, DEFAULT_WARD_SERIES, SeriesUsage, State
 from collector.tokens import CACHE_SECONDS, Grant, TokenCache
@@ -53,6 +53,9 @@ DEFAULT_RETENTION_DAYS = 30.0
 STALE_PERIODS = 3.0
 # ... and never sooner than this: a judge a period or two late on a busy machine is not sick.
 MIN_STALE_SECONDS = 10.0
+# Between these, a judgement re-judges only the wards whose verdict may have changed
+# (readiness.Judge); a full one is the safety net should that ever miss a change.
+FULL_JUDGEMENT_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
@@ -155,6 +158,8 @@ class Service:
         self._last_judged: float | None = None
         self._judge_took = 0.0
         self.min_stale_seconds = MIN_STALE_SECONDS
+        self._judge_of = Judge(profile)
+        self._last_full: float | None = None
 
     @classmethod
     def open(
@@ -351,7 +356,15 @@ class Service:
     def _judge(self, mono: float) -> dict[str, Verdict]:
         began, cpu = time.perf_counter(), time.thread_time()
         now = self.clock()
-        result = evaluate_all(self.profile, self.state, list(self.wards()), now, self._ward_error)
+        if self._judge_of.profile is not self.profile:
+            self._judge_of = Judge(self.profile)
+        last_full = self._last_full
+        full = last_full is None or not 0 <= mono - last_full < FULL_JUDGEMENT_SECONDS
+        result = self._judge_of.judge(
+            self.state, list(self.wards()), now, self._ward_error, full=full
+        )
+        if full:
+            self._last_full = mono
         annotate(result, self.profile, self.plan_book, now)
         clocks.annotate(result, self.agents())
         took = time.perf_counter() - began
