@@ -32,6 +32,7 @@ import operator
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from typing import NamedTuple
 
 from collector.profile import DURATION, SUCCESS, Criterion, Profile, format_duration
 from collector.state import History, Series, State, WardState
@@ -181,6 +182,10 @@ def _figure(value: float, small: str) -> str:
     return format(value, small)
 
 
+# The figures most criteria show (success is 0 or 1), formatted once.
+_FIGURES = {0.0: "0", 1.0: "1"}
+
+
 def _plural(n: int, word: str) -> str:
     return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
@@ -190,11 +195,73 @@ def _plural(n: int, word: str) -> str:
 _SLACK = 1e-3
 
 
-def _judge(c: Criterion, series: Series, now: float) -> tuple[Evidence, float]:
+_SelectKey = tuple[str | None, str | None, tuple[tuple[str, str], ...]]
+
+
+def _select_key(c: Criterion) -> _SelectKey:
+    sel = c.select
+    return sel.check, sel.name, tuple(sorted(sel.labels.items()))
+
+
+class _Rule(NamedTuple):
+    """A criterion with what judging it needs worked out once, not once per series."""
+
+    criterion: Criterion
+    key: _SelectKey
+    metric: str
+    agg: str
+    window: float | None
+    last: int | None
+    compare: Callable[[float, float], bool]
+    threshold: float
+    span: str
+    min_samples: int
+    max_age: float
+    # The metric is success and the aggregate one of its values: read from the flags.
+    flag: Callable[[bytes], int] | None
+    # Detail text around the figures.
+    head: str
+    holds: str
+    fails: str
+    short: str
+
+
+_FLAG_AGGS: Mapping[str, Callable[[bytes], int]] = {
+    "min": min,
+    "max": max,
+    "last": operator.itemgetter(-1),
+}
+
+
+def _rule(c: Criterion) -> _Rule:
+    cond = c.condition
+    thr = _figure(cond.threshold, "g")
+    return _Rule(
+        c,
+        _select_key(c),
+        cond.metric,
+        cond.agg,
+        cond.window,
+        cond.last,
+        _COMPARE[cond.op],
+        cond.threshold,
+        cond.span,
+        cond.min_samples,
+        c.max_age_intervals,
+        _FLAG_AGGS.get(cond.agg) if cond.metric == SUCCESS else None,
+        f"{cond.metric} {cond.agg} ",
+        f" {_HOLDS[cond.op]} {thr}",
+        f" {_FAILS[cond.op]} {thr}",
+        f"not enough data: {{}} over {cond.span}, need {cond.min_samples}",
+    )
+
+
+def _judge(rule: _Rule, series: Series, now: float) -> tuple[Evidence, float]:
     """The evidence of one series, and until when it holds if no result arrives (-inf: it
     tells an age, so it changes with every judgement)."""
+    c = rule.criterion
     cond = c.condition
-    span, sid, thr, op, agg = cond.span, series.id, cond.threshold, cond.op, cond.agg
+    span, sid, thr, op, agg = rule.span, series.id, rule.threshold, cond.op, rule.agg
     history = series.history
     started = history.started
     if not started:
@@ -202,37 +269,48 @@ def _judge(c: Criterion, series: Series, now: float) -> tuple[Evidence, float]:
         return ev, math.inf
     newest = started[-1]
     age = now - newest
-    limit = c.max_age_intervals * series.interval_seconds
+    limit = rule.max_age * series.interval_seconds
     if age > limit:
         detail = (
             f"stale: newest result {format_age(age)} old, over {c.max_age_intervals:g} × "
             f"{format_duration(series.interval_seconds)} interval"
         )
         return Evidence(sid, None, thr, op, agg, span, 0, newest, STALE, detail), -math.inf
-    window = cond.window
-    values, at, first = _values(history, cond.metric, window, cond.last, now)
+    window = rule.window
+    flag = rule.flag
+    if flag is not None:
+        # Most criteria: the last few runs succeeded. No list of values is needed.
+        size = len(started)
+        first = (
+            bisect_left(started, now - window) if window is not None else size - (rule.last or 0)
+        )
+        first = max(first, 0)
+        flags = history.success[first:]
+        n = len(flags)
+        at: float | None = newest if n else None
+        observed = float(flag(flags)) if n >= rule.min_samples else 0.0
+    else:
+        values, at, first = _values(history, rule.metric, window, rule.last, now)
+        n = len(values)
+        observed = aggregate(agg, values) if n >= rule.min_samples else 0.0
     until = newest + limit
     if window is not None and first < len(started):
         # The oldest result in the window leaves it then.
         until = min(until, started[first] + window)
     until -= _SLACK
-    n = len(values)
-    if n < cond.min_samples:
-        detail = (
-            f"not enough data: {_plural(n, cond.metric + ' sample')} over {span}, "
-            f"need {cond.min_samples}"
-        )
+    if n < rule.min_samples:
+        detail = rule.short.format(_plural(n, rule.metric + " sample"))
         return Evidence(sid, None, thr, op, agg, span, n, at, UNKNOWN, detail), until
-    observed = aggregate(agg, values)
     if not math.isfinite(observed):
         # Not from the wire (it refuses inf and nan), but a database edited by hand could
         # hold one; a verdict cannot rest on it, and JSON cannot carry it.
-        detail = f"{cond.metric} {agg} over {span} is not a finite number"
+        detail = f"{rule.metric} {agg} over {span} is not a finite number"
         return Evidence(sid, None, thr, op, agg, span, n, at, UNKNOWN, detail), until
-    ok = _COMPARE[op](observed, thr)
+    ok = rule.compare(observed, thr)
+    figure = _FIGURES.get(observed) or _figure(observed, ".4g")
     detail = (
-        f"{cond.metric} {agg} {_figure(observed, '.4g')} over {span} ({_plural(n, 'sample')}) "
-        f"{_HOLDS[op] if ok else _FAILS[op]} {_figure(thr, 'g')}"
+        f"{rule.head}{figure} over {span} ({_plural(n, 'sample')})"
+        f"{rule.holds if ok else rule.fails}"
     )
     if not ok and not history.success[-1]:
         # What the agent saw is what the officer on site acts on: refused, no_reply, ...
@@ -252,14 +330,6 @@ def _combine(require: str, evidence: list[Evidence]) -> str:
     return UNKNOWN if UNKNOWN in statuses else FAILED
 
 
-_SelectKey = tuple[str | None, str | None, tuple[tuple[str, str], ...]]
-
-
-def _select_key(c: Criterion) -> _SelectKey:
-    sel = c.select
-    return sel.check, sel.name, tuple(sorted(sel.labels.items()))
-
-
 def _matching(key: _SelectKey, series: Sequence[Series]) -> list[Series]:
     check, name, labels = key
     out = []
@@ -277,7 +347,8 @@ def _matching(key: _SelectKey, series: Sequence[Series]) -> list[Series]:
     return out
 
 
-def _criterion(c: Criterion, matched: list[Series], now: float) -> tuple[CriterionResult, float]:
+def _criterion(rule: _Rule, matched: list[Series], now: float) -> tuple[CriterionResult, float]:
+    c = rule.criterion
     if not matched:
         cond = c.condition
         detail = f"no check matches {c.select.describe()}"
@@ -288,7 +359,7 @@ def _criterion(c: Criterion, matched: list[Series], now: float) -> tuple[Criteri
     evidence = []
     until = math.inf
     for s in matched:
-        ev, holds = _judge(c, s, now)
+        ev, holds = _judge(rule, s, now)
         evidence.append(ev)
         if holds < until:
             until = holds
@@ -321,18 +392,19 @@ def _last_seen(ward: WardState) -> dict[str, float]:
 
 
 def _evaluate(
-    profile: Profile, keys: list[_SelectKey], ward: WardState, now: float
+    profile: Profile, rules: list[_Rule], ward: WardState, now: float
 ) -> tuple[Verdict, float]:
     """The verdict, and until when it holds if nothing about the ward changes (-inf: its
     words tell an age, so it is new at every judgement)."""
     matches: dict[_SelectKey, list[Series]] = {}
     results = []
     until = math.inf
-    for c, key in zip(profile.criteria, keys, strict=True):
+    for rule in rules:
+        key = rule.key
         matched = matches.get(key)
         if matched is None:
             matched = matches[key] = _matching(key, ward.series)
-        result, holds = _criterion(c, matched, now)
+        result, holds = _criterion(rule, matched, now)
         results.append(result)
         if holds < until:
             until = holds
@@ -373,7 +445,7 @@ def _evaluate(
 
 def evaluate(profile: Profile, ward: WardState, now: float) -> Verdict:
     """Judge one ward at time ``now`` (epoch seconds)."""
-    return _evaluate(profile, [_select_key(c) for c in profile.criteria], ward, now)[0]
+    return _evaluate(profile, [_rule(c) for c in profile.criteria], ward, now)[0]
 
 
 def judge_error(ward: str, exc: BaseException, now: float) -> Verdict:
@@ -395,17 +467,17 @@ def evaluate_all(
     A ward whose judging raises is ``unknown`` with a ``judge_error`` reason, logged with its
     id and passed to ``on_error``; the other wards are judged as ever.
     """
-    keys = [_select_key(c) for c in profile.criteria]
+    rules = [_rule(c) for c in profile.criteria]
     out = {}
     for w in ward_ids:
-        judged = _judge_ward(profile, keys, state, w, now, on_error)
+        judged = _judge_ward(profile, rules, state, w, now, on_error)
         out[w] = judged if isinstance(judged, Verdict) else judged[0]
     return out
 
 
 def _judge_ward(
     profile: Profile,
-    keys: list[_SelectKey],
+    rules: list[_Rule],
     state: State,
     ward: str,
     now: float,
@@ -415,7 +487,7 @@ def _judge_ward(
     verdict of a ward whose judging raised."""
     try:
         snapshot = state.ward(ward)
-        verdict, until = _evaluate(profile, keys, snapshot, now)
+        verdict, until = _evaluate(profile, rules, snapshot, now)
     except Exception as exc:
         log.exception("judging ward %s failed; it is unknown until judged again", ward)
         if on_error is not None:
@@ -462,7 +534,7 @@ class Judge:
 
     def __init__(self, profile: Profile) -> None:
         self.profile = profile
-        self._keys = [_select_key(c) for c in profile.criteria]
+        self._rules = [_rule(c) for c in profile.criteria]
         self._held: dict[str, _Held] = {}
         self._state: State | None = None
         # How many wards the last judgement judged (the rest kept their verdict).
@@ -500,7 +572,7 @@ class Judge:
                 out[w] = _handed(h.verdict, now)
                 continue
             judged += 1
-            got = _judge_ward(self.profile, self._keys, state, w, now, on_error)
+            got = _judge_ward(self.profile, self._rules, state, w, now, on_error)
             if isinstance(got, Verdict):
                 out[w] = got
                 continue
