@@ -34,7 +34,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import NamedTuple
 
-from collector.profile import DURATION, SUCCESS, Criterion, Profile, format_duration
+from collector.profile import DURATION, SUCCESS, Condition, Criterion, Profile, format_duration
 from collector.state import History, Series, State, WardState
 
 log = logging.getLogger(__name__)
@@ -224,6 +224,9 @@ class _Rule(NamedTuple):
     holds: str
     fails: str
     short: str
+    # An earlier rule that selects the same series with the same condition (e.g. "any line
+    # up" and "every line up"): this one shares its evidence. -1: none.
+    twin: int
 
 
 _FLAG_AGGS: Mapping[str, Callable[[bytes], int]] = {
@@ -233,7 +236,16 @@ _FLAG_AGGS: Mapping[str, Callable[[bytes], int]] = {
 }
 
 
-def _rule(c: Criterion) -> _Rule:
+def _rules(profile: Profile) -> list[_Rule]:
+    rules: list[_Rule] = []
+    first: dict[tuple[_SelectKey, Condition, float], int] = {}
+    for i, c in enumerate(profile.criteria):
+        twin = first.setdefault((_select_key(c), c.condition, c.max_age_intervals), i)
+        rules.append(_rule(c, twin if twin != i else -1))
+    return rules
+
+
+def _rule(c: Criterion, twin: int) -> _Rule:
     cond = c.condition
     thr = _figure(cond.threshold, "g")
     return _Rule(
@@ -253,6 +265,7 @@ def _rule(c: Criterion) -> _Rule:
         f" {_HOLDS[cond.op]} {thr}",
         f" {_FAILS[cond.op]} {thr}",
         f"not enough data: {{}} over {cond.span}, need {cond.min_samples}",
+        twin,
     )
 
 
@@ -347,7 +360,9 @@ def _matching(key: _SelectKey, series: Sequence[Series]) -> list[Series]:
     return out
 
 
-def _criterion(rule: _Rule, matched: list[Series], now: float) -> tuple[CriterionResult, float]:
+def _criterion(
+    rule: _Rule, matched: list[Series], now: float, twin: tuple[list[Evidence], float] | None
+) -> tuple[CriterionResult, float]:
     c = rule.criterion
     if not matched:
         cond = c.condition
@@ -356,13 +371,16 @@ def _criterion(rule: _Rule, matched: list[Series], now: float) -> tuple[Criterio
             "", None, cond.threshold, cond.op, cond.agg, cond.span, 0, None, FAILED, detail
         )
         return CriterionResult(c.id, c.title, c.severity, FAILED, [ev]), math.inf
-    evidence = []
-    until = math.inf
-    for s in matched:
-        ev, holds = _judge(rule, s, now)
-        evidence.append(ev)
-        if holds < until:
-            until = holds
+    if twin is not None:
+        evidence, until = list(twin[0]), twin[1]
+    else:
+        evidence = []
+        until = math.inf
+        for s in matched:
+            ev, holds = _judge(rule, s, now)
+            evidence.append(ev)
+            if holds < until:
+                until = holds
     result = CriterionResult(c.id, c.title, c.severity, _combine(c.require, evidence), evidence)
     return result, until
 
@@ -397,15 +415,19 @@ def _evaluate(
     """The verdict, and until when it holds if nothing about the ward changes (-inf: its
     words tell an age, so it is new at every judgement)."""
     matches: dict[_SelectKey, list[Series]] = {}
-    results = []
+    results: list[CriterionResult] = []
+    held: list[float] = []
     until = math.inf
     for rule in rules:
         key = rule.key
         matched = matches.get(key)
         if matched is None:
             matched = matches[key] = _matching(key, ward.series)
-        result, holds = _criterion(rule, matched, now)
+        twin = rule.twin
+        shared = (results[twin].evidence, held[twin]) if twin >= 0 else None
+        result, holds = _criterion(rule, matched, now, shared)
         results.append(result)
+        held.append(holds)
         if holds < until:
             until = holds
 
@@ -445,7 +467,7 @@ def _evaluate(
 
 def evaluate(profile: Profile, ward: WardState, now: float) -> Verdict:
     """Judge one ward at time ``now`` (epoch seconds)."""
-    return _evaluate(profile, [_rule(c) for c in profile.criteria], ward, now)[0]
+    return _evaluate(profile, _rules(profile), ward, now)[0]
 
 
 def judge_error(ward: str, exc: BaseException, now: float) -> Verdict:
@@ -467,7 +489,7 @@ def evaluate_all(
     A ward whose judging raises is ``unknown`` with a ``judge_error`` reason, logged with its
     id and passed to ``on_error``; the other wards are judged as ever.
     """
-    rules = [_rule(c) for c in profile.criteria]
+    rules = _rules(profile)
     out = {}
     for w in ward_ids:
         judged = _judge_ward(profile, rules, state, w, now, on_error)
@@ -534,7 +556,7 @@ class Judge:
 
     def __init__(self, profile: Profile) -> None:
         self.profile = profile
-        self._rules = [_rule(c) for c in profile.criteria]
+        self._rules = _rules(profile)
         self._held: dict[str, _Held] = {}
         self._state: State | None = None
         # How many wards the last judgement judged (the rest kept their verdict).
