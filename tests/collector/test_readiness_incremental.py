@@ -12,7 +12,7 @@ from collector.profile import Profile
 from collector.readiness import STALE, Judge, evaluate_all
 from collector.state import State
 from shared.wire import ResultRecord
-from tests.collector.test_readiness import make_profile
+from tests.collector.test_readiness import make_profile, record
 
 T0 = 1_750_000_000.0
 WARDS = ["ward-a", "ward-b", "ward-c"]
@@ -71,20 +71,8 @@ def result(series: int, started: float, success: bool, loss: float | None) -> Re
     metrics = {"rtt_avg_seconds": 0.02 + (loss or 0.0)}
     if loss is not None:
         metrics["loss_ratio"] = loss
-    return ResultRecord(
-        seq=1,
-        check=s["check"],
-        name=s["name"],
-        target=s["target"],
-        address=s["target"],
-        labels=s["labels"],
-        interval_seconds=INTERVAL,
-        started=started,
-        duration_seconds=0.5,
-        success=success,
-        reason="ok" if success else "no_reply",
-        metrics=metrics if s["check"] == "icmp" else {},
-    )
+    icmp = s["check"] == "icmp"
+    return record(s, 1, started, success=success, metrics=metrics if icmp else {})
 
 
 adds = st.tuples(
@@ -102,9 +90,7 @@ heards = st.tuples(st.just("heard"), st.sampled_from(WARDS), st.sampled_from(AGE
 # Mostly short steps, so windows slide between results; now and then a long one.
 ticks = st.tuples(st.just("tick"), st.one_of(st.floats(0, 40), st.floats(0, 240)))
 expires = st.tuples(st.just("expire"))
-operations = st.lists(
-    st.one_of(adds, adds, ticks, ticks, heards, expires), min_size=1, max_size=80
-)
+operations = st.lists(st.one_of(adds, adds, ticks, ticks, heards, expires), min_size=1, max_size=80)
 
 
 def apply(state: State, now: float, op: tuple[Any, ...]) -> float:
