@@ -360,8 +360,18 @@ def _matching(key: _SelectKey, series: Sequence[Series]) -> list[Series]:
     return out
 
 
+# Evidence judged before, by (criterion id, id of the series' history): the history it was
+# judged from (kept, so the id stays its own), the evidence, and until when it holds.
+_Known = dict[tuple[str, int], tuple[History, Evidence, float]]
+
+
 def _criterion(
-    rule: _Rule, matched: list[Series], now: float, twin: tuple[list[Evidence], float] | None
+    rule: _Rule,
+    matched: list[Series],
+    now: float,
+    twin: tuple[list[Evidence], float] | None,
+    known: _Known | None = None,
+    learned: _Known | None = None,
 ) -> tuple[CriterionResult, float]:
     c = rule.criterion
     if not matched:
@@ -376,8 +386,18 @@ def _criterion(
     else:
         evidence = []
         until = math.inf
+        cid = c.id
         for s in matched:
-            ev, holds = _judge(rule, s, now)
+            history = s.history
+            hit = None if known is None else known.get((cid, id(history)))
+            if hit is not None and hit[0] is history and now <= hit[2]:
+                # A history never changes: its evidence holds until its own end.
+                ev, holds = hit[1], hit[2]
+            else:
+                ev, holds = _judge(rule, s, now)
+            # The one empty history is every new series': never keyed by.
+            if learned is not None and holds > -math.inf and history.started:
+                learned[(cid, id(history))] = (history, ev, holds)
             evidence.append(ev)
             if holds < until:
                 until = holds
@@ -410,7 +430,12 @@ def _last_seen(ward: WardState) -> dict[str, float]:
 
 
 def _evaluate(
-    profile: Profile, rules: list[_Rule], ward: WardState, now: float
+    profile: Profile,
+    rules: list[_Rule],
+    ward: WardState,
+    now: float,
+    known: _Known | None = None,
+    learned: _Known | None = None,
 ) -> tuple[Verdict, float]:
     """The verdict, and until when it holds if nothing about the ward changes (-inf: its
     words tell an age, so it is new at every judgement)."""
@@ -425,7 +450,7 @@ def _evaluate(
             matched = matches[key] = _matching(key, ward.series)
         twin = rule.twin
         shared = (results[twin].evidence, held[twin]) if twin >= 0 else None
-        result, holds = _criterion(rule, matched, now, shared)
+        result, holds = _criterion(rule, matched, now, shared, known, learned)
         results.append(result)
         held.append(holds)
         if holds < until:
@@ -504,12 +529,14 @@ def _judge_ward(
     ward: str,
     now: float,
     on_error: Callable[[str, Exception], None] | None,
+    known: _Known | None = None,
+    learned: _Known | None = None,
 ) -> Verdict | tuple[Verdict, float, int]:
     """(verdict, until when it holds, the ward's version judged), or the judge_error
     verdict of a ward whose judging raised."""
     try:
         snapshot = state.ward(ward)
-        verdict, until = _evaluate(profile, rules, snapshot, now)
+        verdict, until = _evaluate(profile, rules, snapshot, now, known, learned)
     except Exception as exc:
         log.exception("judging ward %s failed; it is unknown until judged again", ward)
         if on_error is not None:
@@ -526,6 +553,9 @@ class _Held:
     verdict: Verdict
     version: int
     until: float
+    # The evidence it rests on, for judging the ward again: series whose history did not
+    # change keep theirs.
+    known: _Known
 
 
 def _handed(v: Verdict, now: float) -> Verdict:
@@ -551,7 +581,10 @@ class Judge:
     a window, a series or an agent falls silent), or when its verdict tells an age (stale
     evidence, a silent agent), which changes with every judgement. Every other ward keeps its
     verdict, handed out afresh as of ``now``: the same verdict a full judgement would give.
-    A full judgement (``full=True``, or a new state or profile) judges every ward.
+    A ward judged again keeps the evidence of each series whose history did not change
+    (histories never change in place) while that evidence holds. A full judgement
+    (``full=True``, a new state, or a moment before the last one asked about) judges every
+    series of every ward.
     """
 
     def __init__(self, profile: Profile) -> None:
@@ -559,6 +592,7 @@ class Judge:
         self._rules = _rules(profile)
         self._held: dict[str, _Held] = {}
         self._state: State | None = None
+        self._now = -math.inf
         # How many wards the last judgement judged (the rest kept their verdict).
         self.judged = 0
 
@@ -574,8 +608,9 @@ class Judge:
         """The verdict of every ward in ``ward_ids`` at ``now``, each a new object the caller
         may change. A ward whose judging raises is ``unknown`` with a ``judge_error`` reason,
         logged and passed to ``on_error``, and judged again the next time."""
-        if state is not self._state:
+        if state is not self._state or now < self._now:
             self._state, self._held, full = state, {}, True
+        self._now = now
         held = self._held
         versions = {} if full else state.versions()
         out: dict[str, Verdict] = {}
@@ -594,12 +629,15 @@ class Judge:
                 out[w] = _handed(h.verdict, now)
                 continue
             judged += 1
-            got = _judge_ward(self.profile, self._rules, state, w, now, on_error)
+            # A full judgement judges every series afresh: the safety net trusts nothing kept.
+            known = None if full or h is None else h.known
+            learned: _Known = {}
+            got = _judge_ward(self.profile, self._rules, state, w, now, on_error, known, learned)
             if isinstance(got, Verdict):
                 out[w] = got
                 continue
             verdict, until, version = got
-            fresh[w] = _Held(verdict, version, until)
+            fresh[w] = _Held(verdict, version, until, learned)
             out[w] = _handed(verdict, now)
         # Wards no longer asked for are forgotten.
         self._held = fresh
