@@ -256,6 +256,8 @@ class State:
         self._kept_of: dict[tuple[str, ...], tuple[str, ...]] = {}
         # Shared tuples of kept metric names: most series of a check type hold the same ones.
         self._name_sets: dict[tuple[str, ...], tuple[str, ...]] = {}
+        # Shared label mappings: wards label their checks alike (role: wan, line: fibre).
+        self._label_sets: dict[tuple[tuple[str, str], ...], Mapping[str, str]] = {}
 
     @classmethod
     def for_profile(
@@ -378,6 +380,17 @@ class State:
     def _interned(self, metrics: Mapping[str, float]) -> Mapping[str, float]:
         return {self._name(k): v for k, v in metrics.items()} if metrics else _EMPTY
 
+    def _labels(self, labels: Mapping[str, str]) -> Mapping[str, str]:
+        """``labels`` as a mapping shared by every series labelled alike; never changed."""
+        shared = self._label_sets
+        key = tuple(labels.items())
+        held = shared.get(key)
+        if held is None:
+            held = {self._name(k): self._name(v) for k, v in key}
+            if len(shared) < _MAX_NAMES:
+                shared[key] = held
+        return held
+
     def _name_set(self, names: tuple[str, ...]) -> tuple[str, ...]:
         shared = self._name_sets
         if len(shared) < _MAX_NAMES:
@@ -408,7 +421,13 @@ class State:
                         skipped += 1
                         continue
                     s = w.series[key] = Series(
-                        ward, agent, r.check, r.name, r.target, dict(r.labels), r.interval_seconds
+                        ward,
+                        agent,
+                        r.check,
+                        r.name,
+                        r.target,
+                        self._labels(r.labels),
+                        r.interval_seconds,
                     )
                     w.per_agent[agent] = w.per_agent.get(agent, 0) + 1
                 metrics = r.metrics
@@ -436,7 +455,7 @@ class State:
                 if s.check != r.check:
                     s.check = r.check
                 if s.labels != r.labels:
-                    s.labels = dict(r.labels)
+                    s.labels = self._labels(r.labels)
                 s.interval_seconds = r.interval_seconds
             changed = False
             for key, rows in touched.items():

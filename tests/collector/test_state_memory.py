@@ -74,13 +74,15 @@ def test_history_keeps_only_the_profiles_metrics_as_columns_of_numbers() -> None
     assert dict(newest.metrics) == ICMP
 
 
-def test_names_and_reasons_are_shared_between_series_and_wards() -> None:
+def test_names_reasons_and_labels_are_shared_between_series_and_wards() -> None:
     state = State.for_profile(load_profile(default_profile_path()))
     for ward in ("ward-a", "ward-b"):
         for name in ("wan-fibre", "wan-4g"):
             state.add(ward, "pc-01", [rec(name, T0 + 30 * i) for i in range(3)])
-    histories = [s.history for w in ("ward-a", "ward-b") for s in state.ward(w).series]
+    series = [s for w in ("ward-a", "ward-b") for s in state.ward(w).series]
+    histories = [s.history for s in series]
     assert len(histories) == 4
+    assert len({id(s.labels) for s in series}) == 1
     assert len({id(h.names) for h in histories}) == 1
     assert len({id(reason) for h in histories for reason in h.reasons}) == 1
 
