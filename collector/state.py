@@ -542,7 +542,7 @@ class State:
                 w.version += 1
 
     def ward(self, ward: str) -> WardState:
-        """A snapshot of one ward's state, safe to read while results keep arrive.
+        """A snapshot of one ward's state, safe to read while results keep arriving.
 
         Histories are shared, not copied: they never change once held."""
         with self._lock:
