@@ -3,6 +3,7 @@ changed, and gives at every moment the verdicts a full judgement gives."""
 
 from __future__ import annotations
 
+import gc
 from typing import Any
 
 from hypothesis import HealthCheck, given, settings
@@ -210,3 +211,18 @@ def test_a_new_state_or_full_judges_every_ward() -> None:
     # Asked about an earlier moment, every ward is judged afresh.
     judge.judge(state, WARDS, T0 - 1)
     assert judge.judged == len(WARDS)
+
+
+def test_judging_leaves_the_cycle_collector_as_it_found_it() -> None:
+    profile = make_profile(PROFILE)
+    state = ready_ward(profile, WARDS, T0)
+    assert gc.isenabled()
+    evaluate_all(profile, state, WARDS, T0)
+    Judge(profile).judge(state, WARDS, T0)
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        evaluate_all(profile, state, WARDS, T0)
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
