@@ -1,6 +1,10 @@
-"""The collector at national scale: 3,321 communes, each with a full 15 minutes of history.
+"""The collector at national scale: 3,321 communes, each with the profile's full history.
 
-1. Ingest: every commune's agent pushes one batch holding 15 minutes of its plan (two WAN
+0. State and judging, in this process: every commune's full retention window of the plan
+   below added to a State (as a rebuild does), then the RSS of this process; evaluate_all
+   for every commune; and incremental judging (readiness.Judge) after one second of the
+   national push load (664 pushes of 4 results, each from another commune).
+1. Ingest: every commune's agent pushes one batch holding 20 minutes of its plan (two WAN
    lines, seven shared systems, mail, DNS and the host check, every 30 s) over HTTP to a real
    collector process, from several client processes at once. Prints results per second.
 2. Judgement: the same database opened in this process; evaluate_all for every commune with
@@ -10,12 +14,14 @@
    judging and that of the whole process, each as a share of one core.
 
     python bench/collector_scale.py [--wards 3321] [--clients 3] [--judge-window 30]
+                                    [--state-only]
 """
 
 from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
+import os
 import random
 import shutil
 import statistics
@@ -23,6 +29,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -34,12 +41,19 @@ from fleet import Collector, stopping  # noqa: E402
 
 from collector import db, tokens, wards  # noqa: E402
 from collector.exposition import registry_for, render  # noqa: E402
-from collector.readiness import evaluate_all  # noqa: E402
+from collector.profile import load_profile  # noqa: E402
+from collector.readiness import Judge, evaluate_all  # noqa: E402
 from collector.service import Service  # noqa: E402
+from collector.state import State  # noqa: E402
 from shared.wire import AgentStatus, Batch, ResultRecord  # noqa: E402
 
 INTERVAL = 30.0
-HISTORY = 15 * 60
+PROFILE = ROOT / "collector" / "profiles" / "default.yaml"
+# The whole window the shipped profile keeps (its longest window plus the margin): 20 min.
+HISTORY = load_profile(PROFILE).retention_seconds()
+# The national push load: 3,321 agents each pushing ~4 results every 5 s.
+PUSHES_PER_SECOND = 664
+RESULTS_PER_PUSH = 4
 SYSTEMS = ["dms", "portal-1022", "tthc", "dichvucong", "hotich", "vbdlis", "mail-web"]
 
 
@@ -105,14 +119,16 @@ def metrics_for(check: str, rng: random.Random) -> dict[str, float]:
     return {"connect_seconds": rng.uniform(0.001, 0.01)}
 
 
-def make_batch(ward: str, now: float, rng: random.Random) -> bytes:
+def history(ward: str, now: float, rng: random.Random, validate: bool = True) -> list[ResultRecord]:
+    """HISTORY seconds of ``ward``'s plan up to ``now``."""
+    make = ResultRecord if validate else ResultRecord.model_construct
     records, seq = [], 0
     for step in range(int(HISTORY / INTERVAL)):
         started = now - HISTORY + step * INTERVAL + rng.uniform(0, 1)
         for check, name, target, labels in plan(ward):
             seq += 1
             records.append(
-                ResultRecord(
+                make(
                     seq=seq,
                     check=check,
                     name=name,
@@ -125,8 +141,14 @@ def make_batch(ward: str, now: float, rng: random.Random) -> bytes:
                     success=True,
                     reason="ok",
                     metrics=metrics_for(check, rng),
+                    info={},
                 )
             )
+    return records
+
+
+def make_batch(ward: str, now: float, rng: random.Random) -> bytes:
+    records = history(ward, now, rng)
     status = AgentStatus(
         version="bench",
         spool_depth=0,
@@ -196,6 +218,18 @@ def timed(fn: object, repeat: int = 3) -> float:
     return statistics.median(times)
 
 
+def timed_cpu(fn: Callable[[], object], repeat: int = 3) -> tuple[float, float]:
+    """Median wall and CPU seconds of this thread: on a shared machine the CPU time tells
+    the work done, the wall time what a reader waits."""
+    walls, cpus = [], []
+    for _ in range(repeat):
+        t0, c0 = time.perf_counter(), time.thread_time()
+        fn()
+        walls.append(time.perf_counter() - t0)
+        cpus.append(time.thread_time() - c0)
+    return statistics.median(walls), statistics.median(cpus)
+
+
 def self_metrics(url: str, names: tuple[str, ...]) -> dict[str, float]:
     """Values of unlabelled samples of the collector's own metrics, from one scrape."""
     text = httpx.get(f"{url}/metrics", timeout=120, headers={"Accept-Encoding": "identity"}).text
@@ -211,6 +245,7 @@ JUDGE_CPU = "wardready_collector_judge_cpu_seconds_total"
 JUDGE_SUM = "wardready_collector_judge_duration_seconds_sum"
 JUDGE_COUNT = "wardready_collector_judge_duration_seconds_count"
 PROCESS_CPU = "process_cpu_seconds_total"
+RSS = "process_resident_memory_bytes"
 
 
 def judge_share(url: str, window: float) -> tuple[float, float, float]:
@@ -229,19 +264,104 @@ def judge_share(url: str, window: float) -> tuple[float, float, float]:
     return grew(JUDGE_CPU) / elapsed, grew(PROCESS_CPU) / elapsed, per
 
 
+def rss_bytes(pid: int | str = "self", field: str = "VmRSS") -> int:
+    """Resident memory of a process now (VmRSS), or at its peak (VmHWM)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no {field} in /proc/{pid}/status")
+
+
+def state_at_scale(ids: list[str]) -> None:
+    """Section 0: memory of the full window, full and incremental judgement, in process."""
+    profile = load_profile(PROFILE)
+    rng = random.Random(13)
+    now = time.time()
+    before = rss_bytes()
+    state = State.for_profile(profile)
+    for ward in ids:
+        state.add(ward, "pc-01", history(ward, now, rng, validate=False))
+        state.heard(ward, "pc-01", now)
+    held = sum(len(s.history.started) for w in ids for s in state.ward(w).series)
+    after = rss_bytes()
+    t_full, cpu_full = timed_cpu(lambda: evaluate_all(profile, state, ids, now + 1))
+    judge = Judge(profile)
+    verdicts = judge.judge(state, ids, now + 1)
+    ready = sum(v.verdict == "ready" for v in verdicts.values())
+    judged_rss = rss_bytes()
+    t_none, cpu_none = timed_cpu(lambda: judge.judge(state, ids, now + 1.5))
+
+    def one_second_of_pushes(at: float) -> None:
+        # Each push: the next run of 4 of a commune's checks, one commune after another.
+        for ward in rng.sample(ids, min(PUSHES_PER_SECOND, len(ids))):
+            picked = plan(ward)[:RESULTS_PER_PUSH]
+            state.add(ward, "pc-01", [
+                ResultRecord.model_construct(
+                    seq=1, check=c, name=n, target=t, address=t, labels=lb,
+                    interval_seconds=INTERVAL, started=at, duration_seconds=0.05,
+                    success=True, reason="ok", metrics=metrics_for(c, rng), info={},
+                )
+                for c, n, t, lb in picked
+            ])  # fmt: skip
+            state.heard(ward, "pc-01", at)
+
+    times, cpus, judged = [], [], []
+    for second in range(1, 6):
+        one_second_of_pushes(now + 1 + second)
+        t0, c0 = time.perf_counter(), time.thread_time()
+        judge.judge(state, ids, now + 2 + second)
+        times.append(time.perf_counter() - t0)
+        cpus.append(time.thread_time() - c0)
+        judged.append(judge.judged)
+    per_sample = (after - before) / held
+    print(
+        f"state and judging in process: {len(ids)} communes, the profile's whole window "
+        f"({HISTORY / 60:g} min of {len(plan(ids[0]))} checks every {INTERVAL:g} s)"
+    )
+    print(
+        f"  RSS with the window {after / 2**20:9.0f} MiB     ({(after - before) / 2**20:.0f} MiB "
+        f"for {held:,} results held, {per_sample:.0f} B each)   target <= 500 MB"
+    )
+    print(
+        f"  RSS with verdicts   {judged_rss / 2**20:9.0f} MiB     (after a judgement, its verdicts "
+        "held for the next)"
+    )
+    print(
+        f"  evaluate_all (full) {t_full:9.3f} s wall, {cpu_full:.3f} s CPU  "
+        f"({ready}/{len(ids)} ready)   target < 1 s"
+    )
+    print(
+        f"  incremental, no new data {t_none:9.3f} s wall, {cpu_none:.3f} s CPU  "
+        "(0 communes judged again)"
+    )
+    print(
+        f"  incremental after 1 s of pushes {statistics.median(times):7.3f} s wall, "
+        f"{statistics.median(cpus):.3f} s CPU  (median of 5; {statistics.median(judged):.0f} "
+        f"communes judged again after {PUSHES_PER_SECOND} pushes of {RESULTS_PER_PUSH} "
+        "results)   target: a verdict moves within 1 s"
+    )
+    print(f"  (load average while measuring: {', '.join(f'{x:.1f}' for x in os.getloadavg())})")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--wards", type=int, default=3321)
     parser.add_argument("--clients", type=int, default=3)
     parser.add_argument("--judge-window", type=float, default=30.0)
+    parser.add_argument(
+        "--state-only", action="store_true", help="only section 0 (no collector process)"
+    )
     args = parser.parse_args()
+    state_at_scale([f"commune-{i:05d}" for i in range(1, args.wards + 1)])
+    if args.state_only:
+        return
     work = Path(tempfile.mkdtemp(prefix="wardready-scale-"))
     units = work / "units.csv"
     ids = synthetic_units(units, args.wards)
     # The judging period advised for national scale (README, Collector).
     collector = Collector(
         work,
-        ROOT / "collector" / "profiles" / "default.yaml",
+        PROFILE,
         wards_csv=units,
         serve_args=["--verdict-seconds", "10", "--metrics-open", "--ingest-rate", "0"],
     )
@@ -266,6 +386,10 @@ def main() -> None:
         for p in procs:
             p.join(30)
         accepted = sum(n for n, _ in done)
+        # Before any /metrics scrape (rendering every ward's series takes memory of its
+        # own), once the judge thread has judged the whole window.
+        time.sleep(12)
+        rss_judged = rss_bytes(collector.proc.pid)
         t_http = timed(lambda: httpx.get(f"{collector.url}/metrics", timeout=60).raise_for_status())
         size = len(
             httpx.get(
@@ -273,8 +397,10 @@ def main() -> None:
             ).content
         )
         judge_cpu, process_cpu, per_judgement = judge_share(collector.url, args.judge_window)
+        rss = self_metrics(collector.url, (RSS,))[RSS]
+        peak = rss_bytes(collector.proc.pid, "VmHWM")
 
-    service = Service.open(collector.db, ROOT / "collector" / "profiles" / "default.yaml")
+    service = Service.open(collector.db, PROFILE)
     ward_ids = list(service.wards())
     verdicts = evaluate_all(service.profile, service.state, ward_ids, judged_at)
     ready = sum(v.verdict == "ready" for v in verdicts.values())
@@ -284,7 +410,7 @@ def main() -> None:
 
     print(
         f"collector at scale: {args.wards} communes, {per_batch} results each "
-        f"(15 min of {len(plan(ids[0]))} checks every 30 s)"
+        f"({HISTORY / 60:g} min of {len(plan(ids[0]))} checks every 30 s)"
     )
     print(
         f"  ingest over HTTP    {accepted / wall:9,.0f} results/s   ({accepted:,} results, "
@@ -303,6 +429,14 @@ def main() -> None:
         f"  judge CPU share     {judge_cpu:9.1%} of a core  ({per_judgement:.3f} s wall per "
         f"judgement every 10 s; the whole idle process {process_cpu:.1%}; "
         f"{args.judge_window:g} s window)"
+    )
+    print(
+        f"  collector RSS       {rss_judged / 2**20:9.0f} MiB     (the whole window held and "
+        "judged, before any /metrics scrape)   target <= 500 MB"
+    )
+    print(
+        f"  collector RSS       {rss / 2**20:9.0f} MiB     (after the /metrics scrapes above; "
+        f"peak {peak / 2**20:.0f} MiB)"
     )
     service.close()
     shutil.rmtree(work, ignore_errors=True)

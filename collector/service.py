@@ -42,7 +42,7 @@ from collector.expected import PlanBook, annotate
 from collector.follow import STATE_COLUMNS, Follower, record
 from collector.ingest import Stored
 from collector.profile import Profile, default_profile_path, load_profile
-from collector.readiness import Verdict, evaluate_all
+from collector.readiness import Judge, Verdict, evaluate_all
 from collector.selfmetrics import SelfMetrics
 from collector.state import DEFAULT_AGENT_SERIES, DEFAULT_WARD_SERIES, SeriesUsage, State
 from collector.tokens import CACHE_SECONDS, Grant, TokenCache, bearer
@@ -62,6 +62,9 @@ DEFAULT_RETENTION_DAYS = 30.0
 STALE_PERIODS = 3.0
 # ... and never sooner than this: a judge a period or two late on a busy machine is not sick.
 MIN_STALE_SECONDS = 10.0
+# Between these, a judgement re-judges only the wards whose verdict may have changed
+# (readiness.Judge); a full one is the safety net should that ever miss a change.
+FULL_JUDGEMENT_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
@@ -150,6 +153,8 @@ class Service:
             "processes stored (re-reads of id gaps included).",
             registry=self.metrics.registry,
         )
+        self._judge_of = Judge(profile)
+        self._last_full: float | None = None
 
     @classmethod
     def open(
@@ -417,7 +422,15 @@ class Service:
     def _judge(self, mono: float) -> dict[str, Verdict]:
         began, cpu = time.perf_counter(), time.thread_time()
         now = self.clock()
-        result = evaluate_all(self.profile, self.state, list(self.wards()), now, self._ward_error)
+        if self._judge_of.profile is not self.profile:
+            self._judge_of = Judge(self.profile)
+        last_full = self._last_full
+        full = last_full is None or not 0 <= mono - last_full < FULL_JUDGEMENT_SECONDS
+        result = self._judge_of.judge(
+            self.state, list(self.wards()), now, self._ward_error, full=full
+        )
+        if full:
+            self._last_full = mono
         annotate(result, self.profile, self.plan_book, now)
         clocks.annotate(result, self.agents())
         took = time.perf_counter() - began

@@ -6,24 +6,33 @@ count. Results may arrive out of order (an agent replays its spool after an outa
 are inserted in place; a result with the start time of one already held is a replay and is
 dropped.
 
+A series' history is a :class:`History`: parallel columns (start times, outcomes, durations,
+reasons, one column per metric the profile reads) in flat arrays rather than an object per
+result, which holds a national fleet's full window in a fraction of the memory. A History is
+never changed once a series holds it: an add builds a new one and swaps it in, so a reader
+keeps a consistent history without copying it or holding the lock.
+
 Memory is bounded per ward whatever its agents send. Each agent and each ward has a budget of
 series: :meth:`State.admit` names the results of a batch that would create series past it
 (ingest refuses the batch), and :meth:`State.add` skips them (a rebuild from a database that
 holds more than the budget). Series that stop reporting are forgotten by :meth:`State.expire`.
 
 Everything goes through one lock: ingest threads add while the evaluator reads.
-:meth:`State.ward` hands out a copy, so evaluation never holds the lock.
+:meth:`State.ward` hands out a snapshot, so evaluation never holds the lock. Each ward has a
+version that grows with every change to what a verdict reads (results, contact, forgotten
+series), so a judge can tell which wards changed since it last judged them.
 """
 
 from __future__ import annotations
 
 import bisect
+import math
 import threading
-from collections import deque
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from array import array
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, NamedTuple, overload
 
 from shared.wire import ResultRecord
 
@@ -48,6 +57,10 @@ DEFAULT_WARD_SERIES = 4000
 # rather than vanishing between two batches.
 AGE_OUT_MARGIN_SECONDS = 3600.0
 
+# A metric a result did not report, in a metric column. The wire refuses NaN, so no
+# reported value is mistaken for it.
+MISSING = math.nan
+
 
 @dataclass(frozen=True, slots=True)
 class Sample:
@@ -58,8 +71,65 @@ class Sample:
     duration_seconds: float
 
 
-def _started(sample: Sample) -> float:
-    return sample.started
+class History(NamedTuple):
+    """A series' samples, oldest first, as parallel columns; never changed once built.
+
+    ``columns[i]`` holds metric ``names[i]`` of each sample, :data:`MISSING` where that
+    result did not report it.
+    """
+
+    started: array[float]
+    success: bytes
+    durations: array[float]
+    reasons: tuple[str, ...]
+    names: tuple[str, ...]
+    columns: tuple[array[float], ...]
+
+    def sample(self, i: int) -> Sample:
+        metrics = {n: v for n, c in zip(self.names, self.columns, strict=True) if (v := c[i]) == v}
+        return Sample(
+            self.started[i], bool(self.success[i]), self.reasons[i], metrics, self.durations[i]
+        )
+
+    def column(self, metric: str) -> array[float] | None:
+        try:
+            return self.columns[self.names.index(metric)]
+        except ValueError:
+            return None
+
+
+EMPTY_HISTORY = History(array("d"), b"", array("d"), (), (), ())
+
+
+class Samples(Sequence[Sample]):
+    """A History read as a sequence of :class:`Sample` (built on demand)."""
+
+    __slots__ = ("_h",)
+
+    def __init__(self, history: History) -> None:
+        self._h = history
+
+    def __len__(self) -> int:
+        return len(self._h.started)
+
+    @overload
+    def __getitem__(self, i: int) -> Sample: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[Sample]: ...
+    def __getitem__(self, i: int | slice) -> Sample | list[Sample]:
+        h = self._h
+        if isinstance(i, slice):
+            return [h.sample(j) for j in range(*i.indices(len(h.started)))]
+        n = len(h.started)
+        if i < 0:
+            i += n
+        if not 0 <= i < n:
+            raise IndexError("sample index out of range")
+        return h.sample(i)
+
+    def __iter__(self) -> Iterator[Sample]:
+        h = self._h
+        return (h.sample(j) for j in range(len(h.started)))
 
 
 @dataclass(slots=True)
@@ -73,7 +143,11 @@ class Series:
     target: str
     labels: Mapping[str, str]
     interval_seconds: float
-    samples: deque[Sample] = field(default_factory=deque)
+    history: History = EMPTY_HISTORY
+
+    @property
+    def samples(self) -> Samples:
+        return Samples(self.history)
 
     @property
     def id(self) -> str:
@@ -100,6 +174,8 @@ class WardState:
     ward: str
     agents_last_seen: Mapping[str, float]
     series: Sequence[Series]
+    # The ward's version when this snapshot was taken (see State.versions).
+    version: int = 0
 
 
 @dataclass(slots=True)
@@ -113,6 +189,7 @@ class _Ward:
     per_agent: dict[str, int] = field(default_factory=dict)
     # Results refused because they would have created a series past a budget.
     refused: int = 0
+    version: int = 0
 
 
 @dataclass(frozen=True)
@@ -124,6 +201,10 @@ class SeriesUsage:
     agent_budget: int
     refused: int
     agents: Mapping[str, int]
+
+
+# One result as history keeps it: started, success, duration, reason, kept metrics.
+_Row = tuple[float, bool, float, str, Mapping[str, float]]
 
 
 class State:
@@ -168,10 +249,15 @@ class State:
         self.keep_metrics = None if keep_metrics is None else frozenset(keep_metrics)
         self._lock = threading.Lock()
         self._wards: dict[str, _Ward] = {}
-        # One str object per metric name across all samples, instead of one per result.
+        # One str object per metric name and reason across all samples, instead of one per
+        # result.
         self._names: dict[str, str] = {}
         # A result's metric names -> those history keeps (see add); bounded like _names.
         self._kept_of: dict[tuple[str, ...], tuple[str, ...]] = {}
+        # Shared tuples of kept metric names: most series of a check type hold the same ones.
+        self._name_sets: dict[tuple[str, ...], tuple[str, ...]] = {}
+        # Shared label mappings: wards label their checks alike (role: wan, line: fibre).
+        self._label_sets: dict[tuple[tuple[str, str], ...], Mapping[str, str]] = {}
 
     @classmethod
     def for_profile(
@@ -262,8 +348,8 @@ class State:
                 gone = [
                     key
                     for key, s in w.series.items()
-                    if not s.samples
-                    or now - s.samples[-1].started > self.age_out_seconds(s.interval_seconds)
+                    if not s.history.started
+                    or now - s.history.started[-1] > self.age_out_seconds(s.interval_seconds)
                 ]
                 for key in gone:
                     del w.series[key]
@@ -274,6 +360,8 @@ class State:
                         w.per_agent[agent] = left
                     else:
                         w.per_agent.pop(agent, None)
+                if gone:
+                    w.version += 1
                 removed += len(gone)
         return removed
 
@@ -292,6 +380,23 @@ class State:
     def _interned(self, metrics: Mapping[str, float]) -> Mapping[str, float]:
         return {self._name(k): v for k, v in metrics.items()} if metrics else _EMPTY
 
+    def _labels(self, labels: Mapping[str, str]) -> Mapping[str, str]:
+        """``labels`` as a mapping shared by every series labelled alike; never changed."""
+        shared = self._label_sets
+        key = tuple(labels.items())
+        held = shared.get(key)
+        if held is None:
+            held = {self._name(k): self._name(v) for k, v in key}
+            if len(shared) < _MAX_NAMES:
+                shared[key] = held
+        return held
+
+    def _name_set(self, names: tuple[str, ...]) -> tuple[str, ...]:
+        shared = self._name_sets
+        if len(shared) < _MAX_NAMES:
+            return shared.setdefault(names, names)
+        return shared.get(names, names)
+
     def add(self, ward: str, agent: str, records: Sequence[ResultRecord]) -> int:
         """Insert results of one agent of ``ward``, in order of start time, then prune.
 
@@ -302,7 +407,8 @@ class State:
             w = self._wards.get(ward)
             if w is None:
                 w = self._wards[ward] = _Ward()
-            touched: dict[tuple[str, str, str], Series] = {}
+            # New rows of each series touched, in the order they came.
+            touched: dict[tuple[str, str, str], list[_Row]] = {}
             # Only the newest result of a series is exported whole, so only it keeps every
             # metric; building that for each result of a long replay would be wasted work.
             newest: dict[tuple[str, str, str], ResultRecord] = {}
@@ -315,7 +421,13 @@ class State:
                         skipped += 1
                         continue
                     s = w.series[key] = Series(
-                        ward, agent, r.check, r.name, r.target, dict(r.labels), r.interval_seconds
+                        ward,
+                        agent,
+                        r.check,
+                        r.name,
+                        r.target,
+                        self._labels(r.labels),
+                        r.interval_seconds,
                     )
                     w.per_agent[agent] = w.per_agent.get(agent, 0) + 1
                 metrics = r.metrics
@@ -330,38 +442,94 @@ class State:
                 else:
                     kept = _EMPTY
                 reason = names.get(r.reason) or self._name(r.reason)
-                sample = Sample(r.started, r.success, reason, kept, r.duration_seconds)
-                samples = s.samples
-                if not samples or r.started > samples[-1].started:
-                    samples.append(sample)
+                rows = touched.get(key)
+                if rows is None:
+                    rows = touched[key] = []
+                rows.append((r.started, r.success, r.duration_seconds, reason, kept))
+                held = s.history.started
+                top = newest.get(key)
+                if (not held or r.started > held[-1]) and (top is None or r.started > top.started):
                     newest[key] = r
-                    if s.check != r.check:
-                        s.check = r.check
-                    if s.labels != r.labels:
-                        s.labels = dict(r.labels)
-                    s.interval_seconds = r.interval_seconds
-                else:
-                    i = bisect.bisect_left(samples, r.started, key=_started)
-                    if i < len(samples) and samples[i].started == r.started:
-                        continue
-                    samples.insert(i, sample)
-                touched[key] = s
+            for key, r in newest.items():
+                s = w.series[key]
+                if s.check != r.check:
+                    s.check = r.check
+                if s.labels != r.labels:
+                    s.labels = self._labels(r.labels)
+                s.interval_seconds = r.interval_seconds
+            changed = False
+            for key, rows in touched.items():
+                s = w.series[key]
+                history = self._merged(s.history, rows)
+                if history is not s.history:
+                    s.history = history
+                    changed = True
             for key, r in newest.items():
                 w.latest[key] = Sample(
                     r.started, r.success, self._name(r.reason), self._interned(r.metrics),
                     r.duration_seconds,
                 )  # fmt: skip
-            for s in touched.values():
-                self._prune(s.samples)
+            if changed or newest:
+                w.version += 1
         return skipped
 
-    def _prune(self, samples: deque[Sample]) -> None:
-        cutoff = samples[-1].started - self.retention_seconds
-        keep = self.keep_last
-        while len(samples) > keep and samples[0].started < cutoff:
-            samples.popleft()
-        while len(samples) > self.max_samples_per_series:
-            samples.popleft()
+    def _merged(self, old: History, rows: list[_Row]) -> History:
+        """``old`` with ``rows`` inserted in order of start time (replays dropped), pruned.
+
+        Returns ``old`` itself when nothing was kept.
+        """
+        held = old.started
+        names = old.names
+        added = tuple(k for row in rows for k in row[4] if k not in names)
+        if added:
+            names = self._name_set((*names, *dict.fromkeys(added)))
+        in_order = all(rows[i][0] < rows[i + 1][0] for i in range(len(rows) - 1))
+        if in_order and (not held or rows[0][0] > held[-1]):
+            # The usual case: newer results at the end of the history.
+            new = rows
+            base = old
+        else:
+            seen = set(held)
+            new = []
+            for row in rows:
+                if row[0] not in seen:
+                    seen.add(row[0])
+                    new.append(row)
+            if not new:
+                return old
+            new.sort(key=lambda row: row[0])
+            # Rare (replays): rebuild the whole history in order.
+            merged = [
+                (old.started[i], bool(old.success[i]), old.durations[i], old.reasons[i],
+                 {n: v for n, c in zip(old.names, old.columns, strict=True)
+                  if (v := c[i]) == v})
+                for i in range(len(held))
+            ] + new  # fmt: skip
+            merged.sort(key=lambda row: row[0])
+            new = merged
+            base = EMPTY_HISTORY
+        started = base.started + array("d", [row[0] for row in new])
+        success = base.success + bytes([row[1] for row in new])
+        durations = base.durations + array("d", [row[2] for row in new])
+        reasons = base.reasons + tuple(row[3] for row in new)
+        n_base = len(base.started)
+        columns = []
+        for i, name in enumerate(names):
+            head = base.columns[i] if i < len(base.names) else array("d", [MISSING]) * n_base
+            columns.append(head + array("d", [row[4].get(name, MISSING) for row in new]))
+        cut = self._cut(started)
+        if cut:
+            started, success, durations = started[cut:], success[cut:], durations[cut:]
+            reasons = reasons[cut:]
+            columns = [c[cut:] for c in columns]
+        return History(started, success, durations, reasons, names, tuple(columns))
+
+    def _cut(self, started: array[float]) -> int:
+        """How many of the oldest samples the retention and the count bound drop."""
+        n = len(started)
+        old = bisect.bisect_left(started, started[-1] - self.retention_seconds)
+        cut = min(old, n - self.keep_last)
+        return max(cut, n - self.max_samples_per_series, 0)
 
     def heard(self, ward: str, agent: str, at: float) -> None:
         """Record that ``agent`` of ``ward`` was heard from at ``at`` (any batch counts)."""
@@ -371,9 +539,12 @@ class State:
                 w = self._wards[ward] = _Ward()
             if at > w.agents.get(agent, float("-inf")):
                 w.agents[agent] = at
+                w.version += 1
 
     def ward(self, ward: str) -> WardState:
-        """A copy of one ward's state, safe to read while results keep arriving."""
+        """A snapshot of one ward's state, safe to read while results keep arriving.
+
+        Histories are shared, not copied: they never change once held."""
         with self._lock:
             w = self._wards.get(ward)
             if w is None:
@@ -390,15 +561,21 @@ class State:
                         s.target,
                         s.labels,
                         s.interval_seconds,
-                        deque(s.samples),
+                        s.history,
                     )
                     for s in w.series.values()
                 ],
+                w.version,
             )
 
     def wards(self) -> Iterable[str]:
         with self._lock:
             return list(self._wards)
+
+    def versions(self) -> dict[str, int]:
+        """Each ward's version: it grows whenever what a verdict reads of the ward changes."""
+        with self._lock:
+            return {ward: w.version for ward, w in self._wards.items()}
 
     def newest(self, ward: str) -> list[Newest]:
         """The newest result of each series of ``ward`` with its series' identity.
@@ -429,15 +606,13 @@ class State:
             out = []
             for key, s in w.series.items():
                 newest = w.latest[key]
-                copy = Series(
-                    s.ward,
-                    s.agent,
-                    s.check,
-                    s.name,
-                    s.target,
-                    s.labels,
-                    s.interval_seconds,
-                    deque([newest]),
-                )
+                names = tuple(newest.metrics)
+                one = History(
+                    array("d", [newest.started]), bytes([newest.success]),
+                    array("d", [newest.duration_seconds]), (newest.reason,), names,
+                    tuple(array("d", [newest.metrics[n]]) for n in names),
+                )  # fmt: skip
+                copy = Series(s.ward, s.agent, s.check, s.name, s.target, s.labels,
+                              s.interval_seconds, one)  # fmt: skip
                 out.append((copy, newest))
             return out

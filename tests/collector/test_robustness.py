@@ -128,7 +128,7 @@ def test_a_ward_whose_judging_raises_is_unknown_and_the_others_are_judged(
         assert r.status_code == 200
     # Poison one ward's state with something no judging code expects.
     poisoned = next(iter(service.state._wards[BROKEN].series.values()))
-    poisoned.samples.append(object())  # type: ignore[arg-type]
+    poisoned.history = object()  # type: ignore[assignment]
     with caplog.at_level(logging.ERROR, logger="collector.readiness"):
         listed = client.get("/api/v1/wards")
     assert listed.status_code == 200
