@@ -442,6 +442,9 @@ def _pruner(service: Any, days: float, every: float, stop: threading.Event) -> N
 # Measured with bench/national.py (3,321 wards, 664 pushes/s, judging every 2 s): each of
 # these halved the p99 ack time, and the two together the judge's time as well.
 SWITCH_INTERVAL_SECONDS = 0.0005
+# The shipped prometheus.yml scrapes this many /metrics shards: the default must match it,
+# or the other shards answer 400 and Prometheus calls the collector down.
+DEFAULT_METRICS_SHARDS = 4
 GC_THRESHOLDS = (20_000, 20, 20)
 
 
@@ -678,9 +681,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--metrics-shards",
         type=_shard_count,
-        default=os.environ.get("WARDREADY_METRICS_SHARDS", "1"),
+        default=os.environ.get("WARDREADY_METRICS_SHARDS", str(DEFAULT_METRICS_SHARDS)),
         help="split /metrics?shard=K into this many shards by ward, for Prometheus to scrape "
-        "in parallel (default $WARDREADY_METRICS_SHARDS or 1)",
+        f"in parallel (default $WARDREADY_METRICS_SHARDS or {DEFAULT_METRICS_SHARDS}, as the "
+        "shipped prometheus.yml scrapes)",
     )
     s.add_argument(
         "--name",

@@ -140,16 +140,22 @@ def render_role_config(tmp_path: Path, **overrides: Any) -> dict[str, Any]:
     return config
 
 
+def defaults_of_serve() -> Any:
+    from collector.cli import build_parser
+
+    return build_parser().parse_args(["serve"])
+
+
 def test_role_config_scrapes_its_shards_and_sends_readiness_when_asked(tmp_path: Path) -> None:
-    one = render_role_config(tmp_path)
+    one = render_role_config(tmp_path, wardready_monitoring_metrics_shards=1)
     job = collector_job(one)
     assert shard_targets(job) == [0] and "remote_write" not in one
     assert job["sample_limit"] >= math.ceil(NATIONAL_WARDS * 1.2) * WARD_SERIES_BUDGET
+    # The role's default scrapes as many shards as the collector serves by default.
     four = render_role_config(
-        tmp_path,
-        wardready_monitoring_metrics_shards=4,
-        wardready_monitoring_remote_write_url="http://store.city:9091/api/v1/write",
+        tmp_path, wardready_monitoring_remote_write_url="http://store.city:9091/api/v1/write"
     )
+    assert defaults_of_serve().metrics_shards == 4
     job = collector_job(four)
     assert shard_targets(job) == [0, 1, 2, 3]
     assert job["sample_limit"] >= math.ceil(NATIONAL_WARDS / 4 * 1.2) * WARD_SERIES_BUDGET
