@@ -119,7 +119,9 @@ def measure_shaped(tmp_path: Path, up: str, down: str) -> dict[str, Any]:
             "Server listening",
         )
         try:
-            results = run_in(ward, [("bw", "bandwidth", city_addr, {"duration_seconds": 2}, 15.0)])
+            # Room for a retried connection on a loaded machine: a run shortened to fit the
+            # timeout measures mostly TCP's slow start on the shaped line.
+            results = run_in(ward, [("bw", "bandwidth", city_addr, {"duration_seconds": 2}, 30.0)])
         finally:
             stop(server)
     return results["bw"]
@@ -134,7 +136,7 @@ def test_a_10_mbit_line_measures_10_mbit_both_ways(tmp_path: Path) -> None:
     for direction in ("upload", "download"):
         measured = 8 * r["metrics"][f"{direction}_bytes_per_second"]
         # TCP over Ethernet carries ~95.7% of the line rate as payload (1448 of 1514 bytes).
-        assert 8e6 <= measured <= 10.5e6, (direction, measured)
+        assert 8e6 <= measured <= 10.5e6, (direction, measured, r.get("info"))
         assert r["metrics"][f"{direction}_retransmits"] >= 0
     assert failing_bandwidth_criteria(r) == set()
 
