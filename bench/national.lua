@@ -71,7 +71,7 @@ function init(args)
             head = '{"wire_version":1,"ward":"' .. f[1] .. '","agent":"' .. f[2]
                .. '","stream":"' .. f[3] .. '","sent_at":',
             auth = "Bearer " .. f[4],
-            seq = 0,
+            seq = tonumber(args[5]) or 0,
             series = 0,
          })
       end

@@ -51,6 +51,8 @@ PROFILE = ROOT / "collector" / "profiles" / "default.yaml"
 LUA = ROOT / "bench" / "national.lua"
 AGENT = "pc-01"
 JUDGE = "wardready_collector_judge_duration_seconds"
+# The measured run's seqs start here, past any warm-up's.
+WARM_SEQS = 10_000_000
 SAMPLE = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*(\{[^}]*\})? ")
 WARD_LABEL = re.compile(r'ward="([^"]*)"')
 
@@ -177,19 +179,24 @@ def count_samples(text: str, per_ward: dict[str, int]) -> int:
 
 
 def run_wrk(
-    url: str, inputs: tuple[Path, Path], args: argparse.Namespace
+    url: str,
+    inputs: tuple[Path, Path],
+    args: argparse.Namespace,
+    duration: float,
+    first_seq: int = 0,
 ) -> tuple[dict[str, int], float]:
-    """wrk's NATIONAL line as numbers, and the wall time it ran."""
+    """wrk's NATIONAL line as numbers, and the wall time it ran. Each ward's seqs start after
+    ``first_seq``, so a second run never repeats the first's."""
     argv = [
         "wrk", "-t", str(args.threads), "-c", str(args.connections),
-        "-d", f"{round(args.duration)}s", "--timeout", "10s", "--latency",
+        "-d", f"{round(duration)}s", "--timeout", "10s", "--latency",
         "-s", str(LUA), url, "--",
-        str(inputs[0]), str(inputs[1]), str(args.rate), str(args.per_push),
+        str(inputs[0]), str(inputs[1]), str(args.rate), str(args.per_push), str(first_seq),
     ]  # fmt: skip
     t0 = time.monotonic()
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        out, err = proc.communicate(timeout=args.duration + 60)
+        out, err = proc.communicate(timeout=duration + 60)
     except subprocess.TimeoutExpired:
         proc.kill()
         raise
@@ -226,10 +233,16 @@ def measure(name: str, url: str, args: argparse.Namespace, work: Path) -> Run:
     print(f"[{name}] collector PID {proc.pid} at {base}, load for {args.duration:g} s", flush=True)
     try:
         me = psutil.Process(proc.pid)
+        warm_acked = 0
+        if args.warmup > 0:
+            # The first minute is not the steady state: every ward's verdict and criteria are
+            # recorded from nothing, and the first full judgements see every ward change.
+            warm, _ = run_wrk(base, inputs, args, args.warmup)
+            warm_acked = (warm["requests"] - warm["errors_status"]) * args.per_push
         judged = judge_totals(base)
         cpu0, wrk0 = me.cpu_times(), children_cpu()
         load0 = os.getloadavg()[0]
-        fields, wall = run_wrk(base, inputs, args)
+        fields, wall = run_wrk(base, inputs, args, args.duration, WARM_SEQS if args.warmup else 0)
         load1 = os.getloadavg()[0]
         cpu1, wrk1 = me.cpu_times(), children_cpu()
         judged_after = judge_totals(base)
@@ -264,7 +277,7 @@ def measure(name: str, url: str, args: argparse.Namespace, work: Path) -> Run:
         shards=shard_figures,
         series_per_ward=(statistics.mean(counts), max(counts)),
         rss=rss,
-        acked_results=ok * args.per_push,
+        acked_results=ok * args.per_push + warm_acked,
         stored_results=stored,
         load=(load0, load1),
     )
@@ -275,7 +288,8 @@ def report(r: Run, args: argparse.Namespace) -> None:
         print(f"  {what:<26} {value:<34} {goal}")
 
     print(f"\n{r.db}: {args.wards} wards, pushes of {args.per_push} results, "
-          f"{args.connections} connections, {args.duration:g} s; load average "
+          f"{args.connections} connections, {args.duration:g} s after {args.warmup:g} s of "
+          f"warm-up; load average "
           f"{r.load[0]:.1f} -> {r.load[1]:.1f} on {os.cpu_count()} cores")  # fmt: skip
     if r.db == "postgresql":
         print("  (the throwaway PostgreSQL server runs with fsync off, as in the tests)")
@@ -324,6 +338,8 @@ def main() -> None:
     p.add_argument("--db", choices=["sqlite", "postgresql", "both"], default="sqlite")
     p.add_argument("--wards", type=int, default=3321)
     p.add_argument("--duration", type=float, default=30.0, help="seconds of load per database")
+    p.add_argument("--warmup", type=float, default=20.0,
+                   help="seconds of the same load before measuring (0: none)")  # fmt: skip
     p.add_argument("--rate", type=float, default=664.0, help="requests/s offered (0: flat out)")
     p.add_argument("--per-push", type=int, default=4, help="results in each push")
     p.add_argument("--connections", type=int, default=64)

@@ -28,7 +28,7 @@ import httpx
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
-from collector import auditlog, db, i18n, summary
+from collector import auditlog, db, heap, i18n, summary
 from collector import tokens as tokenstore
 from collector import wards as wardlist
 from collector.profile import ProfileError, read_profile
@@ -557,6 +557,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         threading.Thread(
             target=service.follow_forever, args=(stop,), name="follow", daemon=True
         ).start()
+    threading.Thread(
+        target=heap.keep_collections_small, args=(stop,), name="gc", daemon=True
+    ).start()
     if args.retention_days > 0:
         threading.Thread(
             target=_pruner,
