@@ -366,12 +366,23 @@ def cmd_discover(args: argparse.Namespace) -> int:
     if config is not None:
         inv = disc.inventory(found.hosts, config.ward, config.agent)
         c = config.collector
-        try:
-            disc.post_inventory(c.url, c.token, inv, c.timeout)
-        except httpx.HTTPError as exc:
-            print(f"--report: {exc}", file=sys.stderr)
-            return 1
-        print(f"inventory of {len(inv.devices)} devices reported to {c.url}", file=sys.stderr)
+        failed: httpx.HTTPError | None = None
+        # Any collector stores it: the next one is tried when one is down or failing (5xx);
+        # a refusal (4xx) would be the same everywhere.
+        for url in c.urls or (c.url,):
+            try:
+                disc.post_inventory(url, c.token, inv, c.timeout)
+            except httpx.HTTPStatusError as exc:
+                failed = exc
+                if exc.response.status_code < 500:
+                    break
+            except httpx.HTTPError as exc:
+                failed = exc
+            else:
+                print(f"inventory of {len(inv.devices)} devices reported to {url}", file=sys.stderr)
+                return 0
+        print(f"--report: {failed}", file=sys.stderr)
+        return 1
     return 0
 
 

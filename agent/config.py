@@ -249,7 +249,7 @@ class PlanFile(_Section):
 
 @dataclass(frozen=True)
 class CollectorSettings:
-    url: str  # the first of urls: plan and inventory requests go here
+    url: str  # the first of urls
     token: str = field(repr=False)
     push_interval: float = 5.0
     timeout: float = 5.0

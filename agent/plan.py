@@ -91,10 +91,27 @@ def save_cached(config: Config, body: dict[str, Any]) -> None:
 
 
 def fetch(client: httpx.Client, config: Config, etag: str | None) -> httpx.Response:
+    """The plan from the first collector (``collector.urls`` in order) that answers below
+    500: any of them serves it, so a dead replica never leaves the ward on an old plan."""
     headers = {"Authorization": f"Bearer {config.collector.token}"}
     if etag:
         headers["If-None-Match"] = etag
-    return client.get(config.collector.url + PLAN_PATH, headers=headers)
+    c = config.collector
+    urls = c.urls or (c.url,)
+    failed: httpx.Response | httpx.HTTPError | None = None
+    for url in urls:
+        try:
+            response = client.get(url.rstrip("/") + PLAN_PATH, headers=headers)
+        except httpx.HTTPError as exc:
+            failed = exc
+            continue
+        if response.status_code < 500:
+            return response
+        failed = response
+    if isinstance(failed, httpx.Response):
+        return failed
+    assert failed is not None
+    raise failed
 
 
 class PlanPoller:

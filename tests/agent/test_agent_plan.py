@@ -236,3 +236,44 @@ def test_scheduler_update_refuses_duplicate_names() -> None:
     sched = Scheduler([spec], Collected())
     with pytest.raises(ValueError, match="unique"):
         sched.update([spec, spec])
+
+
+def test_the_plan_comes_from_the_next_collector_when_the_first_is_down(tmp_path: Path) -> None:
+    path = tmp_path / "agent.yaml"
+    path.write_text(
+        f"ward: {WARD}\nagent: pc-01\n"
+        "collector:\n  urls: ['http://down.test', 'http://failing.test', 'http://collector.test']\n"
+        "  token: t0k\n  plan: true\n  plan_interval: 1s\n"
+        f"spool: {{path: {tmp_path / 'spool.db'}}}\nmetrics: {{listen: ''}}\n",
+        encoding="utf-8",
+    )
+    cfg = load_config(path)
+    fake = FakeCollector()
+    fake.plan = doc(3, tcp("a"))
+    tried: list[str] = []
+
+    def route(request: httpx.Request) -> httpx.Response:
+        tried.append(request.url.host)
+        if request.url.host == "down.test":
+            raise httpx.ConnectError("connection refused", request=request)
+        if request.url.host == "failing.test":
+            return httpx.Response(503, json={"detail": "judge stale"})
+        return fake(request)
+
+    applied: list[Plan] = []
+    p = PlanPoller(cfg, applied.append, client=httpx.Client(transport=httpx.MockTransport(route)))
+    assert p.poll_once() == "changed"
+    assert [x.version for x in applied] == [3]
+    assert tried == ["down.test", "failing.test", "collector.test"]
+    # Every collector down: the poll fails and the last good plan stays.
+    fake.plan = None
+    tried.clear()
+
+    def all_down(request: httpx.Request) -> httpx.Response:
+        tried.append(request.url.host)
+        raise httpx.ConnectError("connection refused", request=request)
+
+    p = PlanPoller(cfg, applied.append, current=applied[0],
+                   client=httpx.Client(transport=httpx.MockTransport(all_down)))  # fmt: skip
+    assert p.poll_once() == "failed"
+    assert len(tried) == 3 and p.version == 3

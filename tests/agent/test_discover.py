@@ -301,9 +301,11 @@ def test_cli_report_posts_with_the_agent_config(
     import httpx
 
     url, token, viewer = collector
+    down = f"http://127.0.0.1:{free_port()}"  # nothing listens: the report goes to the next
     config = tmp_path / "agent.yaml"
     config.write_text(
-        f"ward: phuong-ben-thanh\nagent: pc-01\ncollector: {{url: '{url}', token: '{token}'}}\n"
+        f"ward: phuong-ben-thanh\nagent: pc-01\n"
+        f"collector: {{urls: ['{down}', '{url}'], token: '{token}'}}\n"
         "checks: [{name: gw, type: icmp, target: 127.0.0.1}]\n",
         encoding="utf-8",
     )
@@ -311,7 +313,7 @@ def test_cli_report_posts_with_the_agent_config(
     argv = ["discover", "--subnet", "127.0.0.0/30", "--no-arp", "--no-mdns", "--no-snmp",
             "--report", "-c", str(config)]  # fmt: skip
     assert cli.main(argv) == 0
-    assert "reported" in capsys.readouterr().err
+    assert f"reported to {url}" in capsys.readouterr().err
     page = httpx.get(
         f"{url}/api/v1/wards/phuong-ben-thanh", timeout=10, headers=_bearer(viewer)
     ).json()
