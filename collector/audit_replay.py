@@ -26,9 +26,9 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from collector import db
+from collector.follow import STATE_COLUMNS, record
 from collector.profile import Profile
 from collector.readiness import Verdict, evaluate
-from collector.service import _STATE_COLUMNS, _record
 from collector.state import State
 from shared.wire import MAX_FUTURE_SECONDS, ResultRecord
 
@@ -37,7 +37,7 @@ from shared.wire import MAX_FUTURE_SECONDS, ResultRecord
 LATE_LOOKBACK_SECONDS = 3600.0
 
 # What the live state is rebuilt from, and when each result arrived.
-_COLUMNS = (*_STATE_COLUMNS, db.results.c.id, db.results.c.received_at)
+_COLUMNS = (*STATE_COLUMNS, db.results.c.id, db.results.c.received_at)
 
 
 @dataclass(frozen=True)
@@ -52,7 +52,7 @@ class Row:
 
 
 def _row(r: sa.Row[Any]) -> Row:
-    return Row(r.id, r.agent, r.received_at, _record(r), (r.agent, r.name, r.target))
+    return Row(r.id, r.agent, r.received_at, record(r), (r.agent, r.name, r.target))
 
 
 def load_rows(

@@ -452,13 +452,11 @@ def _tune_interpreter() -> None:
     """Set up the interpreter for a server whose judge thread runs for a second at a time.
 
     The event loop gives the GIL up on every socket operation and then waits for the judge
-    to hand it back: every switch interval (5 ms by default), many times per request. And
-    the state rebuilt at start (millions of objects, held for good) was walked by every full
-    garbage collection, which stops every thread; ``gc.freeze`` leaves it out of them, and
-    the higher thresholds make collections of what ingest allocates rarer.
+    to hand it back: every switch interval (5 ms by default), many times per request. The
+    higher thresholds make collections of what ingest allocates rarer; the heap held for good
+    is kept out of them by :func:`collector.heap.keep_collections_small`.
     """
     sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
-    gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
 
 

@@ -50,10 +50,6 @@ from shared.wire import Ack, Batch
 
 log = logging.getLogger(__name__)
 
-# Read by collector.audit_replay too.
-_STATE_COLUMNS = STATE_COLUMNS
-_record = record
-
 DEFAULT_VERDICT_SECONDS = 2.0
 # A ward list imported by the CLI while the server runs shows up within this long.
 DEFAULT_WARDS_SECONDS = 10.0
@@ -224,7 +220,7 @@ class Service:
             for ward in self.wards(refresh=True):
                 rows = list(
                     conn.execute(
-                        sa.select(*_STATE_COLUMNS).where(r.c.ward_id == ward, r.c.started >= since)
+                        sa.select(*STATE_COLUMNS).where(r.c.ward_id == ward, r.c.started >= since)
                     )
                 )
                 per_series: dict[tuple[str, str, str], int] = {}
@@ -235,7 +231,7 @@ class Service:
                     if n < keep_last:
                         rows.extend(
                             conn.execute(
-                                sa.select(*_STATE_COLUMNS)
+                                sa.select(*STATE_COLUMNS)
                                 .where(
                                     r.c.ward_id == ward,
                                     r.c.started < since,
@@ -249,7 +245,7 @@ class Service:
                         )
                 rows.sort(key=lambda row: (row.agent, row.started))
                 for agent, group in groupby(rows, key=lambda row: row.agent):
-                    records = [_record(row) for row in group]
+                    records = [record(row) for row in group]
                     dropped = self.state.add(ward, agent, records)
                     skipped += dropped
                     loaded += len(records) - dropped
